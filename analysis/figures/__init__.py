@@ -1,0 +1,1 @@
+"""One function per figure: ``results -> Figure`` plus the numbers it plots."""

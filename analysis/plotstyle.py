@@ -1,0 +1,93 @@
+"""One plot style for every figure, and the one way figures are saved.
+
+``save_figure`` writes ``<dir>/<name>.png`` and ``.pdf`` plus ``<name>.json`` holding the
+plotted numbers and the config keys they came from, all atomically (temp file + rename)
+and with deterministic metadata so that reruns do not churn git.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "svg.hashsalt": "lora-limits",
+}
+# Colour per role, shared by all figures so a method looks the same everywhere.
+COLORS = {
+    "theory": "black",
+    "sum": "#1f77b4",
+    "average": "#ff7f0e",
+    "routing": "#2ca02c",
+    "bridge": "#d62728",
+    "construction": "#9467bd",
+    "sgd": "#8c564b",
+    "control": "#7f7f7f",
+}
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.4):
+    """A figure in the house style: ``(fig, axes)``; axes is an array when ncols*nrows > 1."""
+    plt.rcParams.update(STYLE)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    return fig, (axes[0, 0] if ncols * nrows == 1 else axes.ravel())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
+def save_figure(fig, out_dir: Path | str, name: str, data: dict[str, Any], config: dict[str, Any]) -> list[Path]:
+    """Save ``fig`` as PNG + PDF and its sidecar ``{"figure", "data", "config"}``; closes it."""
+    out_dir = Path(out_dir)
+    paths = []
+    for ext, meta in (("png", {"Software": "lora-limits"}), ("pdf", {"Creator": "lora-limits", "CreationDate": None})):
+        fd, tmp = tempfile.mkstemp(dir=out_dir if out_dir.exists() else None, suffix=f".{ext}")
+        os.close(fd)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format=ext, metadata=meta, bbox_inches="tight")
+        atomic_write_bytes(out_dir / f"{name}.{ext}", Path(tmp).read_bytes())
+        Path(tmp).unlink(missing_ok=True)
+        paths.append(out_dir / f"{name}.{ext}")
+    atomic_write_json(out_dir / f"{name}.json", {"figure": name, "data": data, "config": config})
+    plt.close(fig)
+    return paths + [out_dir / f"{name}.json"]

@@ -1,0 +1,150 @@
+"""Merge algebra on one adapted matrix: the operations every reuse method is built from.
+
+Two spaces (STYLE.md "name the space"):
+- DELTA space acts on ``delta_i = scale_i * B_i @ A_i`` (exact weighted sums, ``cat``,
+  ``svd`` truncation, TIES, DARE).
+- FACTOR space acts on ``A_i`` and ``B_i`` separately (PEFT's ``linear``, LoraHub); the
+  product of merged factors carries cross terms ``B_i A_j`` (i != j).
+
+An adapter on one matrix is a :class:`Factors`: ``A: (r, d_in)``, ``B: (d_out, r)``,
+``scale``. All functions are pure and differentiable where that makes sense.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Factors:
+    """LoRA factors of one matrix: ``delta = scale * B @ A``."""
+
+    A: Tensor  # (r, d_in)
+    B: Tensor  # (d_out, r)
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.A.ndim != 2 or self.B.ndim != 2 or self.B.shape[1] != self.A.shape[0]:
+            raise ValueError(
+                f"factor shapes A={tuple(self.A.shape)}, B={tuple(self.B.shape)}: "
+                "need A (r, d_in) and B (d_out, r) with the same r"
+            )
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def delta(self) -> Tensor:
+        return self.scale * self.B @ self.A  # (d_out, d_in)
+
+
+def _check_weights(n: int, weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0 / n] * n  # uniform average
+    if len(weights) != n:
+        raise ValueError(f"weights has {len(weights)} entries for {n} adapters: give one per adapter")
+    return [float(w) for w in weights]
+
+
+def weighted_delta_sum(adapters: Sequence[Factors], weights: Sequence[float] | None = None) -> Tensor:
+    """MERGE (delta space): ``sum_i w_i delta_i``. ``weights=None`` is the uniform average;
+    all ones is task arithmetic / plain sum."""
+    w = _check_weights(len(adapters), weights)
+    return sum(wi * a.delta for wi, a in zip(w, adapters))
+
+
+def cat(adapters: Sequence[Factors], weights: Sequence[float] | None = None) -> Factors:
+    """MERGE-1: concatenate factors so that ``cat(...).delta == weighted_delta_sum(...)``
+    exactly, with rank ``sum r_i``. ``A_cat = [A_1; A_2; ...]``, ``B_cat = [w_1 s_1 B_1, ...]``."""
+    w = _check_weights(len(adapters), weights)
+    A = torch.cat([a.A for a in adapters], dim=0)  # (sum r_i, d_in)
+    B = torch.cat([wi * a.scale * a.B for wi, a in zip(w, adapters)], dim=1)  # (d_out, sum r_i)
+    return Factors(A=A, B=B, scale=1.0)
+
+
+def svd_truncate(delta: Tensor, rank: int) -> Factors:
+    """MERGE-2: best rank-``rank`` factors of ``delta`` in Frobenius norm (Eckart-Young).
+    The singular values are split evenly: ``B = U sqrt(S)``, ``A = sqrt(S) V^T``."""
+    if not 1 <= rank <= min(delta.shape):
+        raise ValueError(f"rank={rank}: must be in [1, {min(delta.shape)}] for a {tuple(delta.shape)} delta")
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+    root = S[:rank].sqrt()
+    return Factors(A=root[:, None] * Vh[:rank], B=U[:, :rank] * root[None, :], scale=1.0)
+
+
+def eckart_young_error(delta: Tensor, rank: int) -> float:
+    """Predicted ``min_{rank <= r} ||delta - X||_F = sqrt(sum_{i>r} sigma_i^2)``."""
+    S = torch.linalg.svdvals(delta)
+    return float(S[rank:].square().sum().sqrt())
+
+
+def factor_average(adapters: Sequence[Factors], weights: Sequence[float] | None = None) -> Factors:
+    """MERGE-3 (factor space, PEFT ``add_weighted_adapter(combination_type="linear")``):
+    ``B = sum_i sqrt(w_i) B_i``, ``A = sum_j sqrt(w_j) s_j A_j`` (equal ranks required).
+    Its delta is the weighted delta sum plus :func:`cross_terms`."""
+    w = _check_weights(len(adapters), weights)
+    ranks = {a.rank for a in adapters}
+    if len(ranks) != 1:
+        raise ValueError(f"factor-space averaging needs equal ranks, got {sorted(ranks)}: use cat or svd")
+    if any(wi < 0 for wi in w):
+        raise ValueError(f"weights {w}: factor-space averaging uses sqrt(w), so weights must be >= 0")
+    B = sum(math.sqrt(wi) * a.B for wi, a in zip(w, adapters))
+    A = sum(math.sqrt(wi) * a.scale * a.A for wi, a in zip(w, adapters))
+    return Factors(A=A, B=B, scale=1.0)
+
+
+def cross_terms(adapters: Sequence[Factors], weights: Sequence[float] | None = None) -> Tensor:
+    """The predicted gap ``factor_average(...).delta - weighted_delta_sum(...)``:
+    ``sum_{i != j} sqrt(w_i w_j) s_j B_i A_j``."""
+    w = _check_weights(len(adapters), weights)
+    out = torch.zeros_like(adapters[0].delta)
+    for i, ai in enumerate(adapters):
+        for j, aj in enumerate(adapters):
+            if i != j:
+                out = out + math.sqrt(w[i] * w[j]) * aj.scale * ai.B @ aj.A
+    return out
+
+
+def dare(delta: Tensor, drop_rate: float, generator: torch.Generator) -> Tensor:
+    """MERGE-4 (Yu et al. 2023): drop each entry with probability ``drop_rate`` and rescale
+    the rest by ``1 / (1 - drop_rate)``, so ``E[dare(delta)] = delta`` (unbiased)."""
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate={drop_rate}: must be in [0, 1)")
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype) >= drop_rate
+    return delta * keep / (1.0 - drop_rate)
+
+
+def trim_top_k(delta: Tensor, density: float) -> Tensor:
+    """TIES step 1: keep the ``density`` fraction of entries with the largest magnitude."""
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density={density}: must be in (0, 1]")
+    k = max(1, int(round(density * delta.numel())))
+    if k == delta.numel():
+        return delta.clone()
+    threshold = delta.abs().flatten().kthvalue(delta.numel() - k + 1).values
+    return torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
+
+
+def ties(deltas: Sequence[Tensor], weights: Sequence[float] | None = None, density: float = 0.2) -> Tensor:
+    """MERGE-5 (Yadav et al. 2023) on deltas: trim each ``w_i delta_i`` to its top-``density``
+    entries, elect per entry the sign of the summed trimmed values (the majority by mass),
+    and average only the entries that agree with the elected sign."""
+    w = _check_weights(len(deltas), weights if weights is not None else [1.0] * len(deltas))
+    trimmed = torch.stack([trim_top_k(wi * d, density) for wi, d in zip(w, deltas)])  # (n, d_out, d_in)
+    elected = torch.sign(trimmed.sum(dim=0))  # (d_out, d_in)
+    agree = (torch.sign(trimmed) == elected) & (trimmed != 0)
+    count = agree.sum(dim=0).clamp(min=1)
+    return (trimmed * agree).sum(dim=0) / count
+
+
+def numerical_rank(M: Tensor, rtol: float = 1e-6) -> int:
+    """Number of singular values above ``rtol * sigma_max``."""
+    S = torch.linalg.svdvals(M)
+    if S.numel() == 0 or S[0] == 0:
+        return 0
+    return int((S > rtol * S[0]).sum())
