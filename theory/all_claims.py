@@ -1,2 +1,4 @@
 """Imports every claim module so that each registers its claims (order = table order)."""
-# Each import registers claims through theory.claims.claim; add new claim modules here.
+# ruff: noqa: F401
+# --- recall-model claims (P1, T2) ---
+# --- rank, expressiveness and merge claims (RANK-1, RANK-2, MERGE-*) ---

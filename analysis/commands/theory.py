@@ -62,11 +62,11 @@ def print_table(checks, out=sys.stdout) -> None:
 
 
 def write_theory_figures(checks, out_dir: Path, settings) -> list[Path]:
-    from analysis.figures.theory import THEORY_FIGURES
+    from analysis.figures.theory import theory_figures
     from analysis.plotstyle import save_figure
 
     written = []
-    for name, claim_id, fn in THEORY_FIGURES:
+    for name, claim_id, fn in theory_figures():
         mine = [c for c in checks if c.id.split(".")[0] == claim_id]
         if mine:
             fig, data = fn(mine)

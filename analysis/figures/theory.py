@@ -1,7 +1,7 @@
 """Figures of the theory claims, drawn from ``Check.data`` of the claims that ran.
 
-Each entry of :data:`THEORY_FIGURES` is ``(figure name, claim ID, fn)`` with
-``fn(checks) -> (Figure, plotted data dict)``; ``checks`` are that claim's checks.
+Each figure module lists ``FIGURES = [(figure name, claim ID, fn), ...]`` with
+``fn(checks) -> (Figure, plotted data dict)``, where ``checks`` are that claim's checks.
 """
 from __future__ import annotations
 
@@ -11,4 +11,9 @@ from theory.claims import Check
 
 FigureFn = Callable[[list[Check]], tuple[Any, dict[str, Any]]]
 
-THEORY_FIGURES: list[tuple[str, str, FigureFn]] = []
+
+def theory_figures() -> list[tuple[str, str, FigureFn]]:
+    figures: list[tuple[str, str, FigureFn]] = []
+    # --- recall-model figures (T2, P1): analysis/figures/recall.py ---
+    # --- rank and merge figures: analysis/figures/rank.py ---
+    return figures
