@@ -1,0 +1,202 @@
+"""Adapters as plain data: a :class:`LoRAConfig` plus ``module path -> Factors``.
+
+An adapter is independent of the model object, so reuse methods (``toymodels/reuse.py``)
+are pure functions on adapters; models are built from ``base + adapter`` on demand:
+- :func:`apply_adapter`: unmerged (``LoRALinear`` around each frozen map);
+- :func:`merge_into_new_model`: ``W + weight * delta`` folded into a copy of ``base``;
+- :func:`unmerge`: ``W - weight * delta``, the inverse.
+
+Each module's :class:`~theory.merge.Factors` carries its own rank and scale, so a merged
+adapter (``cat``: rank ``sum r_i``, scale 1) is an adapter like any other. On disk it is a
+PEFT LoRA checkpoint (``adapter_model.safetensors`` + ``adapter_config.json``); per-module
+ranks and scales that differ from the config go to PEFT's ``rank_pattern``/``alpha_pattern``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from theory.merge import Factors
+from toymodels.lora import LoRAConfig, LoRALinear, RoleMap, inject_lora, lora_modules
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."  # PEFT's key prefix for a LoRA on a causal LM
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """``config`` describes how the adapter was trained; ``factors`` are its weights."""
+
+    config: LoRAConfig
+    factors: dict[str, Factors] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self.factors)
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        return {path: f.delta for path, f in self.factors.items()}
+
+
+def extract_adapter(model: nn.Module, config: LoRAConfig) -> Adapter:
+    """The (detached, cloned) factors of every ``LoRALinear`` in ``model``."""
+    modules = lora_modules(model)
+    if not modules:
+        raise ValueError("model has no LoRALinear modules: inject_lora or apply_adapter first")
+    return Adapter(config, {path: m.factors for path, m in modules.items()})
+
+
+def random_adapter(base: nn.Module, config: LoRAConfig, role_map: RoleMap,
+                   generator: torch.Generator, B_std: float = 0.1) -> Adapter:
+    """A NONZERO adapter: ``A`` from the config's init, ``B ~ N(0, B_std^2)`` (not 0), both from
+    ``generator``. For equivalence tests and synthetic merge studies, where ``B = 0`` would
+    make every merge trivially exact."""
+    adapter = extract_adapter(inject_lora(base, config, role_map, generator), config)
+    factors = {path: Factors(f.A, B_std * torch.randn(f.B.shape, generator=generator).to(f.B), f.scale)
+               for path, f in adapter.factors.items()}
+    return Adapter(config, factors)
+
+
+def _linear(model: nn.Module, path: str) -> nn.Linear:
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"{path}: no such module in the base model") from None
+    if isinstance(module, LoRALinear):
+        raise ValueError(f"{path}: already has a LoRA; pass the base model")
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"{path}: is a {type(module).__name__}, adapters act on nn.Linear only")
+    return module
+
+
+def check_shapes(base: nn.Module, adapter: Adapter) -> None:
+    """Raise ValueError naming the module, expected and found shapes on any mismatch."""
+    for path, f in adapter.factors.items():
+        d_out, d_in = _linear(base, path).weight.shape
+        if f.A.shape[1] != d_in or f.B.shape[0] != d_out:
+            raise ValueError(f"{path}: base weight is (d_out, d_in)=({d_out}, {d_in}), so expected "
+                             f"A (r, {d_in}) and B ({d_out}, r); found A {tuple(f.A.shape)}, "
+                             f"B {tuple(f.B.shape)}")
+
+
+def apply_adapter(base: nn.Module, adapter: Adapter) -> nn.Module:
+    """A NEW frozen-base model with ``LoRALinear`` (this adapter's factors, trainable) on its paths."""
+    check_shapes(base, adapter)
+    new = copy.deepcopy(base).requires_grad_(False)
+    for path, f in adapter.factors.items():
+        lora = LoRALinear(new.get_submodule(path), f.rank, f.scale, adapter.config.dropout)
+        with torch.no_grad():
+            lora.A.copy_(f.A)
+            lora.B.copy_(f.B)
+        new.set_submodule(path, lora)
+    return new
+
+
+def merge_into_new_model(base: nn.Module, adapter: Adapter, weight: float = 1.0) -> nn.Module:
+    """A NEW model whose adapted maps are plain ``nn.Linear`` with ``W + weight * delta``."""
+    check_shapes(base, adapter)
+    new = copy.deepcopy(base)
+    with torch.no_grad():
+        for path, f in adapter.factors.items():
+            W = new.get_submodule(path).weight  # (d_out, d_in)
+            W.add_(weight * f.delta.to(W))
+    return new
+
+
+def unmerge(merged: nn.Module, adapter: Adapter, weight: float = 1.0) -> nn.Module:
+    """Inverse of :func:`merge_into_new_model` (up to float rounding)."""
+    return merge_into_new_model(merged, adapter, -weight)
+
+
+# --- PEFT checkpoint format -------------------------------------------------------------
+
+def _alpha(f: Factors, rslora: bool) -> float:
+    """PEFT's lora_alpha giving this module's scale: ``scale = alpha / r`` (or ``/ sqrt(r)``)."""
+    return f.scale * (math.sqrt(f.rank) if rslora else f.rank)
+
+
+def peft_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:
+    """``base_model.model.<path>.lora_A.weight`` (r, d_in) and ``...lora_B.weight`` (d_out, r)."""
+    out = {}
+    for path, f in adapter.factors.items():
+        out[f"{PEFT_PREFIX}{path}.lora_A.weight"] = f.A.detach().cpu().contiguous()
+        out[f"{PEFT_PREFIX}{path}.lora_B.weight"] = f.B.detach().cpu().contiguous()
+    return out
+
+
+def peft_config(adapter: Adapter, base_model_name_or_path: str | None = None) -> dict:
+    """``adapter_config.json`` in PEFT's ``LoraConfig`` format."""
+    cfg = adapter.config
+    rank_pattern, alpha_pattern = {}, {}
+    for path, f in adapter.factors.items():
+        if f.rank != cfg.rank:
+            rank_pattern[path] = f.rank
+        if not math.isclose(_alpha(f, cfg.rslora), cfg.alpha, rel_tol=1e-9):
+            alpha_pattern[path] = _alpha(f, cfg.rslora)
+    return {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path, "revision": None,
+        "r": cfg.rank, "lora_alpha": cfg.alpha, "use_rslora": cfg.rslora,
+        "lora_dropout": cfg.dropout, "bias": "none", "fan_in_fan_out": False,
+        "target_modules": sorted({path.rsplit(".", 1)[-1] for path in adapter.factors}),
+        "layers_to_transform": list(cfg.layers) if cfg.layers is not None else None,
+        "layers_pattern": None, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+        "init_lora_weights": True if cfg.init == "kaiming_uniform" else cfg.init,
+        "modules_to_save": None, "use_dora": False, "inference_mode": True,
+    }
+
+
+def save_adapter(adapter: Adapter, directory: str | Path,
+                 base_model_name_or_path: str | None = None) -> Path:
+    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(peft_state_dict(adapter), directory / WEIGHTS_NAME)
+    text = json.dumps(peft_config(adapter, base_model_name_or_path), indent=2, sort_keys=True)
+    (directory / CONFIG_NAME).write_text(text + "\n")
+    return directory
+
+
+def load_adapter(directory: str | Path, base: nn.Module, role_map: RoleMap) -> Adapter:
+    """Read a PEFT LoRA checkpoint (safetensors only, never pickle) written for ``base``.
+    ``role_map`` turns module paths back into the config's ``targets`` (in role-map order);
+    every path must be in it, and shapes must match ``base`` (ValueError naming module and
+    shapes otherwise)."""
+    directory = Path(directory)
+    meta = json.loads((directory / CONFIG_NAME).read_text())
+    if meta.get("peft_type") != "LORA" or meta.get("fan_in_fan_out", False):
+        raise ValueError(f"{directory / CONFIG_NAME}: peft_type={meta.get('peft_type')!r}, "
+                         f"fan_in_fan_out={meta.get('fan_in_fan_out')!r}: need LORA, false")
+    tensors = load_file(directory / WEIGHTS_NAME)
+    roles = {path: role for (role, _), path in role_map.items()}
+    rslora = bool(meta.get("use_rslora", False))
+    factors = {}
+    for key in sorted(k for k in tensors if k.endswith(".lora_A.weight")):
+        path = key[len(PEFT_PREFIX):-len(".lora_A.weight")]
+        if path not in roles:
+            raise ValueError(f"{path}: not in the role map of this model; known paths end "
+                             f"like {sorted(roles)[:3]}")
+        if (key_B := f"{PEFT_PREFIX}{path}.lora_B.weight") not in tensors:
+            raise ValueError(f"{path}: {WEIGHTS_NAME} has lora_A but no lora_B")
+        A, B = tensors[key], tensors[key_B]
+        alpha = meta.get("alpha_pattern", {}).get(path, meta["lora_alpha"])
+        factors[path] = Factors(A=A, B=B, scale=alpha / (math.sqrt(A.shape[0]) if rslora else A.shape[0]))
+    layers = meta.get("layers_to_transform")
+    init = meta.get("init_lora_weights", True)
+    config = LoRAConfig(
+        rank=meta["r"], alpha=float(meta["lora_alpha"]), rslora=rslora,
+        dropout=float(meta.get("lora_dropout", 0.0)),
+        targets=tuple(dict.fromkeys(role for path, role in roles.items() if path in factors)),
+        layers=tuple(layers) if layers is not None else None,
+        init="kaiming_uniform" if init is True else init)
+    adapter = Adapter(config, factors)
+    check_shapes(base, adapter)
+    return adapter

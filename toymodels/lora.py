@@ -1,0 +1,134 @@
+"""Hand-written LoRA (Hu et al. 2021) in the notation of ``theory/__init__.py``.
+
+``LoRALinear`` wraps a FROZEN ``nn.Linear``: ``y = base(x) + scale * dropout(x) @ A.T @ B.T``
+with ``A: (r, d_in)``, ``B: (d_out, r)``. Injection is generic: it only sees a role map
+``(role, layer) -> module path``, which our GPT (``toymodels.model.role_modules``) and the
+pretrained loader (Llama roles ``q, k, v, o, gate, up, down``) each supply.
+
+Item 6 (many adapters at once): the factors are plain tensors, so ``n`` adapters on one
+module stack to ``A: (n, r, d_in)``, ``B: (n, d_out, r)`` and one batched matmul trains them
+all; :class:`toymodels.routing.RoutedLinear` already runs a stacked bank in its forward
+pass, and a trainable ``StackedLoRALinear`` would sit next to ``LoRALinear`` here.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from theory.merge import Factors
+from toymodels.config import Config
+
+RoleMap = Mapping[tuple[str, int], str]  # (role, layer) -> module path
+INITS = ("kaiming_uniform", "gaussian")  # PEFT's init_lora_weights=True / "gaussian"
+
+
+@dataclass(frozen=True)
+class LoRAConfig(Config):
+    """A LoRA on the ``targets`` roles of ``layers`` (None = every layer of the role map)."""
+
+    rank: int = 4
+    alpha: float = 8.0
+    rslora: bool = False
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "k", "v", "o", "mlp_in", "mlp_out")
+    layers: tuple[int, ...] | None = None
+    init: Literal["kaiming_uniform", "gaussian"] = "kaiming_uniform"
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"lora.rank={self.rank!r}: must be an integer >= 1")
+        if not self.alpha > 0:
+            raise ValueError(f"lora.alpha={self.alpha!r}: must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout={self.dropout!r}: must be in [0, 1)")
+        if not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"lora.targets={self.targets!r}: must be a non-empty tuple of distinct roles")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise ValueError(f"lora.layers={self.layers!r}: must be None (all) or layer indices >= 0")
+        if self.init not in INITS:
+            raise ValueError(f"lora.init={self.init!r}: must be one of {', '.join(INITS)}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + scale * dropout(x) @ A.T @ B.T``; ``base`` is frozen, ``A``/``B`` train.
+    ``A`` and ``B`` are created on the base weight's device and dtype and start at zero;
+    :meth:`reset_parameters` gives the standard init (``A`` random, ``B = 0``, so delta = 0)."""
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        d_out, d_in = base.weight.shape
+        self.A = nn.Parameter(base.weight.new_zeros(rank, d_in))  # (r, d_in)
+        self.B = nn.Parameter(base.weight.new_zeros(d_out, rank))  # (d_out, r)
+        self.scale = float(scale)
+        self.dropout = nn.Dropout(dropout)
+
+    def reset_parameters(self, init: str, generator: torch.Generator) -> None:
+        """``kaiming_uniform``: like ``nn.Linear``'s default (loralib, PEFT ``True``);
+        ``gaussian``: ``N(0, 1/r^2)`` (PEFT ``"gaussian"``). Drawn on CPU from ``generator``,
+        so the init is the same on every device."""
+        A = torch.empty(self.A.shape)
+        if init == "kaiming_uniform":
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
+        else:
+            nn.init.normal_(A, std=1.0 / self.A.shape[0], generator=generator)
+        with torch.no_grad():
+            self.A.copy_(A)
+            self.B.zero_()
+
+    @property
+    def weight(self) -> Tensor:  # the frozen W, for code that reads module.weight (as PEFT's layers allow)
+        return self.base.weight
+
+    @property
+    def factors(self) -> Factors:
+        return Factors(A=self.A.detach().clone(), B=self.B.detach().clone(), scale=self.scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + self.scale * (self.dropout(x) @ self.A.T) @ self.B.T
+
+
+def target_paths(cfg: LoRAConfig, role_map: RoleMap) -> list[str]:
+    """Module paths that ``cfg`` adapts, in role-map order; unknown roles/layers raise."""
+    roles = list(dict.fromkeys(role for role, _ in role_map))
+    layers = sorted({layer for _, layer in role_map})
+    if unknown := [r for r in cfg.targets if r not in roles]:
+        raise ValueError(f"lora.targets contains {unknown}: roles of this model are {', '.join(roles)}")
+    if cfg.layers is not None and (unknown := [l for l in cfg.layers if l not in layers]):
+        raise ValueError(f"lora.layers contains {unknown}: layers of this model are {layers}")
+    return [path for (role, layer), path in role_map.items()
+            if role in cfg.targets and (cfg.layers is None or layer in cfg.layers)]
+
+
+def inject_lora(model: nn.Module, cfg: LoRAConfig, role_map: RoleMap,
+                generator: torch.Generator) -> nn.Module:
+    """A NEW model (deep copy, every base parameter frozen) whose targeted linear maps are
+    :class:`LoRALinear` with freshly initialised factors; ``model`` is left untouched."""
+    paths = target_paths(cfg, role_map)
+    new = copy.deepcopy(model).requires_grad_(False)
+    for path in paths:
+        base = new.get_submodule(path)
+        if not isinstance(base, nn.Linear):
+            raise ValueError(f"{path}: is a {type(base).__name__}, LoRA wraps nn.Linear only")
+        limit = min(base.weight.shape)
+        if cfg.rank > limit:
+            raise ValueError(f"lora.rank={cfg.rank}: must be in [1, {limit}] = [1, min(d_out, d_in)] "
+                             f"for {path} with weight {tuple(base.weight.shape)}")
+        lora = LoRALinear(base, cfg.rank, cfg.scale, cfg.dropout)
+        lora.reset_parameters(cfg.init, generator)
+        new.set_submodule(path, lora)
+    return new
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    """Every :class:`LoRALinear` in ``model`` by module path (the path of the wrapped map)."""
+    return {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
