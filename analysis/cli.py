@@ -12,7 +12,7 @@ import sys
 
 from analysis.errors import UsageError
 
-VERBS = ["theory", "reproduce"]
+VERBS = ["theory", "reproduce", "run", "list"]
 
 
 class _Parser(argparse.ArgumentParser):

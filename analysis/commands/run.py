@@ -1,0 +1,107 @@
+"""Run one experiment's grid through the result cache, then draw its figures.
+
+Finished configs (``results/<experiment>/<key>.json``) are skipped, so an interrupted run
+resumes where it stopped; ``--force`` recomputes them. ``--set`` applies to every config
+of the grid.
+
+examples:
+  lora-limits run two_hop                          # quick profile, CPU, serial
+  lora-limits run two_hop --jobs 2 --set train.steps=200
+  lora-limits run two_hop --profile paper --device cuda
+  lora-limits run two_hop --engine dask --jobs 8   # local Dask cluster of 8 workers
+  lora-limits run two_hop --scheduler tcp://head:8786   # an existing Dask cluster
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.errors import UsageError
+
+HELP = "run an experiment's grid (cached, resumable, parallel) and draw its figures"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", metavar="EXPERIMENT", help="experiment name (see `lora-limits list`)")
+    parser.add_argument("--profile", default="quick", metavar="P",
+                        help="quick (CPU, minutes; default) or paper (bigger, for a GPU)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to train (default auto: CUDA when present)")
+    parser.add_argument("--jobs", default="1", metavar="N", help="configs run at once (default 1)")
+    parser.add_argument("--engine", choices=["serial", "process", "dask"],
+                        help="serial, process (local worker processes) or dask "
+                             "(default: serial for --jobs 1, else process)")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field in every config, e.g. train.steps=200 (repeatable)")
+    parser.add_argument("--force", action="store_true", help="recompute configs that are already cached")
+    parser.add_argument("--results", default="results", metavar="DIR", help="result cache (default results/)")
+    parser.add_argument("--figures", default="figures", metavar="DIR", help="figure folder (default figures/)")
+    parser.add_argument("--no-figures", action="store_true", help="only fill the cache")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise UsageError(f"--jobs {text!r}: must be an integer >= 1") from None
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: must be an integer >= 1")
+    return jobs
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; asking for absent CUDA is a usage error."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def grid_with_overrides(experiment, profile: str, overrides: list[str]) -> list:
+    """The experiment's grid with every ``--set`` applied to every config."""
+    from toymodels.config import apply_overrides
+
+    try:
+        return [apply_overrides(config, overrides) for config in experiment.configs(profile)]
+    except ValueError as exc:
+        raise UsageError(f"--set: {exc}") from None
+
+
+def run(args) -> int:
+    from analysis import registry
+    from analysis.cache import ResultCache, load_results
+    from analysis.report import draw_figures
+    from analysis.sweep import choose_engine, run_sweep
+
+    experiment = registry.get(args.experiment)
+    configs = grid_with_overrides(experiment, args.profile, args.overrides)
+    jobs = parse_jobs(args.jobs)
+    try:
+        engine = choose_engine(args.engine, jobs, args.scheduler)
+    except ValueError as exc:
+        raise UsageError(f"--engine: {exc}") from None
+    device = resolve_device(args.device)
+    summary = run_sweep(experiment, configs, ResultCache(args.results, experiment.name), device=device,
+                        jobs=jobs, engine=engine, scheduler=args.scheduler, force=args.force,
+                        progress=not args.quiet)
+    print(f"{experiment.name}: {summary.total} configs, {summary.cached} cached, {summary.computed} computed, "
+          f"{len(summary.failures)} failed ({summary.engine}, {summary.seconds:.1f} s) -> "
+          f"{Path(args.results) / experiment.name}/")
+    if summary.failures:
+        first = summary.failures[0]
+        print(f"config {first.key} failed:\n{first.error}", file=sys.stderr)
+        print(f"{len(summary.failures)} config(s) failed; finished ones are cached. Fix and rerun the same "
+              "command to compute the rest; no figures were drawn.", file=sys.stderr)
+        return 1
+    if not args.no_figures:
+        results = load_results(experiment.name, configs, args.results, args.profile, args.overrides)
+        for path in draw_figures(experiment, results, args.figures, args.profile):
+            if path.suffix == ".png":
+                print(f"figure: {path}")
+    return 0

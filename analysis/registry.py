@@ -1,0 +1,113 @@
+"""Experiment registry: what each experiment sweeps, how one configuration runs, what it draws.
+
+An :class:`Experiment` is data:
+
+- ``grid(profile) -> list[Config]``: the frozen configs of a sweep ("quick" for CPU
+  minutes, "paper" for a GPU), written as a comprehension over ``dataclasses.replace``;
+- ``run(config, device) -> dict``: PURE and module-level (worker processes import it by
+  name): trains/measures one config and returns JSON-able metrics, subsampled curves
+  and the theory prediction where one exists. It never touches the disk or the terminal;
+  the sweep caches what it returns under ``config.key()``;
+- ``figures``: ``{figure name: fn(results) -> (Figure, plotted data dict)}``;
+- ``claims``: :class:`ClaimMeasure` rows, each a claim plus how to measure it per seed
+  from the results; the report turns them into verdicts.
+
+Plug in an experiment by calling :func:`register` at import time of its module and adding
+the module to :data:`EXPERIMENT_MODULES` (the same pattern as ``theory.all_claims``).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Sequence
+
+from analysis.errors import UsageError
+from analysis.verdict import Claim
+
+PROFILES = ("quick", "paper")
+
+# Modules that register experiments when imported. Add one line per experiment module.
+EXPERIMENT_MODULES: list[str] = [
+    "analysis.selftest",  # "_selftest": the tiny dummy experiment the tests use (hidden)
+]
+
+
+class Result(NamedTuple):
+    """One finished grid point as the figures and claims see it."""
+
+    key: str
+    config: Any  # the frozen Config
+    result: dict[str, Any]  # what Experiment.run returned (after a JSON round trip)
+
+
+FigureFn = Callable[[list[Result]], tuple[Any, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ClaimMeasure:
+    """A claim and how to measure it: ``per_seed(results)`` returns one number per seed
+    (e.g. merged minus control accuracy, paired by seed); ``figures`` are the figure
+    names the report links beside it."""
+
+    claim: Claim
+    per_seed: Callable[[list[Result]], Sequence[float]]
+    figures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str  # one line, shown by ``lora-limits list``
+    grid: Callable[[str], list[Any]]
+    run: Callable[[Any, str], dict[str, Any]]
+    figures: dict[str, FigureFn] = field(default_factory=dict)
+    claims: tuple[ClaimMeasure, ...] = ()
+    hidden: bool = False  # hidden experiments (the self-test) are left out of ``list`` and the report
+
+    def configs(self, profile: str) -> list[Any]:
+        """The grid for ``profile``; an unknown profile is a :class:`UsageError`."""
+        if profile not in PROFILES:
+            raise UsageError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+        return list(self.grid(profile))
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register(experiment: Experiment) -> Experiment:
+    """Add ``experiment``; a second experiment under the same name is an error."""
+    if "<" in experiment.run.__qualname__:  # a lambda or nested function cannot be pickled by name
+        raise ValueError(f"experiment {experiment.name!r}: run must be a module-level function so that "
+                         f"worker processes can import it, not {experiment.run.__qualname__}")
+    old = _REGISTRY.get(experiment.name)
+    if old is not None and old is not experiment:
+        raise ValueError(f"experiment {experiment.name!r} registered twice")
+    for measure in experiment.claims:
+        unknown = [f for f in measure.figures if f not in experiment.figures]
+        if unknown:
+            raise ValueError(f"experiment {experiment.name!r}: claim {measure.claim.id} links "
+                             f"unknown figure(s) {', '.join(unknown)}")
+    for other in _REGISTRY.values():
+        shared = set(other.figures) & set(experiment.figures) if other.name != experiment.name else set()
+        if shared:
+            raise ValueError(f"experiment {experiment.name!r}: figure name(s) {', '.join(sorted(shared))} "
+                             f"already used by {other.name!r} (figures share one folder)")
+    _REGISTRY[experiment.name] = experiment
+    return experiment
+
+
+def experiments(include_hidden: bool = False) -> dict[str, Experiment]:
+    """All registered experiments in registration order (imports :data:`EXPERIMENT_MODULES`)."""
+    for module in EXPERIMENT_MODULES:
+        importlib.import_module(module)
+    return {n: e for n, e in _REGISTRY.items() if include_hidden or not e.hidden}
+
+
+def get(name: str) -> Experiment:
+    """The experiment called ``name``; an unknown name is a :class:`UsageError` listing valid ones."""
+    known = experiments(include_hidden=True)
+    if name not in known:
+        visible = [n for n, e in known.items() if not e.hidden]
+        raise UsageError(f"unknown experiment {name!r}; valid experiments: "
+                         f"{', '.join(visible) or '(none registered yet)'}")
+    return known[name]

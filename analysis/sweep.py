@@ -1,0 +1,184 @@
+"""Run an experiment's grid through the cache: skip finished keys, compute the rest.
+
+Engines (all yield finished outcomes to the parent, which alone writes the cache):
+
+- ``serial``: in this process, one config after another (``--jobs 1``, the default);
+- ``process``: ``--jobs N`` worker processes on this machine (``concurrent.futures`` with
+  the ``spawn`` start method: a fresh interpreter per worker, safe with torch threads);
+- ``dask``: Dask distributed, for users who outgrow one machine: a ``LocalCluster`` of N
+  single-threaded worker processes by default, or any running cluster via
+  ``--scheduler tcp://HOST:8786``. Dask was chosen over Ray because it is a pure-Python
+  install (~39 MB with its dependencies, ~6 s, no change to torch) whose local cluster
+  starts in ~3 s, runs our plain module-level functions unchanged and needs no shared
+  file system, since results come back to this process; Ray ships a 79 MB compiled wheel
+  (plus a protobuf/grpc stack) and a heavier runtime for what is here a map over configs.
+  Dask is in the ``dev`` extra; it is imported only when ``--engine dask`` is used.
+
+Interrupt safety: each record is written atomically by the parent as soon as its config
+finishes, and a config counts as done only when its file is a valid record. A sweep killed
+at any moment (SIGKILL included) loses only the configs in flight; rerunning finishes the
+grid, recomputing nothing that was stored and storing every key exactly once.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Iterator
+
+from analysis.atomic import to_json_text
+from analysis.cache import ResultCache, make_record, unique_configs
+from analysis.registry import Experiment
+
+ENGINES = ("serial", "process", "dask")
+
+
+@dataclass(frozen=True)
+class Task:
+    experiment: str
+    run: Callable[[Any, str], dict[str, Any]]  # module-level, so workers import it by name
+    config: Any
+    device: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: str
+    record: dict[str, Any] | None  # None when the run raised
+    error: str | None = None  # the worker's traceback
+
+
+@dataclass
+class SweepSummary:
+    experiment: str
+    engine: str
+    total: int  # distinct configs in the grid
+    cached: int  # already finished before this sweep
+    computed: int = 0
+    failures: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def compute_record(task: Task) -> Outcome:
+    """Run one config (in a worker) and return its record; exceptions become a failed outcome."""
+    key = task.config.key()
+    started, t0 = _utc_now(), time.perf_counter()
+    try:
+        result = json.loads(to_json_text(task.run(task.config, task.device)))  # JSON-native copy
+        if not isinstance(result, dict):
+            raise TypeError(f"{task.experiment}.run returned {type(result).__name__}, expected a dict")
+    except Exception:  # noqa: BLE001  (reported per config; the sweep goes on)
+        return Outcome(key, None, traceback.format_exc())
+    timing = {"started_utc": started, "finished_utc": _utc_now(), "seconds": time.perf_counter() - t0,
+              "pid": os.getpid()}
+    return Outcome(key, make_record(task.experiment, task.config, result, timing, task.device))
+
+
+def _serial(tasks: list[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
+    for task in tasks:
+        yield compute_record(task)
+
+
+def _limit_threads(threads: int) -> None:
+    """Worker initializer: N workers share the cores instead of each taking all of them."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def _process(tasks: list[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_limit_threads, initargs=(threads,))
+    finished = False
+    try:
+        futures = {pool.submit(compute_record, t): t for t in tasks}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except Exception as exc:  # noqa: BLE001  (a worker died, e.g. out of memory)
+                yield Outcome(futures[future].config.key(), None, f"worker process failed: {exc!r}")
+        finished = True
+    finally:
+        if not finished:  # interrupted: stop the workers now rather than wait for their configs
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _dask(tasks: list[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
+    import logging
+
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None if scheduler else LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                                  dashboard_address=None, silence_logs=logging.ERROR)
+    client = Client(scheduler or cluster)
+    try:
+        futures = [client.submit(compute_record, t, key=f"{t.experiment}-{t.config.key()}", pure=False)
+                   for t in tasks]
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except Exception as exc:  # noqa: BLE001  (e.g. KilledWorker: the worker died)
+                yield Outcome(future.key.removeprefix(f"{tasks[0].experiment}-"), None,
+                              f"dask worker failed: {exc!r}")
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+_RUNNERS = {"serial": _serial, "process": _process, "dask": _dask}
+
+
+def choose_engine(engine: str | None, jobs: int, scheduler: str | None) -> str:
+    """``--engine`` if given; else dask with a scheduler, process pool for N > 1 jobs, serial otherwise."""
+    if engine is None:
+        return "dask" if scheduler else "process" if jobs > 1 else "serial"
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}; must be one of {', '.join(ENGINES)}")
+    if scheduler and engine != "dask":
+        raise ValueError(f"a scheduler address needs the dask engine, not {engine!r}")
+    return engine
+
+
+def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache, device: str = "cpu",
+              jobs: int = 1, engine: str | None = None, scheduler: str | None = None,
+              force: bool = False, progress: bool = True) -> SweepSummary:
+    """Compute every config of ``configs`` not yet in ``cache`` (all of them with ``force``)."""
+    from tqdm import tqdm
+
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: must be at least 1")
+    engine = choose_engine(engine, jobs, scheduler)
+    grid = unique_configs(configs)
+    cache.remove_stale_temp_files()
+    pending = [c for c in grid if force or not cache.has(c.key(), c)]
+    summary = SweepSummary(experiment.name, engine, total=len(grid), cached=len(grid) - len(pending))
+    tasks = [Task(experiment.name, experiment.run, c, device) for c in pending]
+    start = time.perf_counter()
+    with tqdm(total=len(grid), initial=summary.cached, desc=experiment.name, unit="config",
+              disable=not progress, dynamic_ncols=True) as bar:
+        runner = _RUNNERS[engine] if tasks else _serial  # nothing to do: start no pool or cluster
+        with contextlib.closing(runner(tasks, jobs, scheduler)) as outcomes:
+            for outcome in outcomes:
+                if outcome.record is not None:
+                    cache.store(outcome.record)
+                    summary.computed += 1
+                else:
+                    summary.failures.append(outcome)
+                    bar.set_postfix(failed=len(summary.failures))
+                bar.update(1)
+    summary.seconds = time.perf_counter() - start
+    return summary
