@@ -44,6 +44,8 @@ class Factors:
 
 
 def _check_weights(n: int, weights: Sequence[float] | None) -> list[float]:
+    if n == 0:
+        raise ValueError("adapters is empty: give at least one adapter to merge")
     if weights is None:
         return [1.0 / n] * n  # uniform average
     if len(weights) != n:
@@ -79,6 +81,9 @@ def svd_truncate(delta: Tensor, rank: int) -> Factors:
 
 def eckart_young_error(delta: Tensor, rank: int) -> float:
     """Predicted ``min_{rank <= r} ||delta - X||_F = sqrt(sum_{i>r} sigma_i^2)``."""
+    if not isinstance(rank, int) or rank < 0:
+        # a negative rank would silently slice S[-k:] and return the wrong tail
+        raise ValueError(f"rank={rank!r}: must be an integer >= 0")
     S = torch.linalg.svdvals(delta)
     return float(S[rank:].square().sum().sqrt())
 

@@ -15,5 +15,9 @@ FigureFn = Callable[[list[Check]], tuple[Any, dict[str, Any]]]
 def theory_figures() -> list[tuple[str, str, FigureFn]]:
     figures: list[tuple[str, str, FigureFn]] = []
     # --- recall-model figures (T2, P1): analysis/figures/recall.py ---
+    from analysis.figures import recall
+    figures += recall.FIGURES
     # --- rank and merge figures: analysis/figures/rank.py ---
+    from analysis.figures import rank
+    figures += rank.FIGURES
     return figures

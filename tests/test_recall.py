@@ -1,0 +1,125 @@
+"""The one-layer recall model (theory/recall.py): exact storage, key regimes, readouts."""
+import math
+
+import pytest
+import torch
+
+from theory.recall import (KEY_REGIMES, RecallConfig, build_recall_model, margin, one_hot, rank_one_edit,
+                           relu_key_cosine)
+
+TINY = dict(d_model=16, d_mlp=64, n_entities=16, n_relations=3)
+
+
+def _model(keys="centred", seed=0, batch=None, **kw):
+    return build_recall_model(RecallConfig(**{**TINY, **kw}, keys=keys), torch.Generator().manual_seed(seed), batch)
+
+
+@pytest.mark.parametrize("keys", KEY_REGIMES)
+@pytest.mark.parametrize("n_facts", [pytest.param(None, id="N=all"), pytest.param(20, id="N=20")])
+def test_P1_model_stores_every_fact_exactly(keys, n_facts):
+    """PAPER.md s.1: "Exact storage of many facts is constructible when keys are linearly
+    independent": W key(x, r) = i_{r(x)} for all N stored facts."""
+    model = _model(keys, n_facts=n_facts)
+    assert model.storage_error < 1e-9
+    logits = model.logits(model.stored_keys)  # (|E|, N)
+    assert torch.equal(logits.argmax(0), model.answers)
+    assert torch.allclose(margin(logits.T, model.answers), torch.ones(model.config.N, dtype=torch.float64))
+    # two-sided: the same W does not "store" a different answer table
+    wrong = (model.answers + 1) % model.config.n_entities
+    assert (logits - one_hot(wrong, model.config.n_entities).T).abs().max() > 0.5
+
+
+def test_batch_is_a_stack_of_independent_models():
+    """A batched build holds n models; each instance answers like a single model."""
+    batch = _model(batch=3)
+    assert batch.batch == 3 and batch.storage_error < 1e-9
+    x, r = torch.tensor([0, 5, 7]), torch.tensor([1, 0, 2])
+    keys = batch.key(x, r)  # (3, m)
+    for i in range(3):
+        single = batch.instance(i)
+        assert torch.allclose(single.key(int(x[i]), int(r[i])), keys[i])
+        assert int(single.answer(int(x[i]), int(r[i]))) == int(batch.answer(x, r)[i])
+    assert not torch.allclose(batch.W[0], batch.W[1])  # independent draws
+
+
+def test_builder_is_deterministic_in_its_generator():
+    a, b, c = _model(seed=3), _model(seed=3), _model(seed=4)
+    assert torch.equal(a.W, b.W) and torch.equal(a.facts, b.facts)
+    assert not torch.allclose(a.E, c.E)
+
+
+def test_two_hop_key_is_the_documented_readout():
+    """recall.py: the two-hop prompt "X R1 R2" is read as h = V e_X + e_R1 + e_R2."""
+    m = _model()
+    h = m.V @ m.E[3] + m.R[0] + m.R[2]
+    assert torch.allclose(m.key(3, 0, 2), torch.relu(m.U @ h) - m.mu)
+    assert torch.allclose(m.hidden(3, 0, 2), h)
+    assert not torch.allclose(m.key(3, 0, 2), m.key(3, 0))  # r2 matters
+
+
+def test_raw_keys_are_nonnegative_with_a_large_common_component():
+    """recall.py: raw keys are non-negative, so two keys share a large common component."""
+    K = _model("raw").stored_keys
+    Kn = K / K.norm(dim=0)
+    cos = Kn.T @ Kn
+    off = cos[~torch.eye(cos.shape[0], dtype=torch.bool)]
+    assert K.min() >= 0 and off.min() > 0 and off.mean() > 0.25
+
+
+def test_centred_offset_is_the_prior_mean_key():
+    """recall.py: mu = E[ReLU(U h)] under e ~ N(0, I/d), in closed form (checked by Monte Carlo)."""
+    m, g = _model("centred"), torch.Generator().manual_seed(1)
+    d, n = m.config.d_model, 40_000
+    e_x = torch.randn(n, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    e_r = torch.randn(n, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    mc = torch.relu((e_x @ m.V.T + e_r) @ m.U.T).mean(0)  # (m,)
+    assert (mc - m.mu).abs().max() < 0.05 * m.mu.mean()
+    assert _model("raw").mu.abs().max() == 0
+
+
+@pytest.mark.parametrize("cos_h,expected", [(0.0, 1 / math.pi), (1.0, 1.0), (-1.0, 0.0)])
+def test_relu_key_cosine_endpoints(cos_h, expected):
+    assert float(relu_key_cosine(torch.tensor(cos_h, dtype=torch.float64))) == pytest.approx(expected, abs=1e-12)
+
+
+def test_relu_key_cosine_matches_wide_random_features():
+    """Arc-cosine kernel: cos(ReLU(U h), ReLU(U h')) -> (sin t + (pi - t) cos t)/pi as m grows."""
+    g = torch.Generator().manual_seed(0)
+    U = torch.randn(100_000, 2, generator=g, dtype=torch.float64)
+    for t in (0.3, 1.2, 2.5):
+        h = torch.tensor([1.0, 0.0], dtype=torch.float64)
+        hp = torch.tensor([math.cos(t), math.sin(t)], dtype=torch.float64)
+        k, kp = torch.relu(U @ h), torch.relu(U @ hp)
+        measured = float(k @ kp / (k.norm() * kp.norm()))
+        assert measured == pytest.approx(float(relu_key_cosine(torch.tensor(math.cos(t)))), abs=0.01)
+
+
+def test_margin_values():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 5.0]])
+    assert float(margin(logits[0], 1)) == 1.0
+    assert float(margin(logits[0], 0)) == -2.0
+    assert margin(logits, torch.tensor([2, 2])).tolist() == [-1.0, 5.0]
+
+
+@pytest.mark.parametrize("kw,field", [
+    pytest.param(dict(d_model=0), "d_model", id="d_model=0"),
+    pytest.param(dict(d_mlp=2.5), "d_mlp", id="d_mlp=2.5"),
+    pytest.param(dict(n_entities=3), "n_entities", id="n_entities=3"),
+    pytest.param(dict(n_facts=1000), "n_facts", id="n_facts>pairs"),
+    pytest.param(dict(d_mlp=40), "n_facts", id="N>m"),
+    pytest.param(dict(keys="whitened"), "keys", id="keys=whitened"),
+])
+def test_config_rejects_bad_values(kw, field):
+    with pytest.raises(ValueError, match=field) as err:
+        RecallConfig(**{**TINY, **kw})
+    assert str(list(kw.values())[0]) in str(err.value) or field == "n_facts"
+
+
+def test_bad_calls_raise():
+    m = _model()
+    with pytest.raises(ValueError, match="new=.*must be entity indices in \\[0, 16\\)"):
+        rank_one_edit(m, m.key(0, 0), 16)
+    with pytest.raises(ValueError, match="relations"):
+        m.key(0)
+    with pytest.raises(ValueError, match="batch=0"):
+        build_recall_model(RecallConfig(**TINY), torch.Generator(), batch=0)

@@ -1,0 +1,39 @@
+"""SymPy counterparts of P1 and the T2 decomposition (theory/symbolic_recall.py)."""
+import sympy as sp
+
+from theory.symbolic_recall import (_sq, _vec, nonzero_entries, p1_residuals, p1_sympy_check, t2_residuals,
+                                    t2_sympy_check)
+
+
+def test_P1_sympy_identities_cancel():
+    """P1: DW = delta v^T/||v||^2 solves DW v = delta, moves w by delta <v,w>/||v||^2, has
+    minimum norm (Pythagoras) and rank one - identically in the symbols."""
+    res = p1_residuals()
+    assert set(res) == {"exact", "locality", "other_solution_exact", "pythagoras", "rank_one"}
+    assert nonzero_entries(res) == 0
+    assert p1_sympy_check().passed
+
+
+def test_P1_sympy_detects_a_wrong_formula():
+    """Two-sided: dividing by ||v|| instead of ||v||^2 leaves non-cancelling entries."""
+    v, delta = _vec("v", 3), _vec("d", 3)
+    wrong = delta * v.T / sp.sqrt(_sq(v))
+    assert nonzero_entries({"exact": wrong * v - delta}) == 3
+
+
+def test_T2_sympy_identities_cancel():
+    """T2: "(W + DW) v' = W v' + c1 (<v1,v'>/||v1||^2) delta1 + c2 (<v2,v'>/||v2||^2) delta2"."""
+    assert nonzero_entries(t2_residuals()) == 0
+    assert t2_sympy_check().passed
+
+
+def test_T2_sympy_detects_a_missing_term():
+    """Two-sided: the decomposition without its delta2 term does not cancel (so the check
+    can fail), while the residuals of t2_residuals do."""
+    W = sp.Matrix(2, 2, sp.symbols("w1:5", real=True))
+    v1, v2, vp, d1, d2 = (_vec(n, 2) for n in "abpef")
+    c1, c2 = sp.symbols("c1 c2", real=True)
+    merged = (W + c1 * d1 * v1.T / _sq(v1) + c2 * d2 * v2.T / _sq(v2)) * vp
+    without_delta2 = W * vp + c1 * (v1.T * vp)[0, 0] / _sq(v1) * d1
+    assert nonzero_entries({"missing": merged - without_delta2}) == 2
+    assert nonzero_entries(t2_residuals(n_entities=2, m=2)) == 0

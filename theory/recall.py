@@ -1,0 +1,242 @@
+"""The one-layer factual-recall model of PAPER.md section 1 (the key-value view of
+Geva et al. 2021 and Nichani, Lee, Bietti 2024), and LoRA edits of its output matrix ``W``.
+
+Model
+-----
+Entities and relations have embeddings ``e_x, e_r`` in R^d (rows of ``E`` and ``R``). A
+prompt is read at its last position:
+
+- one-hop "X REL":      ``h = V e_X + e_REL``
+- two-hop "X R1 R2":    ``h = V e_X + e_R1 + e_R2``
+
+Attention copies the subject through the value map ``V``; every relation token reaches
+the last position unchanged (residual stream for the last token, identity-value attention
+for an earlier relation token). We chose this readout for the two-hop prompt because it
+extends the one-hop readout token by token and gives the key everything the prompt
+mentions, and nothing else; in particular no trace of the bridge entity ``y~`` that the
+two-hop question needs (T2). The relations enter with the same weight as the subject.
+
+``key = ReLU(U h) - mu`` with ``U: (m, d)``; logits ``W key`` with ``W: (|E|, m)`` read in
+the entity basis. ``W = D K^+`` (minimum-norm exact solution of ``W K = D`` for the stored
+keys ``K: (m, N)`` and one-hot answers ``D: (|E|, N)``), exact when the N keys are
+linearly independent, which needs ``N <= m``.
+
+Key regimes
+-----------
+- ``raw``: ``mu = 0``. Keys are non-negative, so any two share a large common component
+  (for independent Gaussian inputs the cosine of two ReLU keys is about 1/pi).
+- ``centred``: ``mu = E[ReLU(U h)]`` under the embedding prior (``e ~ N(0, I/d)``), in
+  closed form ``mu_i = sqrt((||V^T u_i||^2 + ||u_i||^2) / d) / sqrt(2 pi)``. Fixed (a bias
+  of the MLP), not fitted to the stored facts, so the centred keys of all pairs stay
+  linearly independent. HYPOTHESIS (PAPER.md T2): centred keys of random embeddings are
+  near-orthogonal. It is measured, not assumed (``T2.centred.near_orthogonal``): keys
+  that share a relation share part of ``h`` and correlate even after centring (mean
+  |cos| ~0.34 for a two-hop key against ``v2``, which always share ``r2``; ~0.14 with no
+  shared relation; 0.07 for random directions in R^128).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from theory.merge import Factors
+
+KEY_REGIMES = ("centred", "raw")
+
+
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r}: must be a positive integer")
+
+
+@dataclass(frozen=True)
+class RecallConfig:
+    """Sizes of the recall model (paper notation in the comments)."""
+
+    d_model: int = 32  # d: embedding width
+    d_mlp: int = 128  # m: number of key units
+    n_entities: int = 24  # |E|
+    n_relations: int = 4  # |R|
+    n_facts: int | None = None  # N stored facts; None = every (x, r) pair
+    keys: str = "centred"  # one of KEY_REGIMES
+
+    def __post_init__(self):
+        for name in ("d_model", "d_mlp", "n_entities", "n_relations"):
+            _positive_int(name, getattr(self, name))
+        if self.n_entities < 4:
+            raise ValueError(f"n_entities={self.n_entities}: must be >= 4 (x, y~, z~ and one more)")
+        pairs = self.n_entities * self.n_relations
+        if self.n_facts is not None:
+            _positive_int("n_facts", self.n_facts)
+            if self.n_facts > pairs:
+                raise ValueError(f"n_facts={self.n_facts}: must be <= n_entities * n_relations = {pairs}")
+        if self.N > self.d_mlp:
+            raise ValueError(f"n_facts={self.N}: exact storage needs linearly independent keys, "
+                             f"so n_facts must be <= d_mlp = {self.d_mlp}")
+        if self.keys not in KEY_REGIMES:
+            raise ValueError(f"keys={self.keys!r}: must be one of {', '.join(KEY_REGIMES)}")
+
+    @property
+    def N(self) -> int:
+        return self.n_entities * self.n_relations if self.n_facts is None else self.n_facts
+
+
+@dataclass(frozen=True)
+class RecallModel:
+    """A built recall model, or a batch of ``n`` independent ones: then every tensor below
+    has a leading instance axis ``(n, ...)`` and indices carry it too. ``facts[k] = (x, r)``
+    is stored with answer ``answers[k]``; ``table[x, r]`` is that answer (-1: not stored)."""
+
+    config: RecallConfig
+    E: Tensor  # (|E|, d) entity embeddings e_x as rows
+    R: Tensor  # (|R|, d) relation embeddings e_r as rows
+    V: Tensor  # (d, d) attention value map
+    U: Tensor  # (m, d) key weights
+    mu: Tensor  # (m,) key offset: 0 (raw) or the prior mean key (centred)
+    W: Tensor  # (|E|, m) output matrix, the one LoRA edits
+    facts: Tensor  # (N, 2) long: (x, r)
+    answers: Tensor  # (N,) long: r(x)
+    table: Tensor  # (|E|, |R|) long: r(x), -1 where not stored
+
+    @property
+    def batch(self) -> int | None:
+        """Number of instances, or None for a single model."""
+        return self.E.shape[0] if self.E.ndim == 3 else None
+
+    def instance(self, i: int) -> "RecallModel":
+        """Instance ``i`` of a batch as a single model."""
+        fields = {k: getattr(self, k)[i] for k in ("E", "R", "V", "U", "mu", "W", "facts", "answers", "table")}
+        return RecallModel(self.config, **fields)
+
+    def _gather(self, table: Tensor, idx: Tensor) -> Tensor:
+        """``table[idx]`` per instance: ``idx (*B, P)`` -> ``(*B, P, ...)``."""
+        if self.batch is None:
+            return table[idx]
+        return table[torch.arange(self.batch).view(-1, *[1] * (idx.ndim - 1)), idx]
+
+    def _hidden(self, x, relations) -> tuple[Tensor, bool]:
+        """``h (*B, P, d)`` and whether the prompt axis was added (one prompt per instance)."""
+        if not relations:
+            raise ValueError("relations: give one relation (one-hop prompt) or two (two-hop prompt)")
+        x, *rels = torch.broadcast_tensors(*(torch.as_tensor(i) for i in (x, *relations)))
+        vector = x.ndim == (0 if self.batch is None else 1)
+        x, rels = (x[..., None], [r[..., None] for r in rels]) if vector else (x, rels)  # (*B, P)
+        h = self._gather(self.E, x) @ self.V.mT  # (*B, P, d)
+        for r in rels:
+            h = h + self._gather(self.R, r)
+        return h, vector
+
+    def hidden(self, x, *relations) -> Tensor:
+        """``h = V e_x + sum_r e_r``: ``(*B, d)`` for one prompt per instance, else ``(*B, P, d)``
+        (rows: h is an input, not a key)."""
+        h, vector = self._hidden(x, relations)
+        return h[..., 0, :] if vector else h
+
+    def key(self, x, *relations) -> Tensor:
+        """``ReLU(U h) - mu`` (one relation: one-hop prompt, two: two-hop). Indices are ints
+        (single model) or ``(n,)`` tensors (batch): one key vector per instance, ``(m,)`` /
+        ``(n, m)``. With a prompt axis, ``(P,)`` / ``(n, P)``, keys are COLUMNS: ``(m, P)`` /
+        ``(n, m, P)``."""
+        h, vector = self._hidden(x, relations)  # (*B, P, d)
+        k = torch.relu(h @ self.U.mT) - self.mu.unsqueeze(-2)  # (*B, P, m)
+        return k[..., 0, :] if vector else k.mT  # (*B, m) or (*B, m, P)
+
+    def logits(self, key: Tensor, delta: Tensor | None = None) -> Tensor:
+        """``(W + delta) key`` for a key vector ``(*B, m)`` -> ``(*B, |E|)`` or key columns
+        ``(*B, m, P)`` -> ``(*B, |E|, P)``."""
+        W = self.W if delta is None else self.W + delta
+        if key.ndim == W.ndim - 1:
+            return (W @ key[..., None])[..., 0]
+        return W @ key
+
+    def answer(self, x, r) -> Tensor:
+        """Stored answers ``r(x)`` (-1 where not stored), same shape as the indices."""
+        x, r = torch.broadcast_tensors(torch.as_tensor(x), torch.as_tensor(r))
+        if self.batch is None:
+            return self.table[x, r]
+        return self._gather(self.table, x).gather(-1, r[..., None])[..., 0]  # (*B, |R|) -> (*B,)
+
+    @property
+    def stored_keys(self) -> Tensor:
+        return self.key(self.facts[..., 0], self.facts[..., 1])  # (*B, m, N)
+
+    @property
+    def storage_error(self) -> float:
+        """``max |W K - D|``: 0 up to float error when all N facts are stored exactly."""
+        D = one_hot(self.answers, self.config.n_entities).mT  # (*B, |E|, N)
+        return float((self.W @ self.stored_keys - D).abs().max())
+
+
+def one_hot(index: Tensor | int, n: int, dtype=torch.float64) -> Tensor:
+    """``i_index`` in R^n (with the index's shape in front for a tensor index)."""
+    return torch.nn.functional.one_hot(torch.as_tensor(index), n).to(dtype)
+
+
+def build_recall_model(config: RecallConfig, generator: torch.Generator, batch: int | None = None) -> RecallModel:
+    """Random embeddings (``N(0, I/d)``), ``V ~ N(0, I/d)``, ``U ~ N(0, 1)``, N random
+    distinct facts with uniform random answers, and the exact minimum-norm ``W`` (float64).
+    ``batch=n`` builds n independent models at once (leading instance axis)."""
+    c, g, f64 = config, generator, torch.float64
+    d, B = c.d_model, (() if batch is None else (batch,))
+    if batch is not None:
+        _positive_int("batch", batch)
+    E = torch.randn(*B, c.n_entities, d, generator=g, dtype=f64) / math.sqrt(d)
+    R = torch.randn(*B, c.n_relations, d, generator=g, dtype=f64) / math.sqrt(d)
+    V = torch.randn(*B, d, d, generator=g, dtype=f64) / math.sqrt(d)
+    U = torch.randn(*B, c.d_mlp, d, generator=g, dtype=f64)
+    if c.keys == "centred":
+        # u.h ~ N(0, (||V^T u||^2 + ||u||^2) / d) under the prior, and E[ReLU(N(0, s^2))] = s / sqrt(2 pi)
+        s = ((U @ V).square().sum(-1) + U.square().sum(-1)).div(d).sqrt()  # (*B, m)
+        mu = s / math.sqrt(2 * math.pi)
+    else:
+        mu = torch.zeros(*B, c.d_mlp, dtype=f64)
+    pairs = torch.rand(*B, c.n_entities * c.n_relations, generator=g).argsort(-1)[..., : c.N]  # (*B, N)
+    facts = torch.stack([pairs // c.n_relations, pairs % c.n_relations], dim=-1)  # (*B, N, 2)
+    answers = torch.randint(c.n_entities, (*B, c.N), generator=g)
+    table = torch.full((*B, c.n_entities * c.n_relations), -1, dtype=torch.long)
+    table = table.scatter(-1, pairs, answers).view(*B, c.n_entities, c.n_relations)
+    model = RecallModel(c, E, R, V, U, mu, torch.zeros(*B, c.n_entities, c.d_mlp, dtype=f64), facts, answers, table)
+    K = model.stored_keys  # (*B, m, N)
+    D = one_hot(answers, c.n_entities).mT  # (*B, |E|, N)
+    # Minimum-norm exact solution of W K = D: W = D K^+ with K^+ = (K^T K)^{-1} K^T for
+    # full-column-rank K (storage_error exposes a failure). numpy's batched solve: torch's
+    # was 40x slower on a shared 2-core machine (one LAPACK call per instance).
+    pinv = torch.from_numpy(np.linalg.solve((K.mT @ K).numpy(), K.mT.numpy()))  # (*B, N, m)
+    W = D @ pinv  # (*B, |E|, N) @ (*B, N, m) -> (*B, |E|, m)
+    return RecallModel(c, E, R, V, U, mu, W, facts, answers, table)
+
+
+def rank_one_edit(model: RecallModel, key: Tensor, new) -> Factors | list[Factors]:
+    """P1 closed form as a rank-one LoRA: ``DW = delta v^T / ||v||^2`` with ``v = key`` and
+    ``delta = i_new - W v`` (= ``i_new - i_old`` for a stored fact); ``A = v^T/||v||^2``
+    ``(1, m)``, ``B = delta`` ``(|E|, 1)``, scale 1. A batch gives one Factors per instance."""
+    new = torch.as_tensor(new)
+    if new.min() < 0 or new.max() >= model.config.n_entities:
+        raise ValueError(f"new={new.tolist()}: must be entity indices in [0, {model.config.n_entities})")
+    delta = one_hot(new, model.config.n_entities) - model.logits(key)  # (*B, |E|)
+    A = key / key.square().sum(-1, keepdim=True)  # (*B, m)
+    if model.batch is None:
+        return Factors(A=A[None, :], B=delta[:, None], scale=1.0)
+    return [Factors(A=a[None, :], B=b[:, None], scale=1.0) for a, b in zip(A, delta)]
+
+
+def margin(logits: Tensor, target) -> Tensor:
+    """``logit[target] - max_{j != target} logit[j]`` over the LAST axis: ``logits (..., |E|)``,
+    ``target`` an int or indices broadcastable to ``(...)``. ``> 0``: the model answers target.
+    (For key columns pass ``logits.mT``.)"""
+    target = torch.as_tensor(target).expand(logits.shape[:-1])[..., None]  # (..., 1)
+    own = logits.gather(-1, target)[..., 0]  # (...)
+    others = logits.scatter(-1, target, float("-inf")).amax(dim=-1)  # (...)
+    return own - others
+
+
+def relu_key_cosine(cos_h: Tensor) -> Tensor:
+    """Cosine of two RAW keys ``ReLU(U h), ReLU(U h')`` for ``U ~ N(0, 1)`` as ``m -> inf``
+    (degree-1 arc-cosine kernel, Cho & Saul 2009): ``(sin t + (pi - t) cos t) / pi`` with
+    ``cos t = cos(h, h')``. Independent inputs (t = pi/2) give 1/pi: never near-orthogonal."""
+    t = torch.arccos(cos_h.clamp(-1.0, 1.0))
+    return (torch.sin(t) + (math.pi - t) * torch.cos(t)) / math.pi
