@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from theory.recall import (KEY_REGIMES, RecallConfig, build_recall_model, margin, one_hot, rank_one_edit,
-                           relu_key_cosine)
+from theory.recall import (KEY_REGIMES, RELATION_CENTRED, RecallConfig, build_recall_model, fresh_unit_cosine,
+                           margin, one_hot, rank_one_edit, relu_key_cosine)
 
 TINY = dict(d_model=16, d_mlp=64, n_entities=16, n_relations=3)
 
@@ -14,7 +14,7 @@ def _model(keys="centred", seed=0, batch=None, **kw):
     return build_recall_model(RecallConfig(**{**TINY, **kw}, keys=keys), torch.Generator().manual_seed(seed), batch)
 
 
-@pytest.mark.parametrize("keys", KEY_REGIMES)
+@pytest.mark.parametrize("keys", (*KEY_REGIMES, RELATION_CENTRED))
 @pytest.mark.parametrize("n_facts", [pytest.param(None, id="N=all"), pytest.param(20, id="N=20")])
 def test_P1_model_stores_every_fact_exactly(keys, n_facts):
     """PAPER.md s.1: "Exact storage of many facts is constructible when keys are linearly
@@ -75,6 +75,70 @@ def test_centred_offset_is_the_prior_mean_key():
     mc = torch.relu((e_x @ m.V.T + e_r) @ m.U.T).mean(0)  # (m,)
     assert (mc - m.mu).abs().max() < 0.05 * m.mu.mean()
     assert _model("raw").mu.abs().max() == 0
+
+
+def _subject_draws(m, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, m.config.d_model, generator=g, dtype=torch.float64) / math.sqrt(m.config.d_model)
+
+
+@pytest.mark.parametrize("rels", [pytest.param((1,), id="one-hop"), pytest.param((0, 2), id="two-hop")])
+def test_relation_offset_is_the_mean_key_over_subjects(rels):
+    """recall.py, regime relation: mu = E_e[ReLU(U (V e + sum_r e_r))] in closed form (checked
+    by Monte Carlo over subject embeddings), so relation-centred keys have mean 0 over the
+    subject; the global offset does not centre them (two-sided)."""
+    m = _model(RELATION_CENTRED)
+    e, rel = _subject_draws(m, 40_000, 2), sum(m.R[r] for r in rels)
+    mc = torch.relu((e @ m.V.T + rel) @ m.U.T).mean(0)  # (m,)
+    closed = m.relation_mean(rel[None, None, :])[0, 0]  # (m,)
+    assert (mc - closed).abs().max() < 0.03 * closed.abs().mean()
+    glob = _model("centred")  # same seed: same E, R, V, U; one fixed offset for every prompt
+    assert (glob.mu - closed).abs().max() > 10 * (mc - closed).abs().max()
+
+
+def test_relation_centred_keys_of_independent_subjects_have_zero_mean_overlap():
+    """recall.py: "the keys of two prompts with independent subjects have E<v2, v'> = 0
+    exactly" (relation regime), while the globally centred keys of prompts sharing r2 overlap."""
+    means = {}
+    for keys in ("centred", RELATION_CENTRED):
+        m = _model(keys)
+        e, e2 = _subject_draws(m, 4000, 3), _subject_draws(m, 4000, 4)
+        vp = torch.relu((e @ m.V.T + m.R[0] + m.R[1]) @ m.U.T)  # two-hop "x r0 r1", rows (n, m)
+        v2 = torch.relu((e2 @ m.V.T + m.R[1]) @ m.U.T)  # one-hop "y r1"
+        if keys == "centred":
+            vp, v2 = vp - m.mu, v2 - m.mu
+        else:
+            vp = vp - m.relation_mean((m.R[0] + m.R[1])[None, None, :])[0]
+            v2 = v2 - m.relation_mean(m.R[1][None, None, :])[0]
+        cos = (vp * v2).sum(1) / (vp.norm(dim=1) * v2.norm(dim=1))
+        means[keys] = (float(cos.mean()), float(cos.std() / math.sqrt(cos.numel())))
+    assert abs(means[RELATION_CENTRED][0]) < 4 * means[RELATION_CENTRED][1]
+    assert means["centred"][0] > 0.2
+
+
+@pytest.mark.parametrize("keys", ["raw", "centred"])
+def test_fresh_unit_cosine_is_the_key_cosine_of_an_independent_U(keys):
+    """fresh_unit_cosine: cosine of the same key map with fresh units; for raw keys and many
+    units it approaches the arc-cosine kernel (independent oracle); the fresh U differs."""
+    m = _model(keys, batch=3, d_mlp=4096)
+    h, h2 = m.hidden(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])), m.hidden(torch.tensor([3, 4, 5]),
+                                                                                torch.tensor([1, 1, 1]))
+    pred = fresh_unit_cosine(m, h, h2, torch.Generator().manual_seed(7))
+    own = (m.key(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])) * m.key(torch.tensor([3, 4, 5]),
+           torch.tensor([1, 1, 1]))).sum(-1)
+    own = own / (m.key(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])).norm(dim=-1)
+                 * m.key(torch.tensor([3, 4, 5]), torch.tensor([1, 1, 1])).norm(dim=-1))
+    assert (pred - own).abs().max() < 0.05 and (pred - own).abs().max() > 0  # same law, different units
+    if keys == "raw":
+        kernel = relu_key_cosine((h * h2).sum(-1) / (h.norm(dim=-1) * h2.norm(dim=-1)))
+        assert (pred - kernel).abs().max() < 0.03
+
+
+def test_fresh_unit_cosine_needs_relation_parts():
+    m = _model(RELATION_CENTRED, batch=2)
+    h = m.hidden(torch.tensor([0, 1]), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="rel, rel2"):
+        fresh_unit_cosine(m, h, h, torch.Generator())
 
 
 @pytest.mark.parametrize("cos_h,expected", [(0.0, 1 / math.pi), (1.0, 1.0), (-1.0, 0.0)])

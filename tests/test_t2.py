@@ -8,7 +8,8 @@ from analysis.figures.recall import t2_margin_vs_overlap
 from theory.claims import ClaimSettings
 from theory.merge import weighted_delta_sum
 from theory.recall import RecallConfig, build_recall_model, rank_one_edit
-from theory.t2 import METHODS, TIE, T2Config, decomposition, run_t2, sample_two_hop, t2_claim
+from theory.t2 import METHODS, REGIMES, TIE, T2Config, decomposition, run_t2, sample_two_hop, t2_claim
+from theory.t2_regimes import _rate_vs_chance
 
 TINY = dict(d_model=16, d_mlp=64, n_entities=16, n_relations=3)
 
@@ -18,7 +19,7 @@ def _run(keys="centred", n=40, seed=0, **kw):
     return run_t2(cfg, n, torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("keys", ["centred", "raw"])
+@pytest.mark.parametrize("keys", REGIMES)
 @pytest.mark.parametrize("top_k,temperature", [pytest.param(1, 1.0, id="top1"), pytest.param(2, 0.5, id="top2,T=0.5")])
 def test_T2_identity_holds_for_every_method(keys, top_k, temperature):
     """T2: "(W + DW) v' = W v' + c1 (<v1,v'>/||v1||^2) delta1 + c2 (<v2,v'>/||v2||^2) delta2",
@@ -71,7 +72,7 @@ def test_T2_sampling_constraints():
     assert ((t.x_control != t.x) & (t.x_control != t.y) & (model.answer(t.x_control, t.r1) != t.y)).all()
 
 
-@pytest.mark.parametrize("keys", ["centred", "raw"])
+@pytest.mark.parametrize("keys", REGIMES)
 def test_T2_bridge_composes_while_two_hop_prompt_does_not(keys):
     """T2 two-sided: on "x r1 r2" the merged model says z~ no more often than on a control
     prompt (no composition); with a bridge key (v' = v2) it says z~ on the true prompt and
@@ -92,22 +93,45 @@ def test_T2_overlap_is_exchangeable_between_true_and_control():
     assert r["a2"][:, 0].mean() > 0.3  # and it is not small for raw keys
 
 
-def test_T2_centred_keys_share_the_relation_component():
-    """Measured finding (see T2.centred.near_orthogonal): centred keys of a prompt and of v2
-    both contain e_r2, so cos(v2, v') ~ 0.3, far above random directions (~0.1 at m = 64)."""
-    r = _run("centred", n=100)
-    assert np.abs(r["cos2"][:, 0]).mean() > 0.2
+def test_T2_overlap_is_zero_on_average_only_in_the_relation_regime():
+    """Two-sided (theory/recall.py): globally centred keys of "x r1 r2" and v2 share e_r2 and
+    overlap (PAPER's example fails: cos ~0.3, as predicted from the hidden states with fresh
+    units); relation-centred keys have E<v2, v'> = 0 by construction (mean a2 and cos ~ 0)."""
+    cen, rel = _run("centred", n=150), _run("relation", n=150)
+    se = lambda x: x.std(ddof=1) / np.sqrt(x.size)  # noqa: E731
+    c = cen["cos2"][:, 0]
+    assert c.mean() > 0.2 and abs(c.mean() - cen["cos2_fresh"].mean()) < 4 * se(c - cen["cos2_fresh"])
+    a2 = rel["a2"][:, 0]
+    assert abs(a2.mean()) < 4 * se(a2) and abs(rel["cos2"][:, 0].mean()) < 4 * se(rel["cos2"][:, 0])
+    assert cen["a2"][:, 0].mean() > 10 * se(cen["a2"][:, 0])  # and the centred overlap is far from 0
+
+
+@pytest.mark.parametrize("rate,side,passes", [
+    pytest.param(0.05, "=", True, id="=chance"), pytest.param(0.15, "=", False, id="=above"),
+    pytest.param(0.05, ">", False, id=">at-chance"), pytest.param(0.15, ">", True, id=">above"),
+    pytest.param(0.05, "<=", True, id="<=at-chance"), pytest.param(0.15, "<=", False, id="<=above"),
+])
+def test_rate_vs_chance_is_two_sided(rate, side, passes):
+    """The chance checks fail when the statement is false: "= chance" and "<= chance" fail
+    above chance, "> chance" fails at chance (1000 instances, chance 1/20)."""
+    hits = np.zeros(1000, dtype=bool)
+    hits[: int(rate * 1000)] = True
+    assert _rate_vs_chance("T2.x", "s", hits, 0.05, side).passed is passes
 
 
 def test_T2_claim_and_figure():
     checks = t2_claim(ClaimSettings(instances=10))
     ids = {c.id for c in checks}
-    assert {"T2.identity", "T2.span", "T2.sympy", "T2.raw.overlap_kernel", "T2.centred.bridge.sum.composition"} <= ids
+    assert {"T2.identity", "T2.span", "T2.sympy", "T2.raw.overlap_kernel", "T2.centred.shared_relation",
+            "T2.relation.zero_overlap", "T2.relation.above_random_directions",
+            "T2.relation.bridge.sum.composition", "T2.relation.sum.chance_at_zero_overlap",
+            "T2.relation.sum.control_follows_overlap", "T2.centred.sum.control_above_chance"} <= ids
     assert all(c.passed for c in checks if c.id in ("T2.identity", "T2.span", "T2.sympy"))
-    fig, data = t2_margin_vs_overlap(checks)
-    assert len(data["raw.bridge"]["a2_true"]) == 10 and "centred.routing" in data
+    fig, data = t2_margin_vs_overlap(checks, shown=6)
+    assert len(data["raw"]["a2"]["bridge_true"]) == 6 and data["instances"] == 10
+    assert set(data["relation"]["margin_z"]) == {"sum", "routing", "bridge"}
     with pytest.raises(ValueError, match="lora-limits theory --claim T2"):
-        t2_margin_vs_overlap([c for c in checks if "raw" not in c.id and "centred" not in c.id])
+        t2_margin_vs_overlap([c for c in checks if not any(f".{r}." in c.id for r in REGIMES)])
 
 
 @pytest.mark.parametrize("kw,msg", [

@@ -29,10 +29,16 @@ Key regimes
   closed form ``mu_i = sqrt((||V^T u_i||^2 + ||u_i||^2) / d) / sqrt(2 pi)``. Fixed (a bias
   of the MLP), not fitted to the stored facts, so the centred keys of all pairs stay
   linearly independent. HYPOTHESIS (PAPER.md T2): centred keys of random embeddings are
-  near-orthogonal. It is measured, not assumed (``T2.centred.near_orthogonal``): keys
-  that share a relation share part of ``h`` and correlate even after centring (mean
-  |cos| ~0.34 for a two-hop key against ``v2``, which always share ``r2``; ~0.14 with no
-  shared relation; 0.07 for random directions in R^128).
+  near-orthogonal. MEASURED FALSE here (``T2.centred.shared_relation``): a two-hop key and
+  ``v2`` both contain ``e_r2`` in ``h`` (cos(h2, h') ~0.4), and one global offset cannot
+  remove that; mean cos(v2, v') ~0.33 against |cos| 0.07 for random directions in R^128.
+- ``relation``: ``mu = E_e[ReLU(U (V e + sum_r e_r))]``, the exact mean key over the
+  subject's prior for the prompt's own relation set (:meth:`RecallModel.relation_mean`,
+  closed form). By construction a key has mean 0 over its subject, and the keys of two
+  prompts with independent subjects (v' and v2) have ``E<v2, v'> = 0`` exactly: the
+  zero-overlap hypothesis of T2 made true. It does NOT make keys as orthogonal as random
+  directions in R^m: a key is a function of a d-dimensional input, so mean |cos| stays
+  of order 1/sqrt(d) (measured by ``T2.relation.above_random_directions``).
 """
 from __future__ import annotations
 
@@ -45,7 +51,8 @@ from torch import Tensor
 
 from theory.merge import Factors
 
-KEY_REGIMES = ("centred", "raw")
+KEY_REGIMES = ("centred", "raw")  # one fixed offset mu per model (P1 runs these)
+RELATION_CENTRED = "relation"  # offset per relation set (T2's near-orthogonal construction)
 
 
 def _positive_int(name: str, value) -> None:
@@ -62,7 +69,7 @@ class RecallConfig:
     n_entities: int = 24  # |E|
     n_relations: int = 4  # |R|
     n_facts: int | None = None  # N stored facts; None = every (x, r) pair
-    keys: str = "centred"  # one of KEY_REGIMES
+    keys: str = "centred"  # one of KEY_REGIMES or RELATION_CENTRED
 
     def __post_init__(self):
         for name in ("d_model", "d_mlp", "n_entities", "n_relations"):
@@ -77,8 +84,8 @@ class RecallConfig:
         if self.N > self.d_mlp:
             raise ValueError(f"n_facts={self.N}: exact storage needs linearly independent keys, "
                              f"so n_facts must be <= d_mlp = {self.d_mlp}")
-        if self.keys not in KEY_REGIMES:
-            raise ValueError(f"keys={self.keys!r}: must be one of {', '.join(KEY_REGIMES)}")
+        if self.keys not in (*KEY_REGIMES, RELATION_CENTRED):
+            raise ValueError(f"keys={self.keys!r}: must be one of {', '.join((*KEY_REGIMES, RELATION_CENTRED))}")
 
     @property
     def N(self) -> int:
@@ -118,32 +125,47 @@ class RecallModel:
             return table[idx]
         return table[torch.arange(self.batch).view(-1, *[1] * (idx.ndim - 1)), idx]
 
-    def _hidden(self, x, relations) -> tuple[Tensor, bool]:
-        """``h (*B, P, d)`` and whether the prompt axis was added (one prompt per instance)."""
+    def _hidden(self, x, relations) -> tuple[Tensor, Tensor, bool]:
+        """``h (*B, P, d)``, the relations' part ``sum_r e_r (*B, P, d)`` and whether the
+        prompt axis was added (one prompt per instance)."""
         if not relations:
             raise ValueError("relations: give one relation (one-hop prompt) or two (two-hop prompt)")
         x, *rels = torch.broadcast_tensors(*(torch.as_tensor(i) for i in (x, *relations)))
         vector = x.ndim == (0 if self.batch is None else 1)
         x, rels = (x[..., None], [r[..., None] for r in rels]) if vector else (x, rels)  # (*B, P)
-        h = self._gather(self.E, x) @ self.V.mT  # (*B, P, d)
-        for r in rels:
-            h = h + self._gather(self.R, r)
-        return h, vector
+        rel = sum(self._gather(self.R, r) for r in rels)  # (*B, P, d)
+        return self._gather(self.E, x) @ self.V.mT + rel, rel, vector
 
     def hidden(self, x, *relations) -> Tensor:
         """``h = V e_x + sum_r e_r``: ``(*B, d)`` for one prompt per instance, else ``(*B, P, d)``
         (rows: h is an input, not a key)."""
-        h, vector = self._hidden(x, relations)
+        h, _, vector = self._hidden(x, relations)
         return h[..., 0, :] if vector else h
+
+    def relation_part(self, x, *relations) -> Tensor:
+        """``sum_r e_r``, the relations' part of :meth:`hidden` (same shapes)."""
+        _, rel, vector = self._hidden(x, relations)
+        return rel[..., 0, :] if vector else rel
 
     def key(self, x, *relations) -> Tensor:
         """``ReLU(U h) - mu`` (one relation: one-hop prompt, two: two-hop). Indices are ints
         (single model) or ``(n,)`` tensors (batch): one key vector per instance, ``(m,)`` /
         ``(n, m)``. With a prompt axis, ``(P,)`` / ``(n, P)``, keys are COLUMNS: ``(m, P)`` /
         ``(n, m, P)``."""
-        h, vector = self._hidden(x, relations)  # (*B, P, d)
-        k = torch.relu(h @ self.U.mT) - self.mu.unsqueeze(-2)  # (*B, P, m)
+        h, rel, vector = self._hidden(x, relations)  # (*B, P, d)
+        mu = self.relation_mean(rel) if self.config.keys == RELATION_CENTRED else self.mu.unsqueeze(-2)
+        k = torch.relu(h @ self.U.mT) - mu  # (*B, P, m)
         return k[..., 0, :] if vector else k.mT  # (*B, m) or (*B, m, P)
+
+    def relation_mean(self, rel: Tensor) -> Tensor:
+        """``E_e[ReLU(U (V e + rel))]`` over the subject's prior ``e ~ N(0, I/d)``, for the
+        relations' part ``rel (*B, P, d)`` of prompts: ``(*B, P, m)``. Unit i's input is
+        ``N(mean, s^2)`` with ``mean = u_i . rel``, ``s^2 = ||V^T u_i||^2 / d``, and
+        ``E[ReLU(N(mean, s^2))] = mean Phi(mean/s) + s phi(mean/s)``."""
+        s = ((self.U @ self.V).norm(dim=-1) / math.sqrt(self.config.d_model)).unsqueeze(-2)  # (*B, 1, m)
+        mean = rel @ self.U.mT  # (*B, P, m)
+        z = mean / s
+        return mean * torch.special.ndtr(z) + s * torch.exp(-z.square() / 2) / math.sqrt(2 * math.pi)
 
     def logits(self, key: Tensor, delta: Tensor | None = None) -> Tensor:
         """``(W + delta) key`` for a key vector ``(*B, m)`` -> ``(*B, |E|)`` or key columns
@@ -188,7 +210,7 @@ def build_recall_model(config: RecallConfig, generator: torch.Generator, batch: 
     R = torch.randn(*B, c.n_relations, d, generator=g, dtype=f64) / math.sqrt(d)
     V = torch.randn(*B, d, d, generator=g, dtype=f64) / math.sqrt(d)
     U = torch.randn(*B, c.d_mlp, d, generator=g, dtype=f64)
-    if c.keys == "centred":
+    if c.keys == "centred":  # (relation: the offset depends on the prompt, see RecallModel.relation_mean)
         # u.h ~ N(0, (||V^T u||^2 + ||u||^2) / d) under the prior, and E[ReLU(N(0, s^2))] = s / sqrt(2 pi)
         s = ((U @ V).square().sum(-1) + U.square().sum(-1)).div(d).sqrt()  # (*B, m)
         mu = s / math.sqrt(2 * math.pi)
@@ -240,3 +262,25 @@ def relu_key_cosine(cos_h: Tensor) -> Tensor:
     ``cos t = cos(h, h')``. Independent inputs (t = pi/2) give 1/pi: never near-orthogonal."""
     t = torch.arccos(cos_h.clamp(-1.0, 1.0))
     return (torch.sin(t) + (math.pi - t) * torch.cos(t)) / math.pi
+
+
+def fresh_unit_cosine(model: RecallModel, h: Tensor, h2: Tensor, g: torch.Generator,
+                      rel: Tensor | None = None, rel2: Tensor | None = None) -> Tensor:
+    """Prediction of ``cos(key(h), key(h2))`` from the hidden states alone: the same key map
+    with FRESH units ``U' ~ N(0, 1)`` (m of them, drawn from ``g``, independent of the
+    model's ``U``), per instance of a batch: ``h, h2 (n, d)`` -> ``(n,)``; the offset is
+    recomputed for U' (``relation`` regime: from the prompts' relation parts ``rel, rel2
+    (n, d)``). It says what the hidden states' geometry implies for the keys, finite-m
+    effects included (the m -> inf arc-cosine limit is biased by about -1/m for centred keys)."""
+    c = model.config
+    U = torch.randn(h.shape[0], c.d_mlp, c.d_model, generator=g, dtype=h.dtype)  # (n, m, d)
+    fresh = RecallModel(c, model.E, model.R, model.V, U, model.mu, model.W, model.facts, model.answers, model.table)
+    if c.keys == RELATION_CENTRED:
+        if rel is None or rel2 is None:
+            raise ValueError("rel, rel2: the relation regime needs the prompts' relation parts")
+        mu, mu2 = (fresh.relation_mean(r[:, None, :])[:, 0] for r in (rel, rel2))  # (n, m) each
+    else:
+        s = ((U @ model.V).square().sum(-1) + U.square().sum(-1)).div(c.d_model).sqrt()  # (n, m)
+        mu = mu2 = s / math.sqrt(2 * math.pi) if c.keys == "centred" else torch.zeros_like(s)
+    k, k2 = (torch.relu((U @ v[..., None])[..., 0]) - o for v, o in ((h, mu), (h2, mu2)))  # (n, m) each
+    return (k * k2).sum(-1) / (k.norm(dim=-1) * k2.norm(dim=-1))

@@ -9,12 +9,18 @@ from typing import Any
 
 import numpy as np
 
+from matplotlib.lines import Line2D
+
 from analysis.plotstyle import COLORS, new_figure
 from theory.claims import Check
 
-PANELS = ("sum", "average", "routing", "bridge")  # the bridge panel shows the sum merge
+# The bridge panel shows the sum merge. The average merge (c = 1/2, the sum's overlaps halved)
+# is left out to keep the PNG small; its rates are in the T2 checks.
+PANELS = ("sum", "routing", "bridge")
 LABELS = {"sum": "sum (c = 1)", "average": "average (c = 1/2)", "routing": "Arrow routing (top-1)",
-          "bridge": "bridge key = v2, sum"}
+          "bridge": "bridge (key v' = v2), sum"}
+REGIMES = {"centred": "globally centred keys", "relation": "relation-centred keys", "raw": "raw ReLU keys"}
+SHOWN = 300  # instances drawn per panel (a seeded subsample; the rates are over all instances)
 
 
 def _need(checks: list[Check], check_id: str) -> Check:
@@ -26,53 +32,62 @@ def _need(checks: list[Check], check_id: str) -> Check:
 
 
 def _r(x) -> list:
-    return np.round(np.asarray(x, dtype=float), 4).tolist()
+    return np.round(np.asarray(x, dtype=float), 3).tolist()
 
 
-def t2_margin_vs_overlap(checks: list[Check]) -> tuple[Any, dict[str, Any]]:
+def t2_margin_vs_overlap(checks: list[Check], shown: int = SHOWN) -> tuple[Any, dict[str, Any]]:
     """z~'s margin (logit of z~ minus the best other entity) against the key overlap
     ``a2 = <v2,v'>/||v2||^2``, per instance: true two-hop prompt (colour) vs control prompt
-    about another subject (grey). Rows: key regimes; columns: reuse methods + the bridge."""
-    regimes = [r for r in ("centred", "raw") if any(c.id.startswith(f"T2.{r}.") for c in checks)]
+    about another subject (grey). Rows: key regimes; columns: reuse methods + the bridge.
+    Draws (and stores in the sidecar) the same seeded subsample of ``shown`` instances in
+    every panel; the rates in each panel are over all instances (the T2 checks' statistics)."""
+    regimes = [r for r in REGIMES if any(c.id.startswith(f"T2.{r}.") for c in checks)]
     if not regimes:
         raise ValueError("figure needs T2 checks; produce them with: lora-limits theory --claim T2")
-    fig, axes = new_figure(ncols=len(PANELS), nrows=len(regimes), width=3.5, height=3.2)
+    first = _need(checks, f"T2.{regimes[0]}.sum.no_composition").data
+    n, chance = first["a2"].shape[0], first["chance"]
+    pick = np.sort(np.random.default_rng(0).choice(n, size=min(shown, n), replace=False))  # same instances everywhere
+    fig, axes = new_figure(ncols=len(PANELS), nrows=len(regimes), width=2.3, height=1.8)
     axes = np.asarray(axes).reshape(len(regimes), len(PANELS))  # (rows, cols)
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = {"instances": int(n), "shown": len(pick), "subsample_seed": 0, "chance": chance}
     for i, regime in enumerate(regimes):
+        a2 = _need(checks, f"T2.{regime}.sum.no_composition").data["a2"][pick]  # (shown, P): same for every method
+        data[regime] = {"a2": {p: _r(a2[:, k]) for k, p in enumerate(first["prompts"])}, "margin_z": {}, "rates": {}}
         for j, panel in enumerate(PANELS):
             method = "sum" if panel == "bridge" else panel
             d = _need(checks, f"T2.{regime}.{method}.no_composition").data
             true_p, ctrl_p = (2, 3) if panel == "bridge" else (0, 1)  # columns of PROMPTS
             ax, colour = axes[i, j], COLORS["bridge" if panel == "bridge" else method]
-            a2, mz, rates = d["a2"], d["margin_z"], d["rates"]
-            ax.scatter(a2[:, true_p], mz[:, true_p], s=7, color=colour, alpha=0.45, linewidths=0,
-                       label=f"true: {rates[true_p]:.0%}")
-            ax.scatter(a2[:, ctrl_p], mz[:, ctrl_p], s=7, facecolors="none", edgecolors=COLORS["control"],
-                       linewidths=0.5, alpha=0.6, label=f"control: {rates[ctrl_p]:.0%}")
-            if panel == "bridge":  # control: a stored fact (margin 1) that z~ gains c2 a2 on (T2 identity)
-                xs = np.linspace(0.0, 1.0, 2)
-                ax.plot(xs, xs - 1.0, color=COLORS["theory"], ls="--", lw=0.8, label="control theory: a2 - 1")
-                ax.set_xlim(left=-0.7)  # room for the legend left of the data
-            ax.axhline(0.0, color=COLORS["theory"], lw=0.8)
+            mz, rates = d["margin_z"][pick], d["rates"]
+            ax.axhline(0.0, color=COLORS["theory"], lw=0.9)
             ax.axvline(0.0, color=COLORS["theory"], lw=0.5, ls=":")
-            ax.set_title(f"{regime} keys: {LABELS[panel]}")
-            ax.set_xlabel("key overlap <v2, v'> / ||v2||^2")
+            # small markers without antialiasing: they look the same at this size, and the PNG is half as large
+            ax.scatter(a2[:, ctrl_p], mz[:, ctrl_p], s=9, marker="+", color=COLORS["control"], linewidths=0.6,
+                       antialiased=False)
+            ax.scatter(a2[:, true_p], mz[:, true_p], s=4, color=colour, linewidths=0, antialiased=False)
+            if panel == "bridge":  # control: a stored fact (margin 1) that z~ gains c2 a2 on (T2 identity)
+                ax.plot([0.0, 1.0], [-1.0, 0.0], color=COLORS["theory"], ls="--", lw=0.8)
+            ax.set_title(f"{LABELS[panel]}\nanswers z~: true {rates[true_p]:.0%}, control {rates[ctrl_p]:.0%}",
+                         fontsize=7)
+            if i == len(regimes) - 1:
+                ax.set_xlabel("key overlap a2 = <v2,v'>/||v2||^2", fontsize=7)
             if j == 0:
-                ax.set_ylabel("margin of z~ (> 0: answers z~)")
-            ax.legend(loc="center left" if panel == "bridge" else "lower right",
-                      title=f"answers z~ (chance {d['chance']:.0%})", title_fontsize=8,
-                      markerscale=2, framealpha=0.85, frameon=True)
-            data[f"{regime}.{panel}"] = {"a2_true": _r(a2[:, true_p]), "margin_true": _r(mz[:, true_p]),
-                                         "a2_control": _r(a2[:, ctrl_p]), "margin_control": _r(mz[:, ctrl_p]),
-                                         "rate_true": float(rates[true_p]), "rate_control": float(rates[ctrl_p]),
-                                         "chance": d["chance"]}
-    n = len(data[f"{regimes[0]}.sum"]["a2_true"])
-    fig.suptitle(f"T2: margin of the two-hop answer z~ under merged/routed one-hop adapters "
-                 f"({n} random instances per panel)\ntrue prompt \"x r1 r2\" (colour) vs control \"x' r1 r2\" "
-                 "about another subject (grey): z~ gains only through <v2, v'>, as much on controls; "
-                 "a bridge key (v' = v2) composes", fontsize=10)
-    fig.tight_layout()
+                ax.set_ylabel(f"{REGIMES[regime]}\nmargin of z~", fontsize=7)
+            ax.tick_params(labelsize=6)
+            ax.grid(False)
+            data[regime]["margin_z"][panel] = {"true": _r(mz[:, true_p]), "control": _r(mz[:, ctrl_p])}
+            data[regime]["rates"][panel] = {"true": float(rates[true_p]), "control": float(rates[ctrl_p])}
+    handles = [Line2D([], [], ls="", marker="o", ms=4, color=COLORS["sum"],
+                      label="true prompt \"x r1 r2\" (colour: method)"),
+               Line2D([], [], ls="", marker="+", ms=5, color=COLORS["control"],
+                      label="control \"x' r1 r2\" (another subject)"),
+               Line2D([], [], color=COLORS["theory"], lw=0.9, label="margin 0: above it the model answers z~"),
+               Line2D([], [], color=COLORS["theory"], ls="--", lw=0.8, label="bridge control, theory: a2 - 1")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"T2: margin of the two-hop answer z~, merged/routed one-hop adapters ({len(pick)} of {n} random "
+                 f"instances drawn;\nrates over all {n}, chance {chance:.0%}): z~ gains only through a2, as much on "
+                 "controls (broadcast, not composition);\na bridge key (v' = v2) composes", fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig, data
 
 
