@@ -1,0 +1,132 @@
+"""The training loop: memorisation, answer-only loss, frozen params, schedule, determinism,
+exact match (teacher forcing == greedy decoding), config validation."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from toymodels.model import GPT, ModelConfig
+from toymodels.tasks import Examples
+from toymodels.tasks.knowledge import GraphConfig
+from toymodels.tasks.twohop import TwoHopConfig, make_pretraining
+from toymodels.train import (TrainConfig, answer_loss, exact_match, exact_match_rows, greedy_decode,
+                             greedy_final_answers, train)
+
+PRE = make_pretraining(TwoHopConfig(graph=GraphConfig(n_entities=8, n_relations=2, n_new=2), fmt="cot",
+                                    n_eval=32), np.random.default_rng(0))
+MODEL = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, d_vocab=PRE.graph.tokenizer.d_vocab, n_ctx=8)
+ATOMIC = PRE.train[:16]  # 16 atomic facts
+
+
+def gpt(seed=0):
+    return GPT(MODEL, generator=torch.Generator().manual_seed(seed))
+
+
+def fit(model, data, steps=150, seed=0, **kw):
+    cfg = TrainConfig(**{**dict(steps=steps, batch_size=16, lr=3e-3, weight_decay=0.0, warmup_steps=min(5, steps - 1),
+                                eval_every=50), **kw})
+    return train(model, data, cfg, torch.Generator().manual_seed(seed), {"facts": data}, device="cpu")
+
+
+def test_tiny_model_memorises_a_tiny_set_and_loss_decreases():
+    result = fit(gpt(), ATOMIC, steps=200)
+    assert result.final()["facts"] == 1.0
+    assert result.losses[-1] < 0.1 * result.losses[0]
+    assert result.eval_steps == [50, 100, 150, 200] and result.steps == 200 and result.seconds > 0
+
+
+def test_target_accuracy_stops_training_early():
+    result = fit(gpt(), ATOMIC, steps=1000, eval_every=20, target_acc=1.0, target_set="facts")
+    assert result.reached_target and result.steps < 1000 and result.steps % 20 == 0
+
+
+def test_only_parameters_with_requires_grad_change():
+    model = gpt()
+    model.W_E.requires_grad_(False)
+    model.blocks[0].requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, ATOMIC, steps=5, weight_decay=0.5, decay_embeddings=True)
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == p.requires_grad, name
+
+
+def test_embeddings_are_not_decayed_by_default_so_unseen_tokens_keep_their_init():
+    model = gpt()
+    unseen = list(PRE.graph.tokenizer.new_tokens)
+    before = model.W_E.weight[unseen].detach().clone()
+    fit(model, ATOMIC, steps=20, weight_decay=1.0)
+    assert torch.equal(model.W_E.weight[unseen], before)
+    fit(model, ATOMIC, steps=20, weight_decay=1.0, decay_embeddings=True)
+    assert model.W_E.weight[unseen].norm() < before.norm()
+
+
+def test_loss_is_cross_entropy_on_answer_tokens_only():
+    model, batch = gpt(), PRE.train[:4]  # atomic rows: 5 tokens + 2 PAD in the corpus
+    assert batch.tokens.shape[1] == 7 and not batch.answer_mask[:, 5:].any()
+    logits = model(batch.tokens[:, :-1])
+    mask = batch.answer_mask[:, 1:]
+    expected = F.cross_entropy(logits[mask], batch.tokens[:, 1:][mask])
+    torch.testing.assert_close(answer_loss(model, batch), expected)
+    tail = batch.tokens.clone()
+    tail[:, 5:] = 5  # unscored positions after EOS: the loss must not see them
+    torch.testing.assert_close(answer_loss(model, Examples(tail, batch.answer_mask)), expected)
+    wider = batch.answer_mask.clone()
+    wider[:, 1] = True  # scoring a question token changes the loss (the check can fail)
+    assert not torch.isclose(answer_loss(model, Examples(batch.tokens, wider)), expected)
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["random", "trained"])
+def test_teacher_forced_exact_match_equals_greedy_decoding(trained):
+    model = gpt()
+    data = PRE.train
+    if trained:
+        fit(model, data, steps=150)
+    greedy = greedy_decode(model, data)
+    gold_ok = ((greedy == data.tokens) | ~data.answer_mask).all(1)
+    assert torch.equal(exact_match_rows(model, data), gold_ok)
+    assert torch.equal(greedy_final_answers(model, data), greedy.gather(1, data.final_answer_pos[:, None])[:, 0])
+    if trained:
+        assert 0 < gold_ok.float().mean() <= 1
+        assert exact_match(model, data) == pytest.approx(gold_ok.float().mean().item())
+
+
+def test_same_generator_seed_gives_the_same_run():
+    a, b = fit(gpt(), ATOMIC, steps=30, seed=3), fit(gpt(), ATOMIC, steps=30, seed=3)
+    assert a.losses == b.losses
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+def test_warmup_then_cosine_or_linear_decay_to_the_floor():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_frac=0.1)
+    assert cfg.lr_factor(0) == pytest.approx(0.1) and cfg.lr_factor(9) == pytest.approx(1.0)
+    assert cfg.lr_factor(10) == pytest.approx(1.0) and cfg.lr_factor(100) == pytest.approx(0.1)
+    assert cfg.lr_factor(55) == pytest.approx(0.55)  # cosine midpoint: halfway to the floor
+    linear = TrainConfig(steps=100, warmup_steps=0, schedule="linear", min_lr_frac=0.0)
+    assert linear.lr_factor(25) == pytest.approx(0.75)
+
+
+def test_progress_false_prints_nothing(capsys):
+    fit(gpt(), ATOMIC, steps=3)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    pytest.param("lr", 0.0, "> 0", id="lr=0"), pytest.param("lr", -1e-3, "> 0", id="lr<0"),
+    pytest.param("steps", 0, ">= 1", id="steps=0"), pytest.param("weight_decay", -0.1, ">= 0", id="wd<0"),
+    pytest.param("warmup_steps", 3000, "in [0, steps)", id="warmup>=steps"),
+    pytest.param("target_acc", 1.5, "in (0, 1]", id="target>1"),
+    pytest.param("schedule", "step", "cosine, linear, constant", id="schedule"),
+])
+def test_invalid_train_config_names_field_value_and_allowed(field, value, allowed):
+    with pytest.raises(ValueError) as info:
+        TrainConfig(**{field: value})
+    assert f"train.{field}={value!r}" in str(info.value) and allowed in str(info.value)
+
+
+def test_unknown_target_set_and_bad_device_raise():
+    with pytest.raises(ValueError, match="train.target_set='nope'"):
+        fit(gpt(), ATOMIC, steps=2, target_set="nope")
+    with pytest.raises(ValueError, match="device='tpu'"):
+        train(gpt(), ATOMIC, TrainConfig(steps=2, warmup_steps=0), torch.Generator(), device="tpu")

@@ -1,0 +1,205 @@
+"""One training loop for base pretraining and LoRA fine-tuning, plus exact-match evaluation.
+
+Only parameters with ``requires_grad`` train, so the same :func:`train` pretrains a GPT and
+fine-tunes the LoRA factors of a frozen one. The loss is cross-entropy on answer tokens
+only (``Examples.answer_mask``). AdamW with linear warmup, then cosine or linear decay:
+PAPER.md notes that without decay the latent two-hop run later destabilised.
+
+Exact match is computed with teacher forcing in one forward pass: every answer token is the
+argmax given the gold prefix  <=>  greedy decoding reproduces the whole answer (by induction
+over answer positions), so the two definitions agree (pinned by ``tests/test_train.py``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from toymodels.config import Config
+from toymodels.tasks import Examples
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    decay_embeddings: bool = False  # False keeps never-seen tokens at their init scale (split F)
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_frac: float = 0.1  # the decay ends at lr * min_lr_frac
+    grad_clip: float | None = 1.0
+    eval_every: int = 100
+    target_acc: float | None = None  # stop once the target eval set(s) reach it
+    target_set: str | None = None  # None: every eval set must reach target_acc
+
+    def __post_init__(self):
+        checks = {
+            "steps": (self.steps >= 1, ">= 1"), "batch_size": (self.batch_size >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"), "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "warmup_steps": (0 <= self.warmup_steps < self.steps, "in [0, steps)"),
+            "min_lr_frac": (0 <= self.min_lr_frac <= 1, "in [0, 1]"),
+            "grad_clip": (self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
+            "eval_every": (self.eval_every >= 1, ">= 1"),
+            "target_acc": (self.target_acc is None or 0 < self.target_acc <= 1, "in (0, 1] or None"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"train.{name}={getattr(self, name)!r}: must be {allowed}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"train.schedule={self.schedule!r}: must be one of cosine, linear, constant")
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at ``step``: linear warmup, then the decay ``schedule``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
+        return self.min_lr_frac + (1 - self.min_lr_frac) * shape
+
+
+@dataclass
+class TrainResult:
+    """``curves[name][i]`` is the exact match on eval set ``name`` at ``eval_steps[i]``;
+    ``losses[i]`` the mean training loss since the previous evaluation."""
+
+    model: nn.Module
+    eval_steps: list[int] = field(default_factory=list)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    reached_target: bool = False
+
+    def final(self) -> dict[str, float]:
+        return {name: accs[-1] for name, accs in self.curves.items() if accs}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: must be one of auto, cpu, cuda")
+    return torch.device(device)
+
+
+def answer_loss(model: nn.Module, batch: Examples) -> Tensor:
+    logits = model(batch.tokens[:, :-1])  # (B, T-1, d_vocab)
+    mask = batch.answer_mask[:, 1:]  # (B, T-1): position t predicts token t+1
+    return F.cross_entropy(logits[mask], batch.tokens[:, 1:][mask])
+
+
+@torch.no_grad()
+def exact_match_rows(model: nn.Module, examples: Examples, batch_size: int = 2048) -> Tensor:
+    """``(N,)`` bool: every answer token is the argmax (teacher forcing == greedy, see top)."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i:i + batch_size].to(device)
+        pred = model(batch.tokens[:, :-1]).argmax(-1)  # (B, T-1)
+        ok = (pred == batch.tokens[:, 1:]) | ~batch.answer_mask[:, 1:]
+        out.append(ok.all(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def exact_match(model: nn.Module, examples: Examples) -> float:
+    was_training = model.training
+    model.eval()
+    acc = exact_match_rows(model, examples).float().mean().item() if len(examples) else float("nan")
+    model.train(was_training)
+    return acc
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, examples: Examples, batch_size: int = 2048) -> Tensor:
+    """``(N, T)``: ``examples.tokens`` with every answer position replaced by the model's
+    greedy prediction given its own earlier predictions (for CoT: its own bridge)."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i:i + batch_size].to(device)
+        tokens, mask = batch.tokens.clone(), batch.answer_mask  # (B, T)
+        for t in range(1, tokens.shape[1]):
+            if mask[:, t].any():  # fill position t from the prediction at t-1
+                pred = model(tokens[:, :t])[:, -1].argmax(-1)  # (B,)
+                tokens[:, t] = torch.where(mask[:, t], pred, tokens[:, t])
+        out.append(tokens.cpu())
+    return torch.cat(out) if out else examples.tokens.clone()
+
+
+def greedy_final_answers(model: nn.Module, examples: Examples) -> Tensor:
+    """``(N,)`` the final answer token the model produces by greedy decoding."""
+    return greedy_decode(model, examples).gather(1, examples.final_answer_pos[:, None])[:, 0]
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    no_decay = set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and not cfg.decay_embeddings:
+            no_decay.add(id(module.weight))
+    decay, keep = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (keep if p.ndim < 2 or id(p) in no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def train(model: nn.Module, data: Examples, cfg: TrainConfig, generator: torch.Generator,
+          eval_sets: dict[str, Examples] | None = None, device: str = "auto",
+          progress: bool = False) -> TrainResult:
+    """Train ``model`` in place on ``data``; batches are drawn by ``generator`` (CPU)."""
+    eval_sets = eval_sets or {}
+    if cfg.target_set is not None and cfg.target_set not in eval_sets:
+        raise ValueError(f"train.target_set={cfg.target_set!r}: must be one of {sorted(eval_sets)}")
+    dev = resolve_device(device)
+    model.to(dev)
+    data = data.to(dev)
+    groups = _param_groups(model, cfg)
+    if not any(g["params"] for g in groups):
+        raise ValueError("train: the model has no parameter with requires_grad=True")
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+    result = TrainResult(model, curves={name: [] for name in eval_sets})
+    start, order, cursor, running = time.perf_counter(), torch.empty(0, dtype=torch.long), 0, []
+    bar = tqdm(total=cfg.steps, disable=not progress, desc="train", leave=False)
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        if cursor + cfg.batch_size > len(order):  # a fresh permutation per epoch
+            order, cursor = torch.randperm(len(data), generator=generator).to(dev), 0
+        batch = data[order[cursor:cursor + cfg.batch_size]]
+        cursor += cfg.batch_size
+        loss = answer_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        bar.update(1)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            result.eval_steps.append(step)
+            result.losses.append(sum(running) / len(running))
+            running = []
+            for name, ex in eval_sets.items():
+                result.curves[name].append(exact_match(model, ex))
+            bar.set_postfix(loss=f"{result.losses[-1]:.3f}", **{k: f"{v:.2f}" for k, v in result.final().items()})
+            targets = [cfg.target_set] if cfg.target_set else list(eval_sets)
+            if cfg.target_acc is not None and targets and all(
+                    result.curves[t][-1] >= cfg.target_acc for t in targets):
+                result.reached_target = True
+                break
+    bar.close()
+    result.steps, result.seconds = step, time.perf_counter() - start
+    return result
