@@ -12,7 +12,7 @@ import sys
 
 from analysis.errors import UsageError
 
-VERBS = ["theory", "reproduce", "run", "list"]
+VERBS = ["theory", "reproduce", "run", "list", "inspect"]
 
 
 class _Parser(argparse.ArgumentParser):

