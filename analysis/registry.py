@@ -29,6 +29,7 @@ PROFILES = ("quick", "paper")
 # Modules that register experiments when imported. Add one line per experiment module.
 EXPERIMENT_MODULES: list[str] = [
     "analysis.selftest",  # "_selftest": the tiny dummy experiment the tests use (hidden)
+    "analysis.experiments.rank_depth",  # "rank_depth": LoRA rank x depth, capacity vs RANK-1 and reuse
 ]
 
 

@@ -1,28 +1,85 @@
 """Reproduce everything: the theory checks, every experiment, every figure and the report.
 
+Runs `lora-limits theory`, then `lora-limits run EXPERIMENT` for every experiment of
+`lora-limits list` (through the result cache: a second run recomputes nothing), then
+writes figures/report.md with a verdict per claim computed from the confidence intervals.
+An interrupted reproduction resumes where it stopped.
+
 examples:
-  lora-limits reproduce                  # quick profile on the CPU (the README's main job)
+  lora-limits reproduce                          # quick profile on the CPU (the main job)
+  lora-limits reproduce --jobs 1                 # one config at a time (default: one per core)
   lora-limits reproduce --profile paper --device cuda
 """
 from __future__ import annotations
 
 import argparse
-from types import SimpleNamespace
+import os
+import sys
+from pathlib import Path
 
-HELP = "run the theory checks, experiments and figures in one go (the main job)"
+HELP = "run the theory checks, every experiment, every figure and the report (the main job)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="quick", choices=["quick", "paper"],
-                        help="quick: CPU, minutes (default); paper: bigger, for a GPU")
+    parser.add_argument("--profile", default="quick", metavar="P",
+                        help="quick (CPU, minutes; default) or paper (bigger, for a GPU)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to train (default auto: CUDA when present)")
-    parser.add_argument("--figures", default="figures", metavar="DIR", help="output folder (default figures/)")
+    cores = os.cpu_count() or 1
+    parser.add_argument("--jobs", default=str(min(cores, 4)), metavar="N",
+                        help=f"configs run at once, one BLAS thread each when N >= cores (default {min(cores, 4)}: "
+                             "this machine's cores, at most 4)")
+    parser.add_argument("--results", default="results", metavar="DIR", help="result cache (default results/)")
+    parser.add_argument("--figures", default="figures", metavar="DIR", help="figures and report.md (default figures/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    from analysis.commands import theory
+    from analysis import registry
+    from analysis.basemodels import RESULTS_ENV
+    from analysis.cache import ResultCache, load_results
+    from analysis.commands.run import parse_jobs, resolve_device
+    from analysis.commands.theory import check_theory, print_summary
+    from analysis.report import claim_verdicts, draw_figures, write_report
+    from analysis.sweep import run_sweep
+    from theory.claims import ClaimSettings
 
-    print("== theory checks ==")
-    return theory.run(SimpleNamespace(claim=None, json=False, instances="1000", seed="0",
-                                      figures=args.figures, no_figures=False))
+    experiments = registry.experiments()
+    for experiment in experiments.values():
+        experiment.configs(args.profile)  # an unknown profile fails here, before any work
+    jobs, device = parse_jobs(args.jobs), resolve_device(args.device)
+    figures_dir = Path(args.figures)
+    os.environ[RESULTS_ENV] = str(args.results)
+
+    print("== theory ==")
+    checks, figures, elapsed = check_theory(None, ClaimSettings(), figures_dir)
+    for c in checks:
+        if not c.passed:
+            print(f"FAIL {c.id}: {c.statement} (predicted {c.predicted}, measured {c.measured})")
+    print_summary(checks, figures, elapsed)
+    failed_configs = 0
+    for experiment in experiments.values():
+        print(f"\n== {experiment.name}: {experiment.description} ==")
+        configs = experiment.configs(args.profile)
+        summary = run_sweep(experiment, configs, ResultCache(args.results, experiment.name), device=device,
+                            jobs=jobs, progress=not args.quiet)
+        print(f"{summary.total} configs, {summary.cached} cached, {summary.computed} computed, "
+              f"{len(summary.failures)} failed ({summary.seconds:.1f} s)")
+        if summary.failures:
+            failed_configs += len(summary.failures)
+            print(f"config {summary.failures[0].key} failed:\n{summary.failures[0].error}", file=sys.stderr)
+            continue
+        results = load_results(experiment.name, configs, args.results, args.profile)
+        for path in draw_figures(experiment, results, figures_dir, args.profile):
+            if path.suffix == ".png":
+                print(f"figure: {path}")
+        for verdict, _ in claim_verdicts(experiment, results):
+            print(f"{verdict.claim.id}: {verdict.outcome} - {verdict.claim.statement} ({verdict.reason})")
+    if failed_configs:
+        print(f"\n{failed_configs} config(s) failed; no report written. Fix and rerun "
+              f"`lora-limits reproduce --profile {args.profile}` to compute the rest.", file=sys.stderr)
+        return 1
+    report = write_report(figures_dir / "report.md", experiments, args.profile, args.results, figures_dir,
+                          [c.as_json() for c in checks])
+    print(f"\nreport: {report}")
+    return 1 if any(not c.passed for c in checks) else 0

@@ -14,6 +14,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def grid_with_overrides(experiment, profile: str, overrides: list[str]) -> list:
 
 def run(args) -> int:
     from analysis import registry
+    from analysis.basemodels import RESULTS_ENV
     from analysis.cache import ResultCache, load_results
     from analysis.report import draw_figures
     from analysis.sweep import choose_engine, run_sweep
@@ -87,6 +89,7 @@ def run(args) -> int:
     except ValueError as exc:
         raise UsageError(f"--engine: {exc}") from None
     device = resolve_device(args.device)
+    os.environ[RESULTS_ENV] = str(args.results)  # where run functions cache base models (workers inherit it)
     summary = run_sweep(experiment, configs, ResultCache(args.results, experiment.name), device=device,
                         jobs=jobs, engine=engine, scheduler=args.scheduler, force=args.force,
                         progress=not args.quiet)

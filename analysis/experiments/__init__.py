@@ -1,0 +1,22 @@
+"""Toy-model experiments (PAPER.md section 2), one module each; each registers itself with
+:func:`analysis.registry.register` when imported (listed in ``registry.EXPERIMENT_MODULES``).
+
+The base model is the expensive part of every experiment, so run functions never train one
+themselves: :func:`base_model` loads it from the shared model cache
+(:func:`analysis.basemodels.cached_base`, ``<results>/models/``, the folder the CLI passes
+through ``$LORA_LIMITS_RESULTS``), training it the first time. Experiments that use the same
+base config and seed therefore share one trained model.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from toymodels.pipeline import BaseConfig, BaseRun
+
+
+def base_model(cfg: "BaseConfig", seed: int, device: str) -> "BaseRun":
+    """The pretrained base model of ``(cfg, seed)``, shared by every experiment and config."""
+    from analysis.basemodels import cached_base
+
+    return cached_base(cfg, seed, device)
