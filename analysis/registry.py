@@ -30,6 +30,8 @@ PROFILES = ("quick", "paper")
 EXPERIMENT_MODULES: list[str] = [
     "analysis.selftest",  # "_selftest": the tiny dummy experiment the tests use (hidden)
     "analysis.experiments.rank_depth",  # "rank_depth": LoRA rank x depth, capacity vs RANK-1 and reuse
+    "analysis.experiments.two_hop_reuse",  # "two_hop_reuse": merged / routed one-hop experts on two-hop questions
+    "analysis.experiments.mechanism",  # "mechanism": bridge decodability, T2 key overlaps, Arrow routing per layer
 ]
 
 
