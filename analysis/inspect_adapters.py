@@ -15,21 +15,16 @@ relative size of factor-space cross terms (``theory.merge.cross_terms``, MERGE-3
 """
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from analysis.errors import UsageError
 from theory.merge import Factors, cross_terms, trim_top_k, weighted_delta_sum
 from theory.routing import arrow_prototype
-
-CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
-_A_SUFFIX = ".lora_A.weight"
+from toymodels.adapters import read_peft_checkpoint
 
 
 @dataclass(frozen=True)
@@ -40,45 +35,17 @@ class PeftAdapter:
     factors: dict[str, Factors]  # module path (prefix stripped) -> factors
 
 
-def _pattern_value(patterns: dict, path: str, default):
-    """PEFT's rule: a pattern key applies when ``path`` ends with it after a dot (regex)."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", path):
-            return value
-    return default
-
-
 def read_adapter(directory: str | Path) -> PeftAdapter:
+    """One adapter folder as float32 factors (:func:`toymodels.adapters.read_peft_checkpoint`);
+    every problem is a one-line :class:`UsageError`."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UsageError(f"{directory}: no such adapter folder")
-    for needed in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (directory / needed).is_file():
-            raise UsageError(f"{directory}: not a PEFT adapter folder (no {needed})")
     try:
-        meta = json.loads((directory / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{directory / CONFIG_NAME}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if meta.get("peft_type") != "LORA" or meta.get("use_dora") or meta.get("fan_in_fan_out"):
-        raise UsageError(f"{directory}: peft_type={meta.get('peft_type')!r}, use_dora={meta.get('use_dora')!r}, "
-                         f"fan_in_fan_out={meta.get('fan_in_fan_out')!r}: inspect reads plain LoRA only")
-    tensors = load_file(directory / WEIGHTS_NAME)
-    factors = {}
-    for key in sorted(k for k in tensors if k.endswith(_A_SUFFIX)):
-        stem = key[:-len(_A_SUFFIX)]
-        B = tensors.get(stem + ".lora_B.weight")
-        if B is None:
-            raise UsageError(f"{directory}: {key} has no matching lora_B weight")
-        path = stem.removeprefix("base_model.model.")
-        A = tensors[key].float()
-        alpha = float(_pattern_value(meta.get("alpha_pattern") or {}, path, meta["lora_alpha"]))
-        r = A.shape[0]
-        try:
-            factors[path] = Factors(A=A, B=B.float(), scale=alpha / (math.sqrt(r) if meta.get("use_rslora") else r))
-        except ValueError as exc:
-            raise UsageError(f"{directory}: module {path}: {exc}") from None
-    if not factors:
-        raise UsageError(f"{directory}: {WEIGHTS_NAME} holds no lora_A/lora_B weights")
+        meta, factors = read_peft_checkpoint(directory)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    factors = {path: Factors(A=f.A.float(), B=f.B.float(), scale=f.scale) for path, f in factors.items()}
     return PeftAdapter(directory.name or str(directory), directory, meta, factors)
 
 

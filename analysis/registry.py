@@ -32,6 +32,7 @@ EXPERIMENT_MODULES: list[str] = [
     "analysis.experiments.rank_depth",  # "rank_depth": LoRA rank x depth, capacity vs RANK-1 and reuse
     "analysis.experiments.two_hop_reuse",  # "two_hop_reuse": merged / routed one-hop experts on two-hop questions
     "analysis.experiments.mechanism",  # "mechanism": bridge decodability, T2 key overlaps, Arrow routing per layer
+    "analysis.experiments.pretrained_two_hop",  # "pretrained_two_hop": natural-language two-hop on SmolLM2
 ]
 
 
@@ -66,6 +67,13 @@ class Experiment:
     figures: dict[str, FigureFn] = field(default_factory=dict)
     claims: tuple[ClaimMeasure, ...] = ()
     hidden: bool = False  # hidden experiments (the self-test) are left out of ``list`` and the report
+    # profiles in which ``lora-limits reproduce`` runs it (``run`` takes any profile): an
+    # experiment too slow for the default CPU reproduction lists ("paper",) only
+    reproduce_profiles: tuple[str, ...] = PROFILES
+    # checked before any config runs; raises UsageError naming the fix (e.g. a missing extra)
+    preflight: Callable[[Any], None] | None = None
+    # prints the experiment's terminal tables from finished results (run/reproduce call it)
+    summary: Callable[[list[Result]], None] | None = None
 
     def configs(self, profile: str) -> list[Any]:
         """The grid for ``profile``; an unknown profile is a :class:`UsageError`."""
@@ -82,6 +90,8 @@ def register(experiment: Experiment) -> Experiment:
     if "<" in experiment.run.__qualname__:  # a lambda or nested function cannot be pickled by name
         raise ValueError(f"experiment {experiment.name!r}: run must be a module-level function so that "
                          f"worker processes can import it, not {experiment.run.__qualname__}")
+    if bad := [p for p in experiment.reproduce_profiles if p not in PROFILES]:
+        raise ValueError(f"experiment {experiment.name!r}: reproduce_profiles has {bad}; valid: {', '.join(PROFILES)}")
     old = _REGISTRY.get(experiment.name)
     if old is not None and old is not experiment:
         raise ValueError(f"experiment {experiment.name!r} registered twice")

@@ -14,8 +14,10 @@ ranks and scales that differ from the config go to PEFT's ``rank_pattern``/``alp
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from theory.merge import Factors
-from toymodels.lora import LoRAConfig, LoRALinear, RoleMap, inject_lora, lora_modules
+from toymodels.lora import INITS, LoRAConfig, LoRALinear, RoleMap, inject_lora, lora_modules
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -165,38 +167,82 @@ def save_adapter(adapter: Adapter, directory: str | Path,
     return directory
 
 
-def load_adapter(directory: str | Path, base: nn.Module, role_map: RoleMap) -> Adapter:
-    """Read a PEFT LoRA checkpoint (safetensors only, never pickle) written for ``base``.
-    ``role_map`` turns module paths back into the config's ``targets`` (in role-map order);
-    every path must be in it, and shapes must match ``base`` (ValueError naming module and
-    shapes otherwise)."""
+def _pattern_value(patterns: dict, path: str, default):
+    """PEFT's rule: a pattern key applies when ``path`` ends with it after a dot (regex)."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return default
+
+
+def read_peft_checkpoint(directory: str | Path) -> tuple[dict, dict[str, Factors]]:
+    """``(adapter_config.json as a dict, module path -> Factors)`` of a PEFT LoRA folder, no
+    base model needed (safetensors only, never pickle). Per module ``scale = alpha / r``
+    (``/ sqrt(r)`` with ``use_rslora``), ``alpha`` and ``r`` from PEFT's ``alpha_pattern``
+    (matched as PEFT matches it) or the globals; ``r`` is read from ``A``'s shape, which
+    covers ``rank_pattern``. ``init_lora_weights`` is ignored: the init only matters before
+    training, and the weights are on disk. Malformed input (not LoRA, DoRA, fan-in/fan-out
+    layout, lora_A without lora_B, no LoRA weights, bad shapes) is a one-line ValueError;
+    missing files are FileNotFoundError."""
     directory = Path(directory)
-    meta = json.loads((directory / CONFIG_NAME).read_text())
-    if meta.get("peft_type") != "LORA" or meta.get("fan_in_fan_out", False):
-        raise ValueError(f"{directory / CONFIG_NAME}: peft_type={meta.get('peft_type')!r}, "
-                         f"fan_in_fan_out={meta.get('fan_in_fan_out')!r}: need LORA, false")
+    for needed in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / needed).is_file():
+            raise FileNotFoundError(f"{directory}: not a PEFT adapter folder (no {needed})")
+    try:
+        meta = json.loads((directory / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{directory / CONFIG_NAME}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if meta.get("peft_type") != "LORA" or meta.get("use_dora") or meta.get("fan_in_fan_out"):
+        raise ValueError(f"{directory}: peft_type={meta.get('peft_type')!r}, use_dora={meta.get('use_dora')!r}, "
+                         f"fan_in_fan_out={meta.get('fan_in_fan_out')!r}: need plain LoRA (LORA, no DoRA, "
+                         "fan_in_fan_out false)")
     tensors = load_file(directory / WEIGHTS_NAME)
-    roles = {path: role for (role, _), path in role_map.items()}
     rslora = bool(meta.get("use_rslora", False))
     factors = {}
     for key in sorted(k for k in tensors if k.endswith(".lora_A.weight")):
-        path = key[len(PEFT_PREFIX):-len(".lora_A.weight")]
+        stem = key[:-len(".lora_A.weight")]
+        B = tensors.get(stem + ".lora_B.weight")
+        if B is None:
+            raise ValueError(f"{directory}: {key} has no matching lora_B weight")
+        path = stem.removeprefix(PEFT_PREFIX)
+        A = tensors[key]
+        alpha = float(_pattern_value(meta.get("alpha_pattern") or {}, path, meta["lora_alpha"]))
+        r = A.shape[0]
+        try:
+            factors[path] = Factors(A=A, B=B, scale=alpha / (math.sqrt(r) if rslora else r))
+        except ValueError as exc:
+            raise ValueError(f"{directory}: module {path}: {exc}") from None
+    if not factors:
+        raise ValueError(f"{directory}: {WEIGHTS_NAME} holds no lora_A/lora_B weights")
+    return meta, factors
+
+
+def load_adapter(directory: str | Path, base: nn.Module, role_map: RoleMap) -> Adapter:
+    """Read a PEFT LoRA checkpoint (:func:`read_peft_checkpoint`) written for ``base``.
+    ``role_map`` turns module paths back into the config's ``targets`` (in role-map order);
+    every path must be in it, and shapes must match ``base`` (ValueError naming module and
+    shapes otherwise). Any ``init_lora_weights`` loads (PEFT's False, "gaussian", "pissa",
+    ...): the config records ours when it is one of :class:`LoRAConfig`'s, else the default.
+    Caveat: PiSSA / OLoRA / LoftQ inits also change the BASE weights (to a residual); such a
+    checkpoint means ``base + delta`` only on that residual base, or after PEFT converted it
+    to a plain LoRA (``path_initial_model_for_weight_conversion``). That is the caller's to know."""
+    directory = Path(directory)
+    meta, factors = read_peft_checkpoint(directory)
+    roles = {path: role for (role, _), path in role_map.items()}
+    for path in factors:
         if path not in roles:
             raise ValueError(f"{path}: not in the role map of this model; known paths end "
                              f"like {sorted(roles)[:3]}")
-        if (key_B := f"{PEFT_PREFIX}{path}.lora_B.weight") not in tensors:
-            raise ValueError(f"{path}: {WEIGHTS_NAME} has lora_A but no lora_B")
-        A, B = tensors[key], tensors[key_B]
-        alpha = meta.get("alpha_pattern", {}).get(path, meta["lora_alpha"])
-        factors[path] = Factors(A=A, B=B, scale=alpha / (math.sqrt(A.shape[0]) if rslora else A.shape[0]))
     layers = meta.get("layers_to_transform")
     init = meta.get("init_lora_weights", True)
+    init = "kaiming_uniform" if init is True else init
+    defaults = {f.name: f.default for f in dataclasses.fields(LoRAConfig)}
     config = LoRAConfig(
-        rank=meta["r"], alpha=float(meta["lora_alpha"]), rslora=rslora,
+        rank=meta["r"], alpha=float(meta["lora_alpha"]), rslora=bool(meta.get("use_rslora", False)),
         dropout=float(meta.get("lora_dropout", 0.0)),
         targets=tuple(dict.fromkeys(role for path, role in roles.items() if path in factors)),
         layers=tuple(layers) if layers is not None else None,
-        init="kaiming_uniform" if init is True else init)
+        init=init if init in INITS else defaults["init"])
     adapter = Adapter(config, factors)
     check_shapes(base, adapter)
     return adapter

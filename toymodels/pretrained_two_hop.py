@@ -4,15 +4,20 @@ section 2, "Full-scale runs"; data from :mod:`toymodels.tasks.natural`).
 :func:`run_pretrained_two_hop` takes a loaded Llama-style HF model and its tokenizer
 (``toymodels.pretrained.load_causal_lm``), then
 1. measures the base model's familiarity: exact match on the one-hop facts of
-   ``natural.WORLD`` (what R assumes the model knows);
+   ``natural.WORLD`` (what R assumes the model knows); with ``r_known_only`` the R split is
+   drawn from the facts it answers correctly only (``r_split`` says how many remain);
 2. trains one LoRA per expert (AB, BC, AC) with :func:`toymodels.train.train`, and one joint
    LoRA per library on the union of its experts' sentences (what data access would buy);
 3. scores every model (base, single experts, joint LoRAs, each ``reuse.METHODS`` entry on
    each library ``hops`` = {AB, BC} and ``with_AC`` = {AB, BC, AC}) on every eval set of
-   every familiarity F / H / R: exact match and mean answer log-probability.
+   every familiarity F / H / R: exact match and mean answer log-probability;
+4. the broadcast control (T2 in natural language, ``natural.broadcast_controls``): per
+   familiarity, how often each model answers the BC / AC experts' answers C to questions
+   of the same template about other real subjects, beside a chance reference.
 
 ``oracle`` is task-level oracle selection: per eval set, the best single adapter of the
-library (one-hot routing). The result is JSON-able.
+library (one-hot routing); its broadcast rates use the adapter it picks for that
+familiarity's composed set (``two_hop_unseen``). The result is JSON-able.
 """
 from __future__ import annotations
 
@@ -31,8 +36,8 @@ from toymodels.reuse import METHODS
 from toymodels.routing import set_oracle_weights
 from toymodels.scoring import ReuseOptions
 from toymodels.tasks import Examples
-from toymodels.tasks.natural import (NaturalConfig, answer_scores, encode_pairs, eval_pairs, expert_pairs,
-                                     known_fact_pairs, make_chains)
+from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, answer_scores, broadcast_controls,
+                                     encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
 from toymodels.train import TrainConfig, TrainResult, answer_loss, train
 
 LIBRARIES = {"hops": ("AB", "BC"), "with_AC": ("AB", "BC", "AC")}
@@ -49,8 +54,16 @@ class PretrainedTwoHopConfig(Config):
     reuse: ReuseOptions = field(default_factory=lambda: ReuseOptions(lorahub_budget=12))
     joint: bool = True  # also train a joint LoRA per library
     familiarity_facts: int | None = None  # countries of WORLD for the base familiarity (None: all)
+    # R only from facts the base answers (make_chains(known=...)). False by default so that a
+    # bare config keeps its chains whatever the model; quick() and paper() turn it on.
+    r_known_only: bool = False
+    n_control: int = 8  # broadcast-control questions per familiarity, relation and expert (0: none)
 
     def __post_init__(self):
+        if not isinstance(self.n_control, int) or self.n_control < 0:
+            raise ValueError(f"n_control={self.n_control!r}: must be an integer >= 0")
+        if self.familiarity_facts is not None and not 1 <= self.familiarity_facts <= len(WORLD):
+            raise ValueError(f"familiarity_facts={self.familiarity_facts!r}: must be None or in [1, {len(WORLD)}]")
         if bad := [m for m in self.methods if m not in METHODS]:
             raise ValueError(f"methods contains {bad}: must be among {', '.join(METHODS)}")
         if self.finetune.target_set not in (None, "facts"):
@@ -58,12 +71,15 @@ class PretrainedTwoHopConfig(Config):
 
 
 def quick() -> PretrainedTwoHopConfig:
-    """< 30 min on 2 CPU cores with SmolLM2-135M: 2 countries x 2 cities per familiarity,
-    capital only (AB 12, BC 6, AC 6 sentences), at most 25 steps per LoRA."""
+    """SmolLM2-135M on 2 CPU cores: an estimated 5-8 min (per-step timings: ~1.4 s per LoRA
+    step at batch 16, ~10 s to score one model on its ~30 eval and ~100 control rows, x 5
+    LoRAs x 25 steps and ~23 scored models; not yet a timed full run). 2 countries x 2
+    cities per familiarity, capital only (AB 12, BC 6, AC 6 sentences), at most 25 steps per
+    LoRA, 8 control questions per familiarity and expert; R from facts the base answers."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=2, cities_per_country=2, relations2=("capital",)),
         finetune=dataclasses.replace(PretrainedTwoHopConfig().finetune, steps=25),
-        methods=("average", "sum", "ties", "svd", "factor_average", "arrow", "oracle"))
+        methods=("average", "sum", "ties", "svd", "factor_average", "arrow", "oracle"), r_known_only=True)
 
 
 def paper() -> PretrainedTwoHopConfig:
@@ -72,7 +88,7 @@ def paper() -> PretrainedTwoHopConfig:
         task=NaturalConfig(n_countries=8, cities_per_country=3),
         lora=LoRAConfig(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down")),
         finetune=dataclasses.replace(PretrainedTwoHopConfig().finetune, steps=300, batch_size=32, eval_every=10),
-        reuse=ReuseOptions(lorahub_budget=40))
+        reuse=ReuseOptions(lorahub_budget=40), r_known_only=True)
 
 
 def score(model: nn.Module, sets: dict[str, Examples]) -> dict[str, dict[str, float]]:
@@ -85,13 +101,43 @@ def score(model: nn.Module, sets: dict[str, Examples]) -> dict[str, dict[str, fl
     return out
 
 
-def _oracle_score(model: nn.Module, n: int, sets: dict[str, Examples]) -> dict:
-    per = []
+def encode_controls(controls: list[Control], tokenizer) -> Examples | None:
+    """All controls' (question, new answer) rows in one batch, in ``controls`` order."""
+    pairs = [p for c in controls for p in c.pairs()]
+    return encode_pairs(pairs, tokenizer) if pairs else None
+
+
+def broadcast(model: nn.Module, controls: list[Control], rows: Examples | None) -> dict[str, float]:
+    """``{control name: share of its questions answered (exact match) with a new answer}``."""
+    if rows is None:
+        return {}
+    model.eval()
+    exact, out, start = answer_scores(model, rows)[0], {}, 0
+    for c in controls:
+        n = len(c.questions) * len(c.new_answers)
+        hit = exact[start:start + n].reshape(len(c.questions), len(c.new_answers)).any(1)  # (questions,)
+        out[c.name], start = hit.float().mean().item(), start + n
+    return out
+
+
+def _composed_set(sets: dict, fam: str) -> str | None:
+    for name in (f"{fam}/two_hop_unseen", f"{fam}/two_hop_seen"):
+        if name in sets:
+            return name
+    return None
+
+
+def _oracle_score(model: nn.Module, n: int, sets: dict[str, Examples], controls: list[Control],
+                  rows: Examples | None) -> tuple[dict, dict]:
+    per, casts = [], []
     for i in range(n):
         set_oracle_weights(model, nn.functional.one_hot(torch.tensor(i), n).float())
         per.append(score(model, sets))
+        casts.append(broadcast(model, controls, rows))
     best = {name: max(range(n), key=lambda i: per[i][name]["exact"]) for name in sets}
-    return {name: dict(per[best[name]][name], adapter=best[name]) for name in sets}
+    picked = {c.name: best.get(_composed_set(sets, c.familiarity), 0) for c in controls}
+    return ({name: dict(per[best[name]][name], adapter=best[name]) for name in sets},
+            {name: casts[i][name] for name, i in picked.items()})
 
 
 def _train_lora(lm: nn.Module, roles, data: Examples, cfg: PretrainedTwoHopConfig, gen: torch.Generator,
@@ -109,23 +155,41 @@ def _summary(result: TrainResult) -> dict:
 def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tokenizer, seed: int = 0,
                            device: str = "cpu", progress: bool = False) -> dict:
     """The whole protocol on ``hf_model`` (its weights are left unchanged; it is moved to
-    ``device``); see the module docstring."""
+    ``device``); see the module docstring. Returns ``{"config", "key", "seed", "chains",
+    "familiarity": {"facts", "exact", "known"}, "r_split": {"known_only", "countries",
+    "requested", "chains"}, "controls": {name: {"questions", "new_answers", "chance"}},
+    "experts": {name: training summary}, "models": {model: {eval set: {"exact", "logprob"}}},
+    "broadcast": {model: {control name: rate}}}``."""
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     lm, roles = LogitsLM(hf_model).to(device), llama_role_map(hf_model)
-    chains = make_chains(cfg.task, rng)
+    fact_pairs = known_fact_pairs(cfg.familiarity_facts)
+    fact_exact = answer_scores(lm.eval(), encode_pairs(fact_pairs, tokenizer))[0]
+    known = {pair for pair, ok in zip(fact_pairs, fact_exact.tolist()) if ok}
+    chains = make_chains(cfg.task, rng, known if cfg.r_known_only else None)
+    controls = broadcast_controls(chains, cfg.n_control, rng) if cfg.n_control else []
+    control_rows = encode_controls(controls, tokenizer)
     sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in eval_pairs(chains).items()}
     train_sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in expert_pairs(chains).items()}
-    familiar = encode_pairs(known_fact_pairs(cfg.familiarity_facts), tokenizer)
+    r_chains = [c for c in chains if c.familiarity == "R"]
     out = {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed,
            "chains": [dataclasses.asdict(c) for c in chains],
-           "familiarity": {"facts": len(familiar),
-                           "exact": answer_scores(lm.eval(), familiar)[0].float().mean().item()},
-           "experts": {}, "models": {"base": score(lm, sets)}}
+           "familiarity": {"facts": len(fact_pairs), "exact": fact_exact.float().mean().item(), "known": len(known)},
+           "r_split": {"known_only": cfg.r_known_only, "requested": cfg.task.n_countries,
+                       "countries": len({c.country for c in r_chains}), "chains": len(r_chains)},
+           "controls": {c.name: {"questions": len(c.questions), "new_answers": list(c.new_answers),
+                                 "chance": c.chance} for c in controls},
+           "experts": {}, "models": {"base": score(lm, sets)},
+           "broadcast": {"base": broadcast(lm, controls, control_rows)}}
+
+    def record(name: str, model: nn.Module) -> None:
+        out["models"][name] = score(model, sets)
+        out["broadcast"][name] = broadcast(model, controls, control_rows)
+
     adapters = {}
     for name, data in train_sets.items():
         adapters[name], result = _train_lora(lm, roles, data, cfg, gen, device, progress)
         out["experts"][name] = _summary(result)
-        out["models"][f"single/{name}"] = score(result.model, sets)
+        record(f"single/{name}", result.model)
         del result
     opts = cfg.reuse
     for lib, members in LIBRARIES.items():
@@ -133,7 +197,7 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
             joint = Examples.cat([train_sets[m] for m in members])
             _, result = _train_lora(lm, roles, joint, cfg, gen, device, progress)
             out["experts"][f"joint/{lib}"] = _summary(result)
-            out["models"][f"joint/{lib}"] = score(result.model, sets)
+            record(f"joint/{lib}", result.model)
             del result
         bank = [adapters[m] for m in members]
         shots = train_sets["AC"][:opts.lorahub_shots]  # LoraHub sees a few two-hop sentences
@@ -149,7 +213,11 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
                        }.get(method, {})
             with torch.no_grad():
                 model = METHODS[method](lm, bank, **options)
-            out["models"][f"{method}/{lib}"] = (_oracle_score(model, len(bank), sets) if method == "oracle"
-                                                else score(model, sets))
+            name = f"{method}/{lib}"
+            if method == "oracle":
+                out["models"][name], out["broadcast"][name] = _oracle_score(model, len(bank), sets, controls,
+                                                                            control_rows)
+            else:
+                record(name, model)
             del model
     return out

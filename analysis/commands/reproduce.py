@@ -38,7 +38,7 @@ def run(args) -> int:
     from analysis import registry
     from analysis.basemodels import RESULTS_ENV
     from analysis.cache import ResultCache, load_results
-    from analysis.commands.run import parse_jobs, resolve_device
+    from analysis.commands.run import parse_jobs, preflight, resolve_device
     from analysis.commands.theory import check_theory, print_summary
     from analysis.report import claim_verdicts, draw_figures, write_report
     from analysis.sweep import run_sweep
@@ -47,6 +47,9 @@ def run(args) -> int:
     experiments = registry.experiments()
     for experiment in experiments.values():
         experiment.configs(args.profile)  # an unknown profile fails here, before any work
+    experiments = {n: e for n, e in experiments.items() if args.profile in e.reproduce_profiles}
+    for experiment in experiments.values():
+        preflight(experiment, experiment.configs(args.profile))
     jobs, device = parse_jobs(args.jobs), resolve_device(args.device)
     figures_dir = Path(args.figures)
     os.environ[RESULTS_ENV] = str(args.results)
@@ -70,6 +73,8 @@ def run(args) -> int:
             print(f"config {summary.failures[0].key} failed:\n{summary.failures[0].error}", file=sys.stderr)
             continue
         results = load_results(experiment.name, configs, args.results, args.profile)
+        if experiment.summary:
+            experiment.summary(results)
         for path in draw_figures(experiment, results, figures_dir, args.profile):
             if path.suffix == ".png":
                 print(f"figure: {path}")

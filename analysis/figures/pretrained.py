@@ -1,0 +1,77 @@
+"""Figure of ``pretrained_two_hop``: composed accuracy per model (base, experts, joint
+LoRAs, each reuse method) and familiarity F / H / R, one panel per library, with the
+broadcast control of the BC expert's answers as a marker above each bar group.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from analysis.cache import MissingResultsError, run_command
+from analysis.plotstyle import COLORS, new_figure
+from analysis.registry import Result
+
+FAM_COLORS = {"F": COLORS["construction"], "H": COLORS["average"], "R": COLORS["routing"]}
+FAM_LABELS = {"F": "F (fictional)", "H": "H (new city, real country)", "R": "R (known facts)"}
+
+
+def _label(name: str) -> str:
+    kind, _, what = name.partition("/")
+    return {"base": "base", "single": f"{what} alone", "joint": "joint"}.get(kind, kind)
+
+
+def _nanmean(values) -> float:
+    values = [np.nan if v is None else v for v in values]
+    return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
+
+
+def pretrained_figure(results: list[Result]):
+    """``(figure, plotted numbers)``."""
+    if not results:
+        raise MissingResultsError(f"figure needs pretrained_two_hop results: run "
+                                  f"`{run_command('pretrained_two_hop', 'quick')}` (or --profile paper)")
+    rows = [r.result for r in results]  # one per config; several (seeds, --set) are averaged
+    fams = [f for f in ("F", "H", "R") if any(row["table"]["base"][f] is not None for row in rows)]
+    names = rows[0]["order"]
+    panels = {lib: [n for n in names if not n.endswith("/" + _other(lib))] for lib in ("hops", "with_AC")}
+    fig, axes = new_figure(ncols=2, width=5.4, height=3.6)
+    data = {"familiarities": fams, "panels": {}, "base_familiarity": [row["familiarity"]["exact"] for row in rows],
+            "r_split": [row["r_split"] for row in rows]}
+    for ax, (lib, models) in zip(axes, panels.items()):
+        x, width = np.arange(len(models)), 0.8 / max(len(fams), 1)
+        panel = {}
+        for i, fam in enumerate(fams):
+            acc = [_nanmean([(row["table"][m][fam] or {}).get("composed") for row in rows]) for m in models]
+            cast = [_nanmean([row["broadcast"][m][fam]["BC"] for row in rows]) for m in models]
+            pos = x + (i - (len(fams) - 1) / 2) * width
+            ax.bar(pos, acc, width, color=FAM_COLORS[fam], label=FAM_LABELS[fam])
+            ax.scatter(pos, cast, marker="x", color="black", s=14, zorder=3,
+                       label="broadcast (BC answers on other questions)" if i == 0 else None)
+            panel[fam] = {"models": models, "composed": acc, "broadcast_BC": cast}
+        data["panels"][lib] = panel
+        ax.set_xticks(x, [_label(m) for m in models], rotation=40, ha="right")
+        ax.set_ylim(0, 1.05)
+        chance = _nanmean([row["chance"][f]["BC"] for row in rows for f in fams])
+        ax.axhline(chance, color=COLORS["control"], linestyle="--", linewidth=0.8,
+                   label="broadcast chance (mean over F/H/R)")
+        ax.set_title(f"library {{{', '.join(_members(lib))}}}")
+    axes[0].set_ylabel("composed accuracy (held-out two-hop)")
+    base, r = np.mean(data["base_familiarity"]), rows[0]["r_split"]
+    model = Path(rows[0]["model"].split(" (")[0]).name
+    fig.suptitle(f"{model}: two-hop reuse in natural language; base one-hop familiarity {base:.2f}, "
+                 f"R split {r['countries']} of {r['requested']} countries", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    return fig, data
+
+
+def _other(lib: str) -> str:
+    return "with_AC" if lib == "hops" else "hops"
+
+
+def _members(lib: str) -> tuple[str, ...]:
+    from toymodels.pretrained_two_hop import LIBRARIES
+
+    return LIBRARIES[lib]

