@@ -99,6 +99,20 @@ def _oracle(model: nn.Module, base: "BaseRun", es: ExpertSet, members: Sequence[
     return out
 
 
+def method_options(method: str, cfg: "PipelineConfig", n_adapters: int, gen: torch.Generator | None = None,
+                   rng: np.random.Generator | None = None, loss_fn=None) -> dict:
+    """The keyword options of ``METHODS[method]`` set by ``cfg.reuse`` (one place for every
+    caller); ``dare`` needs ``gen``, ``lorahub`` needs ``rng`` and a few-shot ``loss_fn``."""
+    opts = cfg.reuse
+    return {
+        "svd": {"rank": opts.svd_rank or cfg.lora.rank},
+        "ties": {"density": opts.ties_density},
+        "dare": {"drop_rate": opts.dare_drop, "generator": gen},
+        "arrow": {"top_k": min(opts.arrow_top_k, n_adapters), "temperature": opts.arrow_temperature},
+        "lorahub": {"loss_fn": loss_fn, "rng": rng, "budget": opts.lorahub_budget},
+    }.get(method, {})
+
+
 def score_method(method: str, base: "BaseRun", es: ExpertSet, members: Sequence[str],
                  adapters: Sequence[Adapter], cfg: "PipelineConfig", rng: np.random.Generator,
                  gen: torch.Generator) -> dict:
@@ -109,13 +123,7 @@ def score_method(method: str, base: "BaseRun", es: ExpertSet, members: Sequence[
     def few_shot_loss(model: nn.Module) -> float:
         return answer_loss(model, shots.to(next(model.parameters()).device)).item()
 
-    options = {
-        "svd": {"rank": opts.svd_rank or cfg.lora.rank},
-        "ties": {"density": opts.ties_density},
-        "dare": {"drop_rate": opts.dare_drop, "generator": gen},
-        "arrow": {"top_k": min(opts.arrow_top_k, len(adapters)), "temperature": opts.arrow_temperature},
-        "lorahub": {"loss_fn": few_shot_loss, "rng": rng, "budget": opts.lorahub_budget},
-    }.get(method, {})
+    options = method_options(method, cfg, len(adapters), gen=gen, rng=rng, loss_fn=few_shot_loss)
     with torch.no_grad():
         model = METHODS[method](base.model, list(adapters), **options)
     if method == "oracle":

@@ -39,7 +39,7 @@ from toymodels.presets import quick_two_hop
 from toymodels.probes import (fit_probe, logit_lens, prompt_end, residual_stream, router_heatmap,
                               t2_key_overlap, target_rank)
 from toymodels.reuse import METHODS
-from toymodels.scoring import score_model
+from toymodels.scoring import method_options, score_model
 from toymodels.tasks.experts import FAMILIARITIES, make_expert_set
 from toymodels.tasks.twohop import chain_examples
 
@@ -76,13 +76,6 @@ def grid(profile: str) -> list[MechanismConfig]:
             for fmt in ("latent", "cot") for fam in fams for s in seeds]
 
 
-def _options(method: str, cfg: PipelineConfig, n: int) -> dict:
-    """The same options ``toymodels.scoring.score_method`` passes."""
-    return {"ties": {"density": cfg.reuse.ties_density},
-            "arrow": {"top_k": min(cfg.reuse.arrow_top_k, n), "temperature": cfg.reuse.arrow_temperature}
-            }.get(method, {})
-
-
 def _models(base, es, cfg: MechanismConfig, gen: torch.Generator, device: str) -> dict:
     adapters, models = {}, {"base": base.model}
     for name in LIBRARIES["with_AC"]:
@@ -92,7 +85,7 @@ def _models(base, es, cfg: MechanismConfig, gen: torch.Generator, device: str) -
         for m in cfg.methods:
             with torch.no_grad():
                 models[f"{m}/{lib}"] = METHODS[m](base.model, [adapters[n] for n in names],
-                                                  **_options(m, cfg.pipeline, len(names))).eval()
+                                                  **method_options(m, cfg.pipeline, len(names))).eval()
     return models
 
 
