@@ -52,7 +52,10 @@ class Verdict:
         if self.outcome == INCONCLUSIVE:
             return f"{interval} contains the margin {c.margin:g}"
         side = "below" if s.high < c.margin else "above"
-        return f"{interval} lies entirely {side} the margin {c.margin:g}"
+        # A zero-width t-interval means every seed gave the same value (e.g. one shared base
+        # model, or a coarse metric): the verdict stands, but there was no spread to estimate.
+        caveat = f" (all {s.n} seeds gave the same value: zero-width CI, no spread measured)" if s.std == 0 else ""
+        return f"{interval} lies entirely {side} the margin {c.margin:g}{caveat}"
 
     def as_json(self) -> dict:
         return {"claim": self.claim.id, "outcome": self.outcome, "reason": self.reason,

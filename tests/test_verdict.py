@@ -135,3 +135,13 @@ def test_report_with_missing_data_names_the_command(filled, tmp_path):
         build_report(_with_margin(0.25), "quick", results, figures, figures, THEORY)
     with pytest.raises(MissingResultsError, match="lora-limits reproduce"):
         build_report(_with_margin(0.25), "quick", results, figures, figures, None)
+
+
+def test_zero_width_interval_is_flagged_in_the_reason():
+    """Identical per-seed values give a zero-width CI; the verdict says so instead of
+    presenting it as certainty."""
+    claim = Claim("Z-1", "s", "q", "below", 0.5)
+    same = judge(claim, [0.375, 0.375])
+    assert same.outcome == SUPPORTED and "zero-width CI" in same.reason and "all 2 seeds" in same.reason
+    spread = judge(claim, [0.30, 0.32, 0.31])
+    assert "zero-width" not in spread.reason
