@@ -1,6 +1,15 @@
-"""Shared test settings."""
+"""Shared test settings and the tiny GPT that the LoRA, adapter, reuse and probe tests share."""
 import torch
+
+from toymodels.model import ModelConfig
 
 # The tests use tiny tensors, where thread start-up dominates: one thread is faster and
 # keeps the suite steady on a shared 2-core machine.
 torch.set_num_threads(1)
+
+TINY_GPT = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, d_vocab=11, n_ctx=6)
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    """A fresh torch generator: every random draw in a test names its seed."""
+    return torch.Generator().manual_seed(seed)

@@ -11,12 +11,9 @@ from toymodels.adapters import (Adapter, apply_adapter, extract_adapter, load_ad
                                 merge_into_new_model, random_adapter, save_adapter, unmerge)
 from toymodels.lora import LoRAConfig, inject_lora
 from toymodels.model import GPT, ModelConfig, role_modules
+from conftest import TINY_GPT, seeded as gen
 
-MODEL = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, d_vocab=11, n_ctx=6)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+MODEL = TINY_GPT
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,10 @@ from torch import nn
 
 from toymodels.config import apply_overrides
 from toymodels.lora import LoRAConfig, LoRALinear, inject_lora, lora_modules, target_paths
-from toymodels.model import GPT, ModelConfig, role_modules
+from toymodels.model import GPT, role_modules
+from conftest import TINY_GPT, seeded as gen
 
-MODEL = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, d_vocab=11, n_ctx=6)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+MODEL = TINY_GPT
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,10 @@ from toymodels.probes import (adapter_keys, delta_readout, fit_probe, key_overla
                               t2_key_overlap, target_rank)
 from toymodels.routing import RoutedLinear
 from toymodels.tasks import Examples
+from conftest import seeded as gen
 
 MODEL = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, d_vocab=20, n_ctx=6)
 TARGETS = ("q", "v", "mlp_out")
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")

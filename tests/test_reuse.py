@@ -10,16 +10,13 @@ from theory.routing import routed_output
 from toymodels import reuse
 from toymodels.adapters import Adapter, apply_adapter, random_adapter
 from toymodels.lora import LoRAConfig
-from toymodels.model import GPT, ModelConfig, role_modules
+from toymodels.model import GPT, role_modules
 from toymodels.routing import (ArrowRouter, OracleRouter, RoutedLinear, arrow_model, oracle_model,
                                oracle_weights, routing_weights, set_oracle_weights)
+from conftest import TINY_GPT, seeded as gen
 
-MODEL = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, d_vocab=11, n_ctx=6)
+MODEL = TINY_GPT
 TARGETS = ("q", "v", "mlp_out")
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
