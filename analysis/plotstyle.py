@@ -6,8 +6,7 @@ and with deterministic metadata so that reruns do not churn git.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +56,9 @@ def save_figure(fig, out_dir: Path | str, name: str, data: dict[str, Any], confi
     out_dir = Path(out_dir)
     paths = []
     for ext, meta in (("png", {"Software": "lora-limits"}), ("pdf", {"Creator": "lora-limits", "CreationDate": None})):
-        fd, tmp = tempfile.mkstemp(dir=out_dir if out_dir.exists() else None, suffix=f".{ext}")
-        os.close(fd)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, format=ext, metadata=meta, bbox_inches="tight")
-        atomic_write_bytes(out_dir / f"{name}.{ext}", Path(tmp).read_bytes())
-        Path(tmp).unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext, metadata=meta, bbox_inches="tight")
+        atomic_write_bytes(out_dir / f"{name}.{ext}", buffer.getvalue())
         paths.append(out_dir / f"{name}.{ext}")
     atomic_write_json(out_dir / f"{name}.json", {"figure": name, "data": data, "config": config})
     plt.close(fig)

@@ -37,11 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from analysis import registry
     from analysis.basemodels import RESULTS_ENV
-    from analysis.cache import ResultCache, load_results
-    from analysis.commands.run import parse_jobs, preflight, resolve_device
+    from analysis.commands.run import parse_jobs, preflight, resolve_device, sweep_and_draw
     from analysis.commands.theory import check_theory, print_summary
-    from analysis.report import claim_verdicts, draw_figures, write_report
-    from analysis.sweep import run_sweep
+    from analysis.report import claim_verdicts, write_report
     from theory.claims import ClaimSettings
 
     experiments = registry.experiments()
@@ -63,21 +61,12 @@ def run(args) -> int:
     failed_configs = 0
     for experiment in experiments.values():
         print(f"\n== {experiment.name}: {experiment.description} ==")
-        configs = experiment.configs(args.profile)
-        summary = run_sweep(experiment, configs, ResultCache(args.results, experiment.name), device=device,
-                            jobs=jobs, progress=not args.quiet)
-        print(f"{summary.total} configs, {summary.cached} cached, {summary.computed} computed, "
-              f"{len(summary.failures)} failed ({summary.seconds:.1f} s)")
-        if summary.failures:
+        summary, results = sweep_and_draw(
+            experiment, experiment.configs(args.profile), results_dir=args.results, figures_dir=figures_dir,
+            profile=args.profile, device=device, jobs=jobs, progress=not args.quiet)
+        if results is None:
             failed_configs += len(summary.failures)
-            print(f"config {summary.failures[0].key} failed:\n{summary.failures[0].error}", file=sys.stderr)
             continue
-        results = load_results(experiment.name, configs, args.results, args.profile)
-        if experiment.summary:
-            experiment.summary(results)
-        for path in draw_figures(experiment, results, figures_dir, args.profile):
-            if path.suffix == ".png":
-                print(f"figure: {path}")
         for verdict, _ in claim_verdicts(experiment, results):
             print(f"{verdict.claim.id}: {verdict.outcome} - {verdict.claim.statement} ({verdict.reason})")
     if failed_configs:

@@ -81,12 +81,39 @@ def grid_with_overrides(experiment, profile: str, overrides: list[str]) -> list:
         raise UsageError(f"--set: {exc}") from None
 
 
+def sweep_and_draw(experiment, configs: list, *, results_dir, figures_dir, profile: str, overrides=(),
+                   device: str, jobs: int, engine: str | None = None, scheduler: str | None = None,
+                   force: bool = False, progress: bool = True):
+    """One experiment through the cache, then its summary tables and figures (none when
+    ``figures_dir`` is None). Shared by ``run`` and ``reproduce``. Returns
+    ``(sweep summary, results)``; results is None when a config failed (nothing is drawn)."""
+    from analysis.cache import ResultCache, load_results
+    from analysis.report import draw_figures
+    from analysis.sweep import run_sweep
+
+    summary = run_sweep(experiment, configs, ResultCache(results_dir, experiment.name), device=device,
+                        jobs=jobs, engine=engine, scheduler=scheduler, force=force, progress=progress)
+    print(f"{experiment.name}: {summary.total} configs, {summary.cached} cached, {summary.computed} computed, "
+          f"{len(summary.failures)} failed ({summary.engine}, {summary.seconds:.1f} s) -> "
+          f"{Path(results_dir) / experiment.name}/")
+    if summary.failures:
+        first = summary.failures[0]
+        print(f"config {first.key} failed:\n{first.error}", file=sys.stderr)
+        return summary, None
+    results = load_results(experiment.name, configs, results_dir, profile, list(overrides))
+    if experiment.summary:
+        experiment.summary(results)
+    if figures_dir is not None:
+        for path in draw_figures(experiment, results, figures_dir, profile):
+            if path.suffix == ".png":
+                print(f"figure: {path}")
+    return summary, results
+
+
 def run(args) -> int:
     from analysis import registry
     from analysis.basemodels import RESULTS_ENV
-    from analysis.cache import ResultCache, load_results
-    from analysis.report import draw_figures
-    from analysis.sweep import choose_engine, run_sweep
+    from analysis.sweep import choose_engine
 
     experiment = registry.get(args.experiment)
     configs = grid_with_overrides(experiment, args.profile, args.overrides)
@@ -98,23 +125,12 @@ def run(args) -> int:
     device = resolve_device(args.device)
     preflight(experiment, configs)
     os.environ[RESULTS_ENV] = str(args.results)  # where run functions cache base models (workers inherit it)
-    summary = run_sweep(experiment, configs, ResultCache(args.results, experiment.name), device=device,
-                        jobs=jobs, engine=engine, scheduler=args.scheduler, force=args.force,
-                        progress=not args.quiet)
-    print(f"{experiment.name}: {summary.total} configs, {summary.cached} cached, {summary.computed} computed, "
-          f"{len(summary.failures)} failed ({summary.engine}, {summary.seconds:.1f} s) -> "
-          f"{Path(args.results) / experiment.name}/")
-    if summary.failures:
-        first = summary.failures[0]
-        print(f"config {first.key} failed:\n{first.error}", file=sys.stderr)
+    summary, results = sweep_and_draw(
+        experiment, configs, results_dir=args.results, figures_dir=None if args.no_figures else args.figures,
+        profile=args.profile, overrides=args.overrides, device=device, jobs=jobs, engine=engine,
+        scheduler=args.scheduler, force=args.force, progress=not args.quiet)
+    if results is None:
         print(f"{len(summary.failures)} config(s) failed; finished ones are cached. Fix and rerun the same "
               "command to compute the rest; no figures were drawn.", file=sys.stderr)
         return 1
-    results = load_results(experiment.name, configs, args.results, args.profile, args.overrides)
-    if experiment.summary:
-        experiment.summary(results)
-    if not args.no_figures:
-        for path in draw_figures(experiment, results, args.figures, args.profile):
-            if path.suffix == ".png":
-                print(f"figure: {path}")
     return 0

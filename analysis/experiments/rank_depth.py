@@ -1,7 +1,7 @@
 """``rank_depth``: LoRA rank x model depth (PAPER.md section 2, "Ablations over rank and depth").
 
 Each grid point (rank r, depth L, seed) uses the base model of its (L, seed), trained once
-and shared through :func:`base_run`, and measures:
+and shared through :func:`analysis.experiments.base_model`, and measures:
 
 1. Capacity (RANK-1): one rank-r LoRA on the last block's ``mlp_out`` learns N
    counterfactual edits; the facts it recalls are compared with RANK-1's exact-storage line
@@ -41,7 +41,7 @@ from toymodels.capacity import CapacityConfig, measure_capacity
 from toymodels.config import Config
 from toymodels.lora import LoRAConfig
 from toymodels.model import ModelConfig
-from toymodels.pipeline import LIBRARIES, BaseConfig, BaseRun, PipelineConfig, run_two_hop
+from toymodels.pipeline import LIBRARIES, BaseConfig, PipelineConfig, run_two_hop
 from toymodels.presets import quick_base
 from toymodels.tasks.experts import ExpertConfig
 from toymodels.tasks.knowledge import GraphConfig
@@ -114,11 +114,6 @@ def grid(profile: str) -> list[RankDepthConfig]:
             if r <= base.model.d_model for s in SEEDS[profile]]
 
 
-def base_run(cfg: BaseConfig, seed: int, device: str) -> BaseRun:
-    """The one place a base model comes from: trained once per (config key, seed) and cached."""
-    return base_model(cfg, seed, device)
-
-
 def _scores(split: dict) -> dict:
     """The numbers the figures and claims use from one familiarity split."""
     keep = ("composed", "facts", "broadcast")
@@ -127,7 +122,7 @@ def _scores(split: dict) -> dict:
 
 
 def run(config: RankDepthConfig, device: str) -> dict:
-    base = base_run(config.pipeline.base, config.seed, device)
+    base = base_model(config.pipeline.base, config.seed, device)
     rng, gen = np.random.default_rng([config.seed, 1]), torch.Generator().manual_seed(config.seed + 1000)
     capacity = measure_capacity(base.model, base.pretraining, config.capacity, config.rank, rng, gen, device)
     reuse = run_two_hop(config.pipeline, config.seed, device, base=base)
