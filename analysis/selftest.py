@@ -84,7 +84,9 @@ EXPERIMENT = register(Experiment(
     figures={"selftest_measured": measured_figure},
     claims=(ClaimMeasure(
         Claim("SELFTEST-1", "the largest effect measures more than a quarter above no effect",
-              "measured(top effect) - measured(effect 0)", "above", 0.25),
+              "measured(top effect) - measured(effect 0)", "above", 0.25,
+              "0.25 is half the grid's largest effect (0.5): the dummy claim holds when at least half "
+              "of the planted effect is measured"),
         effect_gap, figures=("selftest_measured",)),),
     hidden=True,
 ))

@@ -31,12 +31,19 @@ class Claim:
     quantity: str  # what is measured per seed, e.g. "merged - control accuracy (composed questions)"
     direction: Direction  # the claim says the quantity lies below / above the margin
     margin: float
+    # one sentence: why the margin is this number (what it corresponds to in the metric, or
+    # that it is a convention); the report prints it. Required: a default of "" only so that
+    # leaving it out is the ValueError below, not a bare TypeError.
+    margin_reason: str = ""
 
     def __post_init__(self):
         if self.direction not in ("below", "above"):
             raise ValueError(f"claim {self.id}: direction={self.direction!r}; must be 'below' or 'above'")
         if not np.isfinite(self.margin):
             raise ValueError(f"claim {self.id}: margin={self.margin!r}; must be a finite number")
+        if not isinstance(self.margin_reason, str) or not self.margin_reason.strip():
+            raise ValueError(f"claim {self.id}: margin_reason={self.margin_reason!r}; give one sentence saying why "
+                             f"the margin is {self.margin!r} (what it corresponds to, or that it is a convention)")
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ class Verdict:
     def as_json(self) -> dict:
         return {"claim": self.claim.id, "outcome": self.outcome, "reason": self.reason,
                 "summary": self.summary.as_json(), "direction": self.claim.direction,
-                "margin": self.claim.margin}
+                "margin": self.claim.margin, "margin_reason": self.claim.margin_reason}
 
 
 def decide(claim: Claim, summary: Summary) -> Verdict:

@@ -18,7 +18,7 @@ from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, deci
 
 # "merged accuracy on composed questions is no better than the control", per seed:
 NO_BETTER = Claim("REUSE-TEST", "merged is no better than the control on composed questions",
-                  "merged - control accuracy", "below", 0.05)
+                  "merged - control accuracy", "below", 0.05, "a test margin")
 
 
 def _per_seed(mean: float, spread: float, n: int = 6) -> list[float]:
@@ -81,7 +81,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="only in first \\[2\\]"):
         paired_differences({1: 0.5, 2: 0.1}, {1: 0.4})
     with pytest.raises(ValueError, match="direction='sideways'"):
-        Claim("X", "s", "q", "sideways", 0.0)
+        Claim("X", "s", "q", "sideways", 0.0, "r")
 
 
 # --- the report: claims judged from cached results -----------------------------------------
@@ -140,7 +140,7 @@ def test_report_with_missing_data_names_the_command(filled, tmp_path):
 def test_zero_width_interval_is_flagged_in_the_reason():
     """Identical per-seed values give a zero-width CI; the verdict says so instead of
     presenting it as certainty."""
-    claim = Claim("Z-1", "s", "q", "below", 0.5)
+    claim = Claim("Z-1", "s", "q", "below", 0.5, "r")
     same = judge(claim, [0.375, 0.375])
     assert same.outcome == SUPPORTED and "zero-width CI" in same.reason and "all 2 seeds" in same.reason
     spread = judge(claim, [0.30, 0.32, 0.31])

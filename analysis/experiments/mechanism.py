@@ -212,15 +212,24 @@ EXPERIMENT = register(Experiment(
         ClaimMeasure(Claim("MECH-1", "T2 in the toy GPT (latent): at every MLP, the averaged {AB, BC} model's key "
                            "on a true two-hop prompt overlaps the BC expert's key no more than control prompts' "
                            "keys do", "max over layers of (two-hop - control) T2 coefficient <v2,v'>/||v2||^2, "
-                           "average/hops, mean over splits", "below", 0.1), key_excess("latent"), ("mechanism_keys",)),
+                           "average/hops, mean over splits", "below", 0.1,
+                           "T2 writes the BC edit's output as a2 * delta_2 with a2 = <v2,v'>/||v2||^2 = 1 on the "
+                           "expert's own prompt 'B r2', so 0.1 is a tenth of the edit's full effect: a convention "
+                           "for an excess over controls too small to be composition"),
+                     key_excess("latent"), ("mechanism_keys",)),
         ClaimMeasure(Claim("MECH-1-cot", "with chain of thought the bridge B is in context, so at the answer "
                            "position the two-hop key overlaps the BC expert's key more than controls do (the "
                            "'bridge' T2 says a single pass lacks)", "max over layers of (two-hop - control) T2 "
-                           "coefficient, average/hops, CoT, mean over splits", "above", 0.1), key_excess("cot"),
+                           "coefficient, average/hops, CoT, mean over splits", "above", 0.1,
+                           "the scale of MECH-1: 0.1 is a tenth of the BC edit's full effect (a2 = 1 on 'B r2', "
+                           "T2), a convention for an excess over controls that counts"), key_excess("cot"),
                      ("mechanism_keys",)),
         ClaimMeasure(Claim("MECH-2", "the averaged {AB, BC} model does not resolve the new bridge B inside the "
                            "network on latent two-hop prompts", "max over inner layers of the logit-lens top-1 "
-                           "share of B, average/hops, mean over splits", "below", 0.25), bridge_inside,
+                           "share of B, average/hops, mean over splits", "below", 0.25,
+                           "a convention: 0.25 is 2 of a split's 8 composed prompts with B as the logit lens's "
+                           "top-1 entity at some inner layer, far above chance (1 / #entity tokens, under 0.01)"),
+                     bridge_inside,
                      ("mechanism_bridge",)),
     ),
 ))
