@@ -1,7 +1,7 @@
 """The result cache: ``<results>/<experiment>/<config key>.json``, one file per config.
 
 Each file is a *record*: ``{"experiment", "key", "config", "config_type", "result",
-"timing", "versions", "device"}``, written atomically (:mod:`analysis.atomic`), so a
+"timing", "versions", "device", "provenance"}``, written atomically (:mod:`analysis.atomic`), so a
 file either holds a finished record or does not exist. A file that nonetheless fails to
 parse, names another key, or holds another config (hand edits, a full disk, a copy from
 elsewhere) is *invalid*: it counts as missing, and the next sweep recomputes and replaces
@@ -95,7 +95,11 @@ class ResultCache:
 
 def make_record(experiment: str, config: Any, result: dict[str, Any], timing: dict[str, Any],
                 device: str) -> dict[str, Any]:
-    """The record stored for one finished config (``result`` must already be JSON-native)."""
+    """The record stored for one finished config (``result`` must already be JSON-native);
+    ``provenance`` (:mod:`analysis.provenance`: commit, dirty flag, optional packages, machine)
+    is what the report's run header reads."""
+    from analysis.provenance import provenance
+
     return {
         "experiment": experiment,
         "key": config.key(),
@@ -105,6 +109,7 @@ def make_record(experiment: str, config: Any, result: dict[str, Any], timing: di
         "timing": timing,
         "versions": versions(),
         "device": device,
+        "provenance": provenance(device),
     }
 
 

@@ -50,12 +50,15 @@ FigureFn = Callable[[list[Result]], tuple[Any, dict[str, Any]]]
 @dataclass(frozen=True)
 class ClaimMeasure:
     """A claim and how to measure it: ``per_seed(results)`` returns one number per seed
-    (e.g. merged minus control accuracy, paired by seed); ``figures`` are the figure
-    names the report links beside it."""
+    (e.g. merged minus control accuracy, paired by seed); ``figures`` are the figures that
+    plot that measure, linked beside it (none: the report says no figure plots it);
+    ``detail(results)``, if given, is one line of the numbers behind the measure that the
+    report prints with it (e.g. facts recalled per rank behind a maximum over ranks)."""
 
     claim: Claim
     per_seed: Callable[[list[Result]], Sequence[float]]
     figures: tuple[str, ...] = ()
+    detail: Callable[[list[Result]], str] | None = None
 
 
 @dataclass(frozen=True)

@@ -115,3 +115,10 @@ def test_claims_give_verdicts_computed_from_the_data(swept):
             cap = {r["rank"]: r["capacity"]["recalled_trained"] for r in by_seed[seed] if r["depth"] == depth}
             gains.append((cap[2] - cap[1]) / 8)
         assert value == pytest.approx(sum(gains) / 2)
+    detail = rd.recall_by_rank(results)  # RD-2's "behind it" line, recomputed by hand
+    for rank in (1, 2):
+        cells = [[r.result["capacity"]["recalled_trained"] for r in results
+                  if r.result["rank"] == rank and r.result["depth"] == depth] for depth in (1, 2)]
+        means = [sum(cell) / len(cell) for cell in cells]  # mean over the 2 seeds, per depth
+        span = f"{min(means):g}" if min(means) == max(means) else f"{min(means):g}-{max(means):g}"
+        assert f"r = {rank}: {span} (min(r, N) = {rank})" in detail

@@ -11,7 +11,7 @@ import pytest
 from analysis import registry
 from analysis.cache import MissingResultsError, ResultCache
 from analysis.registry import ClaimMeasure
-from analysis.report import build_report, draw_figures, write_report
+from analysis.report import build_report, draw_figures
 from analysis.stats import bootstrap_interval, mean_curve, paired_differences, t_interval
 from analysis.sweep import run_sweep
 from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, decide, judge
@@ -115,14 +115,6 @@ def test_report_sections_and_verdicts_follow_the_cache(filled):
     assert "## SELFTEST-1: " in low and "| P1.exact | rank-one edit |" in low
     assert "Verdict: **supported**" in low and "Verdict: **not supported**" in high
     assert "[selftest_measured](selftest_measured.png)" in low
-
-
-def test_report_is_deterministic(filled):
-    results, figures = filled
-    path = write_report(figures / "report.md", _with_margin(0.25), "quick", results, figures, THEORY)
-    first = path.read_bytes()
-    write_report(path, _with_margin(0.25), "quick", results, figures, THEORY)
-    assert path.read_bytes() == first
 
 
 def test_report_with_missing_data_names_the_command(filled, tmp_path):
