@@ -94,7 +94,7 @@ def _counted(values: Iterable[str]) -> str:
     if len(counts) == 1:
         return next(iter(counts))
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return "; ".join(f"{value} ({n} record{'s' * (n != 1)})" for value, n in ordered)
+    return "; ".join(f"{value} ({_plural(n, 'record')})" for value, n in ordered)
 
 
 def _commit(record: Mapping[str, Any]) -> str:
@@ -130,6 +130,10 @@ def _attr(obj: Any, dotted: str) -> Any:
     return obj
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def _join(values: Iterable[Any]) -> str:
     return ", ".join(str(v) for v in values)
 
@@ -137,10 +141,10 @@ def _join(values: Iterable[Any]) -> str:
 def sizes(configs: Sequence[Any]) -> str:
     """What one experiment's grid holds: configs, seeds and, where the config has them, the
     composed questions per familiarity split and the splits."""
-    parts = [f"{len(configs)} configs"]
+    parts = [_plural(len(configs), "config")]
     seeds = sorted({s for s in (_attr(c, "seed") for c in configs) if s is not None})
     if seeds:
-        parts.append(f"{len(seeds)} seeds ({_join(seeds)})")
+        parts.append(f"{_plural(len(seeds), 'seed')} ({_join(seeds)})")
     base_seeds = sorted({s for s in (_attr(c, "base_seed") for c in configs) if s is not None})
     if base_seeds:
         parts.append(f"base-model seeds {_join(base_seeds)}")

@@ -218,3 +218,11 @@ def test_summary_flags_a_zero_width_interval(filled):
     text = build_report({"_selftest": dataclasses.replace(SELFTEST, claims=(same,))}, "quick", results, figures,
                         figures, THEORY)
     assert "| [0.500, 0.500] (all seeds equal) | 3 |" in text
+
+
+def test_sizes_name_configs_seeds_questions_and_splits():
+    from analysis.experiments.two_hop_reuse import grid
+
+    assert provenance.sizes(grid("quick")) == ("12 configs, 3 seeds (0, 1, 2), base-model seeds 0, "
+                                               "8 composed questions per familiarity split, splits F, H, R")
+    assert provenance.sizes(SELFTEST.configs("quick")[:1]) == "1 config, 1 seed (0)"
