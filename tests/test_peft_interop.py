@@ -38,6 +38,18 @@ def _logits(model, tokens):
         return model(input_ids=tokens).logits  # (B, T, d_vocab)
 
 
+def _peft_trained(base, config, folder):
+    """PEFT's LoRA on a copy of ``base`` with nonzero B (as after training), saved to ``folder``."""
+    torch.manual_seed(3)  # PEFT draws its init from the global RNG; tests may seed it
+    model = peft.get_peft_model(copy.deepcopy(base), config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
+    return model
+
+
 @pytest.mark.parametrize("cfg", [
     pytest.param(LoRAConfig(rank=2, alpha=4.0, targets=("q", "v")), id="r=2,qv"),
     pytest.param(LoRAConfig(rank=4, alpha=3.0, rslora=True, targets=("o", "gate", "down"), layers=(1,)),
@@ -63,13 +75,7 @@ def test_peft_saved_loads_in_ours(base, tokens, tmp_path, rslora):
                              rank_pattern={"model.layers.0.mlp.up_proj": 3})
     # init_lora_weights=True (PEFT's default) gives B = 0; B is drawn below. (False is not
     # read by load_adapter yet: LoRAConfig.init only knows kaiming_uniform / gaussian.)
-    torch.manual_seed(3)  # PEFT draws its init from the global RNG; tests may seed it
-    model = peft.get_peft_model(copy.deepcopy(base), config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.3)
-    model.save_pretrained(tmp_path)
+    model = _peft_trained(base, config, tmp_path)
     adapter = load_adapter(tmp_path, base, llama_role_map(base))
     assert adapter.factors["model.layers.0.mlp.up_proj"].rank == 3
     assert set(adapter.config.targets) == {"k", "up"}
@@ -148,13 +154,7 @@ def test_peft_trained_on_toy_gpt_loads_in_ours(gpt, idx, tmp_path, rslora):
     -> apply_adapter gives PEFT's logits."""
     config = peft.LoraConfig(r=2, lora_alpha=5, target_modules=["W_K", "W_out"], layers_to_transform=[1],
                              layers_pattern="blocks", use_rslora=rslora, rank_pattern={"blocks.1.mlp.W_out": 3})
-    torch.manual_seed(3)  # PEFT draws its init from the global RNG; tests may seed it
-    model = peft.get_peft_model(copy.deepcopy(gpt), config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.3)
-    model.save_pretrained(tmp_path)
+    model = _peft_trained(gpt, config, tmp_path)
     adapter = load_adapter(tmp_path, gpt, role_modules(gpt))
     assert set(adapter.paths) == {"blocks.1.attn.W_K", "blocks.1.mlp.W_out"}
     assert adapter.factors["blocks.1.mlp.W_out"].rank == 3 and adapter.config.layers == (1,)
