@@ -6,10 +6,17 @@ file either holds a finished record or does not exist. A file that nonetheless f
 parse, names another key, or holds another config (hand edits, a full disk, a copy from
 elsewhere) is *invalid*: it counts as missing, and the next sweep recomputes and replaces
 it. Temp files left by a killed writer are ignored.
+
+A sweep *claims* a key before computing it (:meth:`ResultCache.claim`): an exclusive
+``flock`` on ``.<key>.lock`` beside the record. The kernel drops the lock when its holder
+dies (SIGKILL included), so there are no stale locks to detect by pid, and a lock file left
+behind is simply claimed again. POSIX only (``fcntl``), like the base-model lock.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sys
 from functools import lru_cache
 from importlib import metadata
@@ -47,6 +54,7 @@ class ResultCache:
     def __init__(self, root: Path | str, experiment: str):
         self.experiment = experiment
         self.folder = Path(root) / experiment
+        self._claims: dict[str, int] = {}  # key -> file descriptor holding its lock
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
@@ -75,6 +83,44 @@ class ResultCache:
         path = self.path(record["key"])
         atomic_write_json(path, record)
         return path
+
+    def _lock_path(self, key: str) -> Path:
+        return self.folder / f".{key}.lock"
+
+    def claim(self, key: str) -> bool:
+        """Take ``key``'s lock without waiting; False when another process (or another
+        :class:`ResultCache` object) holds it. Hold it while computing and storing the record,
+        then :meth:`release` it. The holder deletes the lock file on release, so a lock taken
+        on a file that is no longer at the path is retried on the new file."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._lock_path(key)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except (BlockingIOError, FileNotFoundError) as exc:
+                os.close(fd)
+                if isinstance(exc, BlockingIOError):
+                    return False
+                continue  # released and deleted between our open and our lock
+            if current:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())  # for a human looking at the folder
+                self._claims[key] = fd
+                return True
+            os.close(fd)
+
+    def release(self, key: str) -> None:
+        """Give back a claim of this object (no-op if it holds none): delete the file, then unlock."""
+        fd = self._claims.pop(key, None)
+        if fd is not None:
+            self._lock_path(key).unlink(missing_ok=True)
+            os.close(fd)
+
+    def release_all(self) -> None:
+        for key in list(self._claims):
+            self.release(key)
 
     def remove_stale_temp_files(self, older_than_s: float = 600.0) -> int:
         """Delete temp files of writers killed mid-write; fresh ones may belong to a live sweep."""

@@ -3,14 +3,19 @@ without the toy models. Hidden from ``lora-limits list`` and the report; the tes
 
 Each config draws ``measured = effect + noise * N(0, 1)`` from its own seed, so the
 "theory prediction" is ``effect`` and paired differences across effects behave like a real
-per-seed measurement. ``sleep_s`` makes a config slow (for the kill-and-resume test) and
-``fail_seed`` makes one seed raise (for the failure path).
+per-seed measurement. ``sleep_s`` makes a config slow (for the kill-and-resume test),
+``fail_seed`` makes one seed raise (for the failure path), ``trace_dir`` makes every run
+leave a marker ``<key>.<pid>.<ns>`` there as it starts (so tests count how often each config
+was computed, across processes), and ``hold_file`` makes every run wait while that file
+exists (so tests hold workers mid-config as long as they need, without timing guesses).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +25,9 @@ from analysis.verdict import Claim
 from toymodels.config import Config
 
 
+HOLD_LIMIT_S = 120.0  # a held run gives up (raises) after this, so no test can hang forever
+
+
 @dataclass(frozen=True)
 class SelftestConfig(Config):
     seed: int = 0
@@ -27,6 +35,8 @@ class SelftestConfig(Config):
     noise: float = 0.1
     sleep_s: float = 0.0
     fail_seed: int = -1  # this seed raises inside run (-1: none does)
+    trace_dir: str = ""  # "": no markers
+    hold_file: str = ""  # "": no waiting
 
     def __post_init__(self):
         if self.noise < 0:
@@ -42,6 +52,13 @@ def grid(profile: str) -> list[SelftestConfig]:
 
 
 def run(config: SelftestConfig, device: str) -> dict:
+    if config.trace_dir:
+        (Path(config.trace_dir) / f"{config.key()}.{os.getpid()}.{time.time_ns()}").touch()
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while config.hold_file and Path(config.hold_file).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"selftest: {config.hold_file} still there after {HOLD_LIMIT_S} s")
+        time.sleep(0.02)
     if config.seed == config.fail_seed:
         raise RuntimeError(f"selftest: seed {config.seed} fails on purpose (fail_seed)")
     time.sleep(config.sleep_s)

@@ -16,12 +16,20 @@ Engines (all yield finished outcomes to the parent, which alone writes the cache
 
 Interrupt safety: each record is written atomically by the parent as soon as its config
 finishes, and a config counts as done only when its file is a valid record. A sweep killed
-at any moment (SIGKILL included) loses only the configs in flight; rerunning finishes the
-grid, recomputing nothing that was stored and storing every key exactly once.
+at any moment (SIGKILL included) loses only the configs in flight, and its worker processes
+die with it (:mod:`analysis.parentdeath`); rerunning finishes the grid, recomputing nothing
+that was stored and storing every key exactly once.
+
+Concurrent sweeps on one results folder (two ``reproduce`` at once): the parent claims each
+config just before it starts it (:meth:`analysis.cache.ResultCache.claim`, a lock the kernel
+drops when its holder dies), skips configs claimed by another process, and at the end waits
+for those and picks up any that the other process left undone (it died, or the config
+failed there). So each config is computed once, and the sweeps share the grid.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import time
@@ -35,6 +43,7 @@ from analysis.cache import ResultCache, make_record, unique_configs
 from analysis.registry import Experiment
 
 ENGINES = ("serial", "process", "dask")
+CLAIM_POLL_S = 0.5  # how often a sweep looks again at configs another process is computing
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class SweepSummary:
     total: int  # distinct configs in the grid
     cached: int  # already finished before this sweep
     computed: int = 0
+    elsewhere: int = 0  # finished during this sweep by another process on the same cache
     failures: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -82,32 +92,57 @@ def compute_record(task: Task) -> Outcome:
     return Outcome(key, make_record(task.experiment, task.config, result, timing, task.device))
 
 
-def _serial(tasks: list[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
+def _serial(tasks: Iterable[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
     for task in tasks:
         yield compute_record(task)
 
 
 def _limit_threads(threads: int) -> None:
-    """Worker initializer: N workers share the cores instead of each taking all of them."""
+    """N workers share the cores instead of each taking all of them."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
 
 
-def _process(tasks: list[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
+def _init_worker(threads: int, parent_pid: int) -> None:
+    """Process-pool initializer: share the cores, and die with the sweep process."""
+    from analysis.parentdeath import die_with_parent
+
+    _limit_threads(threads)
+    die_with_parent(parent_pid)
+
+
+def _process(tasks: Iterable[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
+    """At most ``jobs`` configs in flight: each task is drawn (so claimed) only when a worker
+    is free, which lets a concurrent sweep take the rest. Workers are created inside
+    ``submit``, i.e. by the thread running this generator, which outlives the pool (see
+    :mod:`analysis.parentdeath` for why that thread matters)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_limit_threads, initargs=(threads,))
+                               initializer=_init_worker, initargs=(threads, os.getpid()))
+    tasks, running, failed = iter(tasks), {}, []
     finished = False
     try:
-        futures = {pool.submit(compute_record, t): t for t in tasks}
-        for future in as_completed(futures):
-            try:
-                yield future.result()
-            except Exception as exc:  # noqa: BLE001  (a worker died, e.g. out of memory)
-                yield Outcome(futures[future].config.key(), None, f"worker process failed: {exc!r}")
+        while True:
+            for task in itertools.islice(tasks, jobs - len(running)):
+                try:
+                    running[pool.submit(compute_record, task)] = task
+                except BrokenProcessPool as exc:  # a worker died earlier: the pool takes no more
+                    failed.append(Outcome(task.config.key(), None, f"worker process failed: {exc!r}"))
+            if failed:
+                yield failed.pop()
+                continue
+            if not running:
+                break
+            for future in wait(running, return_when=FIRST_COMPLETED).done:
+                task = running.pop(future)
+                try:
+                    yield future.result()
+                except Exception as exc:  # noqa: BLE001  (a worker died, e.g. out of memory)
+                    yield Outcome(task.config.key(), None, f"worker process failed: {exc!r}")
         finished = True
     finally:
         if not finished:  # interrupted: stop the workers now rather than wait for their configs
@@ -116,11 +151,12 @@ def _process(tasks: list[Task], jobs: int, scheduler: str | None) -> Iterator[Ou
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _dask(tasks: list[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
+def _dask(tasks: Iterable[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
     import logging
 
     from dask.distributed import Client, LocalCluster, as_completed
 
+    tasks = list(tasks)  # claims every config at once: Dask schedules them itself
     cluster = None if scheduler else LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
                                                   dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(scheduler or cluster)
@@ -153,10 +189,32 @@ def choose_engine(engine: str | None, jobs: int, scheduler: str | None) -> str:
     return engine
 
 
+def _stored(cache: ResultCache, config: Any, since: str | None) -> bool:
+    """A valid record of ``config`` is stored (and, with ``since``, was finished after it)."""
+    record = cache.load(config.key(), config)
+    if record is None or since is None:
+        return record is not None
+    timing = record["timing"] if isinstance(record["timing"], dict) else {}
+    return str(timing.get("finished_utc", "")) >= since
+
+
+def _claimed(configs: list[Any], cache: ResultCache, since: str | None, skipped: list[Any]) -> Iterator[Any]:
+    """The configs this process claims and finds not yet stored by another one, claimed one by
+    one as the engine draws them; the rest go to ``skipped``."""
+    for config in configs:
+        if cache.claim(config.key()):
+            if not _stored(cache, config, since):
+                yield config
+                continue
+            cache.release(config.key())
+        skipped.append(config)
+
+
 def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache, device: str = "cpu",
               jobs: int = 1, engine: str | None = None, scheduler: str | None = None,
               force: bool = False, progress: bool = True) -> SweepSummary:
-    """Compute every config of ``configs`` not yet in ``cache`` (all of them with ``force``)."""
+    """Compute every config of ``configs`` not yet in ``cache`` (all of them with ``force``);
+    configs that a concurrent sweep on the same cache is computing are waited for instead."""
     from tqdm import tqdm
 
     if jobs < 1:
@@ -166,19 +224,35 @@ def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache
     cache.remove_stale_temp_files()
     pending = [c for c in grid if force or not cache.has(c.key(), c)]
     summary = SweepSummary(experiment.name, engine, total=len(grid), cached=len(grid) - len(pending))
-    tasks = [Task(experiment.name, experiment.run, c, device) for c in pending]
+    since = _utc_now() if force else None  # with --force, only records made from now on are done
     start = time.perf_counter()
     with tqdm(total=len(grid), initial=summary.cached, desc=experiment.name, unit="config",
               disable=not progress, dynamic_ncols=True) as bar:
-        runner = _RUNNERS[engine] if tasks else _serial  # nothing to do: start no pool or cluster
-        with contextlib.closing(runner(tasks, jobs, scheduler)) as outcomes:
-            for outcome in outcomes:
-                if outcome.record is not None:
-                    cache.store(outcome.record)
-                    summary.computed += 1
-                else:
-                    summary.failures.append(outcome)
-                    bar.set_postfix(failed=len(summary.failures))
-                bar.update(1)
+        try:
+            while pending:
+                skipped: list[Any] = []
+                tasks = (Task(experiment.name, experiment.run, c, device)
+                         for c in _claimed(pending, cache, since, skipped))
+                first = next(tasks, None)
+                if first is not None:  # nothing of ours to do: start no pool or cluster
+                    with contextlib.closing(_RUNNERS[engine](itertools.chain([first], tasks), jobs,
+                                                             scheduler)) as outcomes:
+                        for outcome in outcomes:
+                            if outcome.record is not None:
+                                cache.store(outcome.record)
+                                summary.computed += 1
+                            else:
+                                summary.failures.append(outcome)
+                                bar.set_postfix(failed=len(summary.failures))
+                            cache.release(outcome.key)  # after the store: a waiter then sees the record
+                            bar.update(1)
+                pending = [c for c in skipped if not _stored(cache, c, since)]
+                summary.elsewhere += len(skipped) - len(pending)
+                bar.update(len(skipped) - len(pending))
+                if pending:
+                    bar.set_postfix(waiting_for_another_process=len(pending))
+                    time.sleep(CLAIM_POLL_S)
+        finally:
+            cache.release_all()
     summary.seconds = time.perf_counter() - start
     return summary

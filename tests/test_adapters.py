@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from theory.merge import Factors
 from toymodels import reuse
 from toymodels.adapters import (Adapter, apply_adapter, extract_adapter, load_adapter,
-                                merge_into_new_model, random_adapter, save_adapter, unmerge)
+                                merge_into_new_model, peft_task_type, random_adapter, save_adapter, unmerge)
 from toymodels.lora import LoRAConfig, inject_lora
 from toymodels.model import GPT, ModelConfig, role_modules
 from conftest import TINY_GPT, seeded as gen
@@ -78,12 +78,22 @@ def test_peft_keys_shapes_and_config_follow_the_convention(base, tmp_path):
     assert tensors["base_model.model.blocks.1.mlp.W_in.lora_A.weight"].shape == (2, 16)  # (r, d_in)
     assert tensors["base_model.model.blocks.1.mlp.W_in.lora_B.weight"].shape == (32, 2)  # (d_out, r)
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert meta["peft_type"] == "LORA" and meta["task_type"] == "CAUSAL_LM"
+    assert meta["peft_type"] == "LORA" and meta["task_type"] is None  # a plain PeftModel: GPT has no generate()
     assert (meta["r"], meta["lora_alpha"], meta["use_rslora"], meta["lora_dropout"]) == (2, 4.0, False, 0.0)
     assert meta["target_modules"] == ["W_Q", "W_in"] and meta["layers_to_transform"] == [1]
+    assert meta["layers_pattern"] == "blocks"  # PEFT reads the layer index after this name
     assert (meta["bias"], meta["fan_in_fan_out"], meta["init_lora_weights"]) == ("none", False, True)
     assert meta["base_model_name_or_path"] == "toy-gpt"
     assert meta["rank_pattern"] == {} and meta["alpha_pattern"] == {}
+
+
+def test_save_refuses_bad_task_type_and_empty_adapter_writing_nothing(base, tmp_path):
+    assert peft_task_type(base) is None
+    with pytest.raises(ValueError, match=r"task_type='causal': must be one of .*peft_task_type\(model\)"):
+        save_adapter(make_adapter(base), tmp_path / "a", task_type="causal")
+    with pytest.raises(ValueError, match="adapter has no modules"):
+        save_adapter(Adapter(LoRAConfig()), tmp_path / "b")
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("rslora", [pytest.param(False, id="alpha/r"), pytest.param(True, id="rslora")])

@@ -4,13 +4,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
 
 import pytest
 
 from analysis import registry
 from analysis.atomic import atomic_write_json
 from analysis.cache import MissingResultsError, ResultCache, load_results
-from analysis.sweep import run_sweep
+from analysis.sweep import Task, compute_record, run_sweep
 
 SELFTEST = registry.get("_selftest")
 
@@ -113,3 +119,116 @@ def test_overrides_that_merge_grid_points_store_each_key_once(tmp_path):
     merged = [dataclasses.replace(c, effect=0.0) for c in SELFTEST.configs("quick")]  # 8 -> 4 distinct
     cache, summary = _sweep(tmp_path, configs=merged)
     assert summary.total == summary.computed == 4 and len(cache.stored_keys()) == 4
+
+
+# --- claims: one computation per key across concurrent sweeps ------------------------------
+
+def _traced(tmp_path, **fields) -> list:
+    trace = tmp_path / "trace"
+    trace.mkdir(exist_ok=True)
+    return [dataclasses.replace(c, trace_dir=str(trace), **fields) for c in SELFTEST.configs("quick")]
+
+
+def _wait_for(condition, timeout_s: float = 60.0) -> None:
+    """Poll ``condition``; give up after ``timeout_s`` (the test's assertions then fail, not hang)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _computations(tmp_path) -> Counter:
+    """How many times each key was computed (SelftestConfig.trace_dir markers)."""
+    return Counter(p.name.split(".")[0] for p in (tmp_path / "trace").iterdir())
+
+
+def test_a_claim_excludes_other_holders_until_released(tmp_path):
+    a, b = ResultCache(tmp_path, SELFTEST.name), ResultCache(tmp_path, SELFTEST.name)
+    assert a.claim("k1") and not b.claim("k1") and b.claim("k2")
+    assert (a.folder / ".k1.lock").read_text() == f"{os.getpid()}\n"
+    a.release("k1")
+    assert not (a.folder / ".k1.lock").exists() and b.claim("k1")
+    b.release_all()
+    assert not list(a.folder.glob(".*.lock"))
+
+
+def test_a_lock_left_by_a_killed_process_is_claimed(tmp_path):
+    """SIGKILL runs no cleanup: the lock file stays, but the kernel dropped the lock with its holder."""
+    script = ("import sys, time\nfrom analysis.cache import ResultCache\n"
+              "assert ResultCache(sys.argv[1], '_selftest').claim('k')\nprint('held', flush=True)\ntime.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], text=True, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        cache = ResultCache(tmp_path, SELFTEST.name)
+        assert not cache.claim("k")
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        assert (cache.folder / ".k.lock").exists() and cache.claim("k")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_two_sweeps_at_once_compute_each_key_once_and_share_the_grid(tmp_path):
+    """Two sweeps (threads, each its own ResultCache) held until each has a config in hand."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    configs = _traced(tmp_path, hold_file=str(hold))
+    summaries = []
+    threads = [threading.Thread(target=lambda: summaries.append(_sweep(tmp_path, configs)[1])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        _wait_for(lambda: sum(_computations(tmp_path).values()) >= 2)  # each sweep holds a config
+    finally:
+        hold.unlink()
+        for t in threads:
+            t.join()
+    assert _computations(tmp_path) == {c.key(): 1 for c in configs}
+    assert sorted(s.computed for s in summaries)[0] >= 1 and sum(s.computed for s in summaries) == 8
+    assert all(s.computed + s.elsewhere == 8 and not s.failures for s in summaries)
+    assert all(ResultCache(tmp_path, SELFTEST.name).has(c.key(), c) for c in configs)
+
+
+@pytest.mark.parametrize("holder_stores", [pytest.param(True, id="holder-stores"),
+                                           pytest.param(False, id="holder-gives-up")])
+def test_a_key_claimed_elsewhere_is_waited_for_then_counted_or_taken(tmp_path, holder_stores):
+    """A config another sweep holds is skipped, then waited for: counted as done elsewhere if the
+    holder stores it, computed here if the holder lets go without a record (it failed)."""
+    configs = _traced(tmp_path)
+    held = configs[0]
+    other = ResultCache(tmp_path, SELFTEST.name)
+    assert other.claim(held.key())
+
+    def holder():
+        _wait_for(lambda: len(other.stored_keys()) >= 7)  # the sweep has done everything else
+        if holder_stores:
+            other.store(compute_record(Task(SELFTEST.name, SELFTEST.run, held, "cpu")).record)
+        other.release(held.key())
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    _, summary = _sweep(tmp_path, configs)
+    thread.join()
+    assert (summary.computed, summary.elsewhere) == ((7, 1) if holder_stores else (8, 0))
+    assert _computations(tmp_path) == {c.key(): 1 for c in configs}
+
+
+def test_force_with_a_concurrent_sweep_recomputes_each_key_once(tmp_path):
+    """--force recomputes stored keys, but not one a concurrent sweep recomputed meanwhile."""
+    configs = _traced(tmp_path)
+    _sweep(tmp_path, configs)
+    other = ResultCache(tmp_path, SELFTEST.name)
+    assert other.claim(configs[0].key())
+
+    def holder():
+        _wait_for(lambda: sum(_computations(tmp_path).values()) >= 15)  # 8 before, 7 others now
+        other.store(compute_record(Task(SELFTEST.name, SELFTEST.run, configs[0], "cpu")).record)
+        other.release(configs[0].key())
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    _, summary = _sweep(tmp_path, configs, force=True)
+    thread.join()
+    assert (summary.computed, summary.elsewhere) == (7, 1)
+    assert _computations(tmp_path) == {c.key(): 2 for c in configs}  # once before, once now

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 
 import pytest
 
@@ -82,3 +84,25 @@ def test_a_finished_grid_starts_no_cluster(tmp_path, monkeypatch):
     monkeypatch.setitem(sweep._RUNNERS, "dask", None)  # calling it would raise TypeError
     _, summary = _sweep(tmp_path, "dask", 2)
     assert (summary.cached, summary.computed) == (8, 0)
+
+
+def test_the_process_engine_claims_only_the_configs_in_flight(tmp_path):
+    """--jobs 2 holds two claims at a time (not the whole grid), so a concurrent sweep on the
+    same cache can take the rest."""
+    trace, hold = tmp_path / "trace", tmp_path / "hold"
+    trace.mkdir()
+    hold.touch()
+    configs = [dataclasses.replace(c, trace_dir=str(trace), hold_file=str(hold)) for c in SELFTEST.configs("quick")]
+    cache = ResultCache(tmp_path / "results", SELFTEST.name)
+    sweep_thread = threading.Thread(target=run_sweep, args=(SELFTEST, configs, cache),
+                                    kwargs={"jobs": 2, "engine": "process", "progress": False})
+    sweep_thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(trace.iterdir())) < 2 and time.monotonic() < deadline:  # both workers hold one
+            time.sleep(0.02)
+        assert len(list(cache.folder.glob(".*.lock"))) == 2
+    finally:
+        hold.unlink()
+        sweep_thread.join()
+    assert len(cache.stored_keys()) == 8 and not list(cache.folder.glob(".*.lock"))

@@ -30,7 +30,11 @@ from toymodels.lora import INITS, LoRAConfig, LoRALinear, RoleMap, inject_lora, 
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
-PEFT_PREFIX = "base_model.model."  # PEFT's key prefix for a LoRA on a causal LM
+# PEFT saves ``base_model.model.<module path>`` for every task type, our GPT included:
+# ``PeftModel.base_model`` is the LoRA tuner, whose ``.model`` is the base model.
+PEFT_PREFIX = "base_model.model."
+PEFT_TASK_TYPES = (None, "CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS",
+                   "FEATURE_EXTRACTION")
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,57 @@ def peft_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:
     return out
 
 
-def peft_config(adapter: Adapter, base_model_name_or_path: str | None = None) -> dict:
-    """``adapter_config.json`` in PEFT's ``LoraConfig`` format."""
+def peft_task_type(model: nn.Module) -> str | None:
+    """The ``task_type`` to save for adapters of ``model``: ``CAUSAL_LM`` for a Hugging Face
+    causal LM (PEFT then wraps it as ``PeftModelForCausalLM``, which calls the model's
+    ``prepare_inputs_for_generation``), else None: a plain ``PeftModel``, which passes its
+    arguments to ``model`` unchanged, as our GPT (``forward(idx)``) needs. (PEFT's
+    ``FEATURE_EXTRACTION`` wrapper would call it with ``input_ids=...`` and fail.)"""
+    return "CAUSAL_LM" if callable(getattr(model, "prepare_inputs_for_generation", None)) else None
+
+
+def _layer_of(path: str) -> tuple[str, int] | None:
+    """``("blocks", 3)`` for ``blocks.3.attn.W_Q``: the first all-digit segment and the module
+    list before it, which is the index PEFT's ``layers_pattern`` rule reads; None if none."""
+    parts = path.split(".")
+    for i in range(1, len(parts) - 1):
+        if re.fullmatch(r"[0-9]+", parts[i]):
+            return parts[i - 1], int(parts[i])
+    return None
+
+
+def _peft_targets(adapter: Adapter) -> dict:
+    """``target_modules``, ``layers_to_transform``, ``layers_pattern`` under which PEFT adapts
+    exactly ``adapter.paths``. PEFT matches a target name as a module-path suffix after a dot,
+    and with ``layers_to_transform`` keeps the modules whose index after ``layers_pattern`` is
+    listed. So when the paths are every one of their last segments (``W_Q``, ``q_proj``) in
+    every one of their layers of one module list, those names, and (for a layer-restricted
+    config) the layers and the list's name; otherwise (e.g. ``cat`` of q in layer 0 with v in
+    layer 1) the full paths, which PEFT matches exactly. ``config.layers=None`` means the
+    paths cover every layer of the model, as :func:`~toymodels.lora.inject_lora` makes them."""
+    cells = {path: (_layer_of(path), path.rsplit(".", 1)[-1]) for path in adapter.factors}
+    lists = {layer[0] for layer, _ in cells.values() if layer is not None}
+    layers = {layer[1] for layer, _ in cells.values() if layer is not None}
+    names = {name for _, name in cells.values()}
+    product = (None not in {layer for layer, _ in cells.values()} and len(lists) == 1
+               and len(set(cells.values())) == len(cells) == len(layers) * len(names))
+    if not product:
+        return {"target_modules": sorted(adapter.factors), "layers_to_transform": None, "layers_pattern": None}
+    restricted = adapter.config.layers is not None
+    return {"target_modules": sorted(names), "layers_to_transform": sorted(layers) if restricted else None,
+            "layers_pattern": lists.pop() if restricted else None}
+
+
+def peft_config(adapter: Adapter, base_model_name_or_path: str | None = None,
+                task_type: str | None = None) -> dict:
+    """``adapter_config.json`` in PEFT's ``LoraConfig`` format, loadable with
+    ``peft.PeftModel.from_pretrained(base, folder)``; ``task_type``: see :func:`peft_task_type`
+    (None suits any model)."""
+    if task_type not in PEFT_TASK_TYPES:
+        raise ValueError(f"task_type={task_type!r}: must be one of {PEFT_TASK_TYPES} "
+                         "(peft_task_type(model) picks it for a model)")
+    if not adapter.factors:
+        raise ValueError("adapter has no modules: nothing to save")
     cfg = adapter.config
     rank_pattern, alpha_pattern = {}, {}
     for path, f in adapter.factors.items():
@@ -144,26 +197,25 @@ def peft_config(adapter: Adapter, base_model_name_or_path: str | None = None) ->
         if not math.isclose(_alpha(f, cfg.rslora), cfg.alpha, rel_tol=1e-9):
             alpha_pattern[path] = _alpha(f, cfg.rslora)
     return {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM",
+        "peft_type": "LORA", "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path, "revision": None,
         "r": cfg.rank, "lora_alpha": cfg.alpha, "use_rslora": cfg.rslora,
-        "lora_dropout": cfg.dropout, "bias": "none", "fan_in_fan_out": False,
-        "target_modules": sorted({path.rsplit(".", 1)[-1] for path in adapter.factors}),
-        "layers_to_transform": list(cfg.layers) if cfg.layers is not None else None,
-        "layers_pattern": None, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+        "lora_dropout": cfg.dropout, "bias": "none", "fan_in_fan_out": False, **_peft_targets(adapter),
+        "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
         "init_lora_weights": True if cfg.init == "kaiming_uniform" else cfg.init,
         "modules_to_save": None, "use_dora": False, "inference_mode": True,
     }
 
 
-def save_adapter(adapter: Adapter, directory: str | Path,
-                 base_model_name_or_path: str | None = None) -> Path:
-    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory``."""
+def save_adapter(adapter: Adapter, directory: str | Path, base_model_name_or_path: str | None = None,
+                 task_type: str | None = None) -> Path:
+    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory``
+    (:func:`peft_config`; ``task_type=peft_task_type(base)`` for a Hugging Face causal LM)."""
+    config = peft_config(adapter, base_model_name_or_path, task_type)  # validates before writing
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(peft_state_dict(adapter), directory / WEIGHTS_NAME)
-    text = json.dumps(peft_config(adapter, base_model_name_or_path), indent=2, sort_keys=True)
-    (directory / CONFIG_NAME).write_text(text + "\n")
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
 
 

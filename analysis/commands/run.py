@@ -93,8 +93,9 @@ def sweep_and_draw(experiment, configs: list, *, results_dir, figures_dir, profi
 
     summary = run_sweep(experiment, configs, ResultCache(results_dir, experiment.name), device=device,
                         jobs=jobs, engine=engine, scheduler=scheduler, force=force, progress=progress)
-    print(f"{experiment.name}: {summary.total} configs, {summary.cached} cached, {summary.computed} computed, "
-          f"{len(summary.failures)} failed ({summary.engine}, {summary.seconds:.1f} s) -> "
+    elsewhere = f", {summary.elsewhere} by another process" if summary.elsewhere else ""
+    print(f"{experiment.name}: {summary.total} configs, {summary.cached} cached, {summary.computed} computed"
+          f"{elsewhere}, {len(summary.failures)} failed ({summary.engine}, {summary.seconds:.1f} s) -> "
           f"{Path(results_dir) / experiment.name}/")
     if summary.failures:
         first = summary.failures[0]
