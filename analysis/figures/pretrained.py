@@ -59,12 +59,12 @@ def pretrained_figure(results: list[Result]):
         ax.axhline(chance, color=COLORS["control"], linestyle=DASHED, linewidth=0.8,
                    label="broadcast chance (mean over F/H/R)")
         ax.set_title(f"library {{{', '.join(_members(lib))}}}")
-    axes[0].set_ylabel("composed accuracy (held-out two-hop)")
+    axes[0].set_ylabel("share of questions")
     base, r = np.mean(data["base_familiarity"]), rows[0]["r_split"]
     model = Path(rows[0]["model"].split(" (")[0]).name
     fig.suptitle(f"{model}: two-hop reuse in natural language; base one-hop familiarity {base:.2f}, "
                  f"R split {r['countries']} of {r['requested']} countries", fontsize=10)
-    legend_below(fig, ncol=3)
+    legend_below(fig, ncol=3, title="bars: composed accuracy on held-out two-hop questions, per familiarity")
     return fig, data
 
 
