@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from analysis.plotstyle import new_figure
+from analysis.plotstyle import cycle_style, legend_right, new_figure, note_empty
 
 
 def spectra(report: dict):
@@ -19,18 +19,21 @@ def spectra(report: dict):
         grid = np.full((len(rows), width), np.nan)
         for i, r in enumerate(rows):
             grid[i, :len(r)] = r
-        color = f"C{k % 10}"
+        style = cycle_style(k)  # colour, line style and marker: adapters differ in grey too
         for r in rows:
-            ax.plot(np.arange(1, len(r) + 1), r, color=color, alpha=0.15, lw=0.8)
+            ax.plot(np.arange(1, len(r) + 1), r, color=style["color"], linestyle=style["linestyle"], marker="",
+                    alpha=0.15, lw=0.8)
         median = np.nanmedian(grid, axis=0) if rows else np.zeros(0)
-        ax.plot(np.arange(1, width + 1), median, color=color, lw=2, marker="o", ms=3, label=name)
+        ax.plot(np.arange(1, width + 1), median, lw=2, ms=4, label=name, **style)
         data[name] = {"median": median.tolist(), "modules": len(rows)}
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("index i")
     ax.set_ylabel(r"$\sigma_i / \sigma_1$ of $\Delta W$")
     ax.set_title("delta spectra (median over modules)")
-    ax.legend()
+    if not data or all(v["modules"] == 0 for v in data.values()):
+        note_empty(ax, "no module has a nonzero delta")
+    legend_right(fig, title="adapter")
     return fig, data
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from analysis.cache import MissingResultsError, run_command
-from analysis.plotstyle import COLORS, new_figure
+from analysis.plotstyle import COLORS, DASHED, bar_style, is_empty, legend_below, new_figure, note_empty
 from analysis.registry import Result
 
 FAM_COLORS = {"F": COLORS["construction"], "H": COLORS["average"], "R": COLORS["routing"]}
 FAM_LABELS = {"F": "F (fictional)", "H": "H (new city, real country)", "R": "R (known facts)"}
+FAM_HATCHES = {"F": "", "H": "///", "R": "..."}  # the familiarities differ in grey too
 
 
 def _label(name: str) -> str:
@@ -45,25 +46,25 @@ def pretrained_figure(results: list[Result]):
             acc = [_nanmean([(row["table"][m][fam] or {}).get("composed") for row in rows]) for m in models]
             cast = [_nanmean([row["broadcast"][m][fam]["BC"] for row in rows]) for m in models]
             pos = x + (i - (len(fams) - 1) / 2) * width
-            ax.bar(pos, acc, width, color=FAM_COLORS[fam], label=FAM_LABELS[fam])
-            ax.scatter(pos, cast, marker="x", color="black", s=14, zorder=3,
+            ax.bar(pos, acc, width, label=FAM_LABELS[fam], **bar_style(FAM_COLORS[fam], FAM_HATCHES[fam]))
+            ax.scatter(pos, cast, marker="x", color=COLORS["theory"], s=14, zorder=3,
                        label="broadcast (BC answers on other questions)" if i == 0 else None)
             panel[fam] = {"models": models, "composed": acc, "broadcast_BC": cast}
         data["panels"][lib] = panel
+        if is_empty([v for f in panel.values() for v in f["composed"] + f["broadcast_BC"]]):
+            note_empty(ax, "no model answers any two-hop question here,\nnor any broadcast control")
         ax.set_xticks(x, [_label(m) for m in models], rotation=40, ha="right")
         ax.set_ylim(0, 1.05)
         chance = _nanmean([row["chance"][f]["BC"] for row in rows for f in fams])
-        ax.axhline(chance, color=COLORS["control"], linestyle="--", linewidth=0.8,
+        ax.axhline(chance, color=COLORS["control"], linestyle=DASHED, linewidth=0.8,
                    label="broadcast chance (mean over F/H/R)")
         ax.set_title(f"library {{{', '.join(_members(lib))}}}")
-    axes[0].set_ylabel("composed accuracy (held-out two-hop)")
+    axes[0].set_ylabel("share of questions")
     base, r = np.mean(data["base_familiarity"]), rows[0]["r_split"]
     model = Path(rows[0]["model"].split(" (")[0]).name
     fig.suptitle(f"{model}: two-hop reuse in natural language; base one-hop familiarity {base:.2f}, "
                  f"R split {r['countries']} of {r['requested']} countries", fontsize=10)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    legend_below(fig, ncol=3, title="bars: composed accuracy on held-out two-hop questions, per familiarity")
     return fig, data
 
 

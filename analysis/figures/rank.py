@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.plotstyle import COLORS, new_figure
+from analysis.plotstyle import COLORS, DOTTED, SOLID, legend_below, new_figure
 from theory.claims import Check
 
 FLOOR = 1e-12  # exact results (~1e-15) are drawn here so that the log axis can show them
@@ -25,7 +25,7 @@ def _floor(values) -> np.ndarray:
 
 
 def _threshold(ax, at: float, label: str) -> None:
-    ax.axvline(at, color=COLORS["control"], linestyle=":", linewidth=1.2)
+    ax.axvline(at, color=COLORS["control"], linestyle=DOTTED, linewidth=1.2)
     ax.text(at, 0.97, f" {label}", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
             color=COLORS["control"])
 
@@ -43,16 +43,17 @@ def rank1_error_vs_rank(checks: list[Check]):
     d = _data(checks, "RANK-1", "construction")
     fig, ax = new_figure(width=5.0, height=3.6)
     r = d["ranks"]
-    ax.plot(r, _floor(d["predicted"]), color=COLORS["theory"], linewidth=1.5,
+    ax.plot(r, _floor(d["predicted"]), color=COLORS["theory"], linestyle=SOLID, marker="", linewidth=1.5,
             label=r"Eckart-Young tail $\sqrt{\sum_{i>r}\sigma_i(D)^2}$")
     ax.plot(r, _floor(d["construction"]), "o", color=COLORS["construction"], markersize=7, label="optimal construction")
-    ax.plot(r, _floor(d["trained"]), "x", color=COLORS["sgd"], markersize=8, mew=1.8, label="Adam-trained B@A (300 steps, LoRA init)")
+    ax.plot(r, _floor(d["trained"]), "x", color=COLORS["sgd"], markersize=8, mew=1.8,
+            label="Adam-trained B@A (300 steps, LoRA init)")
     _threshold(ax, d["rank_D"], f"rank(D) = {d['rank_D']}")
     _log_axis(ax)
     ax.set_xlabel("LoRA rank r")
     ax.set_ylabel(r"error $\|\Delta W K - D\|_F$")
     ax.set_title(f"RANK-1: {d['n_facts']} facts with {d['rank_D']} independent changes")
-    ax.legend(loc="lower left")
+    legend_below(fig, ncol=2)
     plotted = {k: d[k] for k in ("ranks", "predicted", "construction", "trained", "rank_D", "n_facts", "counts")}
     return fig, plotted
 
@@ -62,7 +63,7 @@ def rank2_error_vs_rank(checks: list[Check]):
     d = _data(checks, "RANK-2", "relu")
     fig, (left, right) = new_figure(ncols=2, width=4.6, height=3.6)
     r, lin, relu = d["ranks"], d["linear"], d["relu"]
-    left.plot(r, _floor(lin["pred_frobenius"]), color=COLORS["theory"], linewidth=1.5,
+    left.plot(r, _floor(lin["pred_frobenius"]), color=COLORS["theory"], linestyle=SOLID, marker="", linewidth=1.5,
               label=r"linear optimum $\sqrt{\sum_{i>RL}\sigma_i(E)^2}$")
     left.plot(r, _floor(lin["frobenius"]), "o", color=COLORS["construction"], markersize=7, label="construction")
     left.plot(r, _floor(lin["sgd_frobenius"]), "x-", color=COLORS["sgd"], markersize=8, mew=1.8, linewidth=0.8,
@@ -79,8 +80,7 @@ def rank2_error_vs_rank(checks: list[Check]):
         _log_axis(ax)
         ax.set_xlabel("LoRA rank R per layer")
     fig.suptitle("RANK-2 (Zeng & Lee 2024): exact at the rank threshold", fontsize=11)
-    fig.tight_layout()
-    fig.legend(*left.get_legend_handles_labels(), loc="upper center", ncol=4, bbox_to_anchor=(0.5, 0.0))
+    legend_below(fig, ncol=4)
     return fig, {k: d[k] for k in ("ranks", "width", "depth", "linear_depth", "target_depth", "linear_threshold",
                                     "relu_threshold", "linear", "relu")}
 

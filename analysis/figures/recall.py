@@ -11,7 +11,7 @@ import numpy as np
 
 from matplotlib.lines import Line2D
 
-from analysis.plotstyle import COLORS, new_figure
+from analysis.plotstyle import COLORS, DASHED, legend_below, new_figure
 from theory.claims import Check
 
 # The bridge panel shows the sum merge. The average merge (c = 1/2, the sum's overlaps halved)
@@ -66,7 +66,7 @@ def t2_margin_vs_overlap(checks: list[Check], shown: int = SHOWN) -> tuple[Any, 
                        antialiased=False)
             ax.scatter(a2[:, true_p], mz[:, true_p], s=4, color=colour, linewidths=0, antialiased=False)
             if panel == "bridge":  # control: a stored fact (margin 1) that z~ gains c2 a2 on (T2 identity)
-                ax.plot([0.0, 1.0], [-1.0, 0.0], color=COLORS["theory"], ls="--", lw=0.8)
+                ax.plot([0.0, 1.0], [-1.0, 0.0], color=COLORS["theory"], ls=DASHED, marker="", lw=0.8)
             ax.set_title(f"{LABELS[panel]}\nanswers z~: true {rates[true_p]:.0%}, control {rates[ctrl_p]:.0%}",
                          fontsize=7)
             if i == len(regimes) - 1:
@@ -82,12 +82,11 @@ def t2_margin_vs_overlap(checks: list[Check], shown: int = SHOWN) -> tuple[Any, 
                Line2D([], [], ls="", marker="+", ms=5, color=COLORS["control"],
                       label="control \"x' r1 r2\" (another subject)"),
                Line2D([], [], color=COLORS["theory"], lw=0.9, label="margin 0: above it the model answers z~"),
-               Line2D([], [], color=COLORS["theory"], ls="--", lw=0.8, label="bridge control, theory: a2 - 1")]
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.0))
+               Line2D([], [], color=COLORS["theory"], ls=DASHED, lw=0.8, label="bridge control, theory: a2 - 1")]
+    legend_below(fig, handles, ncol=2, fontsize=7)
     fig.suptitle(f"T2: margin of the two-hop answer z~, merged/routed one-hop adapters ({len(pick)} of {n} random "
                  f"instances drawn;\nrates over all {n}, chance {chance:.0%}): z~ gains only through a2, as much on "
                  "controls (broadcast, not composition);\na bridge key (v' = v2) composes", fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig, data
 
 
@@ -98,14 +97,15 @@ def p1_gd_convergence(checks: list[Check]) -> tuple[Any, dict[str, Any]]:
     d = _need(checks, "P1.gd_zero_init").data
     step = np.asarray(d["step"])
     fig, ax = new_figure(width=4.6, height=3.4)
-    ax.semilogy(step, np.asarray(d["predicted"]), color=COLORS["theory"], lw=1, ls="--", label="predicted (1 - lr)^t")
+    ax.semilogy(step, np.asarray(d["predicted"]), color=COLORS["theory"], lw=1, ls=DASHED, marker="",
+                label="predicted (1 - lr)^t")
     ax.semilogy(step, np.asarray(d["error_zero_init"]), "o", ms=3, color=COLORS["sgd"], label="GD from DW = 0")
     ax.semilogy(step, np.asarray(d["error_nonzero_init"]), "s", ms=3, mfc="none", color=COLORS["construction"],
                 label="GD from DW0 != 0 (to DW* + DW0(I - P_v))")
     ax.set_xlabel("gradient step")
     ax.set_ylabel("||DW_t - limit||_F")
     ax.set_title("P1: GD on the squared error reaches the rank-one edit")
-    ax.legend()
+    legend_below(fig, ncol=1)
     return fig, {"step": step.tolist(), "predicted": _r(d["predicted"]),
                  "error_zero_init": np.asarray(d["error_zero_init"], dtype=float).tolist(),
                  "error_nonzero_init": np.asarray(d["error_nonzero_init"], dtype=float).tolist()}

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from analysis.cache import MissingResultsError, run_command
-from analysis.plotstyle import COLORS, new_figure
+from analysis.plotstyle import COLORS, DASHED, DOTTED, bar_style, is_empty, legend_below, new_figure, note_empty
 from analysis.registry import Result
 from analysis.stats import t_interval
 
@@ -19,6 +19,11 @@ HOW = f"run `{run_command('two_hop_reuse', 'quick')}` (or --profile paper)"
 ACCENTS = {"average": COLORS["average"], "sum": COLORS["sum"], "arrow": COLORS["routing"],
            "joint": COLORS["sgd"], "base": COLORS["theory"], "shared": COLORS["bridge"], "with_AC": COLORS["bridge"],
            "main": COLORS["sum"], "hops": COLORS["sum"]}
+
+
+# (condition, measure) -> hatch: the four template bars differ in grey, not only in colour
+HATCHES = {("main", "composed"): "", ("main", "broadcast"): "///", ("shared", "composed"): "xx",
+           ("shared", "broadcast"): 3 * "\\"}  # three back-slashes, as dense as ///
 
 
 def _needed(results: list[Result], what: str) -> list[Result]:
@@ -35,26 +40,21 @@ def stat(results: list[Result], value: Callable[[Result], float]) -> dict:
     return {"mean": s.mean, "low": s.low, "high": s.high, "n": s.n}
 
 
-def bars(ax, groups: Sequence[str], series: Sequence[tuple[str, str, str, list[dict]]]) -> None:
-    """Grouped bars: ``series`` = (label, colour, hatch, one stat dict per group)."""
+def bars(ax, groups: Sequence[str], series: Sequence[tuple[str, dict, list[dict]]]) -> None:
+    """Grouped bars: ``series`` = (label, :func:`analysis.plotstyle.bar_style` keywords, one stat
+    dict per group). A panel whose bars are all 0 says so."""
     x, width = np.arange(len(groups)), 0.8 / len(series)
-    for i, (label, color, hatch, stats) in enumerate(series):
+    for i, (label, style, stats) in enumerate(series):
         mean = np.array([s["mean"] for s in stats])
         # shares live in [0, 1]: the drawn interval is clipped there (the sidecar keeps the raw one)
         err = np.array([[s["mean"] - max(s["low"], 0), min(s["high"], 1) - s["mean"]] if np.isfinite(s["low"])
                         else [0, 0] for s in stats]).T  # (2, groups)
         ax.bar(x + (i - (len(series) - 1) / 2) * width, mean, width, yerr=err, capsize=2, label=label,
-               color="white" if hatch else color, edgecolor=color, hatch=hatch, linewidth=0.8)
+               error_kw={"elinewidth": 0.8}, **style)
     ax.set_xticks(x, groups, rotation=35, ha="right")
     ax.set_ylim(0, 1.05)
-
-
-def legend_below(fig, ax, title: str | None = None) -> None:
-    """One legend for the whole figure, under the panels (it never hides a bar)."""
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), title=title,
-               bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.1 if len(labels) <= 4 else 0.16, 1, 1))
+    if is_empty([s["mean"] for _, _, stats in series for s in stats]):
+        note_empty(ax, "every bar is 0 here")
 
 
 def _formats(results: list[Result]) -> list[str]:
@@ -83,17 +83,18 @@ def methods_figure(results: list[Result]):
             brd = [stat(sub, lambda r, m=m: model_value(r, m, "broadcast", [fam])) for m in models]
             chance = float(np.mean([r.result["splits"][fam]["chance"]["composed"] for r in sub]))
             chance_b = float(np.mean([r.result["splits"][fam]["chance"]["broadcast"]["AC"] for r in sub]))
-            bars(ax, labels, [("composed accuracy", COLORS["sum"], "", comp),
-                              ("broadcast control", COLORS["control"], "///", brd)])
-            ax.axhline(chance, color=COLORS["theory"], ls="--", lw=0.8, label="chance, composed (1 / #entities)")
-            ax.axhline(chance_b, color=COLORS["control"], ls=":", lw=1.0, label="chance, broadcast (#C / #entities)")
+            bars(ax, labels, [("composed accuracy", bar_style(COLORS["sum"]), comp),
+                              ("broadcast control", bar_style(COLORS["control"], "///", filled=False), brd)])
+            ax.axhline(chance, color=COLORS["theory"], ls=DASHED, lw=0.8, label="chance, composed (1 / #entities)")
+            ax.axhline(chance_b, color=COLORS["control"], ls=DOTTED, lw=1.0,
+                       label="chance, broadcast (#C / #entities)")
             ax.set_title(f"{fmt}, familiarity {fam}")
             ax.set_ylabel("share of questions" if j == 0 else "")
             data[f"{fmt}/{fam}"] = {"models": models, "composed": comp, "broadcast": brd, "chance": chance,
                                      "chance_broadcast": chance_b}
     fig.suptitle("Reusing {AB, BC} (+ distractors): composed accuracy vs broadcast control "
                  "(mean, 95% CI over seeds)")
-    legend_below(fig, axes[0, 0])
+    legend_below(fig, ncol=4)
     return fig, data
 
 
@@ -111,15 +112,16 @@ def libraries_figure(results: list[Result]):
         for j, fmt in enumerate(fmts):
             sub, ax = select(results, fmt, cond), axes[i, j]
             names = data_free(sub) + ["joint"]
-            series = [(f"{{AB, BC{', AC' if lib == 'with_AC' else ''}}}", ACCENTS[lib], "" if lib == "hops" else "..",
+            series = [(f"{{AB, BC{', AC' if lib == 'with_AC' else ''}}}",
+                       bar_style(ACCENTS[lib], "" if lib == "hops" else "...", filled=lib == "hops"),
                        [stat(sub, lambda r, m=m, lib=lib: model_value(r, f"{m}/{lib}")) for m in names])
                       for lib in ("hops", "with_AC")]
             bars(ax, names, series)
             ax.set_title(f"{fmt}, {cond.replace('_', ' ')}")
             ax.set_ylabel("composed accuracy" if j == 0 else "")
-            data[f"{cond}/{fmt}"] = {"methods": names, **{s[0]: s[3] for s in series}}
+            data[f"{cond}/{fmt}"] = {"methods": names, **{s[0]: s[2] for s in series}}
     fig.suptitle("Does the library need the target-task expert AC? (mean over F/H/R, 95% CI over seeds)")
-    legend_below(fig, axes[0, 0], "library (+ distractors in the 'main' condition)")
+    legend_below(fig, title="library (+ distractors in the 'main' condition)")
     return fig, data
 
 
@@ -138,17 +140,17 @@ def templates_figure(results: list[Result]):
         for cond in ("main", "shared"):
             sub = select(results, fmt, cond)
             ms = data_free(sub)
-            for what, hatch in (("composed", ""), ("broadcast", "///")):
+            for what in ("composed", "broadcast"):
                 stats = [stat(sub, lambda r, f=f, w=what: float(np.mean([model_value(r, f"{m}/hops", w, [f])
                                                                            for m in ms]))) for f in fams]
                 label = f"{'shared templates' if cond == 'shared' else 'no shared templates'}: {what}"
-                series.append((label, ACCENTS[cond], hatch, stats))
+                series.append((label, bar_style(ACCENTS[cond], HATCHES[cond, what], filled=what == "composed"), stats))
         bars(axes[j], fams, series)
         axes[j].set_xticks(range(len(fams)), fams, rotation=0)
         axes[j].set_xlabel("familiarity (F unseen, H half, R familiar)")
         axes[j].set_ylabel("share of questions" if j == 0 else "")
         axes[j].set_title(f"{{AB, BC}}, {fmt}")
-        data[fmt] = {"familiarities": fams, **{s[0]: s[3] for s in series}}
+        data[fmt] = {"familiarities": fams, **{s[0]: s[2] for s in series}}
     fig.suptitle("Shared templates and {AB, BC} reuse: mean over data-free methods (95% CI over seeds)")
-    legend_below(fig, axes[0])
+    legend_below(fig, ncol=2)
     return fig, data

@@ -1,0 +1,162 @@
+"""Inputs for tests/test_figures.py: every figure function with small inputs to draw it from.
+
+Synthetic results are shaped like what each experiment's ``run`` returns (seeded; three seeds,
+so 95% intervals are wide and leave [0, 1]; one all-zero panel where the real runs have one);
+the theory figures draw from real checks at 20 instances, the ``inspect`` figures from random
+in-memory adapters.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import registry
+from analysis.registry import Result
+
+SEEDS = (0, 1, 2)
+
+
+# --- synthetic results, shaped like each experiment's ``run`` output ---------------------------
+
+def _rates(rng, n: int, zero: bool = False) -> list[float]:
+    return [0.0] * n if zero else rng.uniform(0, 1, n).round(3).tolist()
+
+
+@cache
+def mechanism_results() -> list[Result]:
+    """Latent F: the logit lens finds the new bridge nowhere (an all-zero panel, as measured)."""
+    from analysis.experiments import mechanism
+    from toymodels.pipeline import LIBRARIES
+
+    rng, out = np.random.default_rng(0), []
+    for c in mechanism.grid("quick"):
+        L, libs = c.pipeline.base.model.n_layers, list(LIBRARIES)
+        names = ["base", "single/AB", "single/BC", "single/AC"] + [f"{m}/{lib}" for m in c.methods for lib in libs]
+        tokens = ["BOS", "A", "r1", "r2", "SEP"] + (["B"] if c.fmt == "cot" else [])
+        res = {"fmt": c.fmt, "familiarity": c.familiarity, "seed": c.seed, "n_layers": L, "tokens": tokens,
+               "probe_chance": None if c.familiarity == "F" else 1 / 24, "models": {}, "router": {}}
+        for name in names:
+            m = {"composed": float(rng.uniform()), "broadcast": float(rng.uniform()),
+                 "lens_bridge_top1": _rates(rng, L + 1, zero=(c.fmt, c.familiarity) == ("latent", "F")),
+                 "keys": {k: rng.normal(0.5, 0.4, L).tolist() for k in ("two_hop", "two_hop_unpaired", "one_hop",
+                                                                         "control")}}
+            if c.familiarity != "F":
+                m["probe_bridge_acc"] = _rates(rng, L + 1)
+            res["models"][name] = m
+        roles = ["q", "k", "v", "o", "mlp_in", "mlp_out"]
+        for lib in libs:
+            n = len(LIBRARIES[lib])
+            weights = rng.dirichlet(np.ones(n), size=(len(roles) * L, len(tokens)))  # (P, T, n)
+            res["router"][f"arrow/{lib}"] = {"roles": [r for r in roles for _ in range(L)],
+                                             "layers": [i for _ in roles for i in range(L)],
+                                             "mean": weights.tolist(), "adapters": list(LIBRARIES[lib])}
+        out.append(Result(c.key(), c, res))
+    return out
+
+
+@cache
+def two_hop_results() -> list[Result]:
+    """Latent F: every model answers nothing (an all-zero panel)."""
+    from analysis.experiments import two_hop_reuse as th
+
+    rng, out = np.random.default_rng(1), []
+    for c in th.grid("quick"):
+        methods = c.pipeline.methods
+        names = (["base", "single/AB", "single/BC", "single/AC", "joint/hops", "joint/with_AC"]
+                 + [f"{m}/{lib}" for m in methods for lib in ("hops", "with_AC")])
+        splits = {}
+        for fam in ("F", "H", "R"):
+            zero = (c.fmt, fam) == ("latent", "F")
+            models = {n: {"composed": 0.0 if zero else float(rng.uniform()), "facts": 1.0, "pretrain_test_id": 0.9,
+                          "broadcast": {"composed": 0.0 if zero else float(rng.uniform(0, 0.5))}} for n in names}
+            splits[fam] = {"r1": 0, "r2": 1, "n_composed": 16, "models": models, "experts": {},
+                           "chance": {"composed": 1 / 160, "broadcast": {"AC": 0.05, "BC": 0.05}}}
+        res = {"fmt": c.fmt, "condition": c.condition, "seed": c.seed, "base_seed": 0,
+               "base": {"steps": 100, "seconds": 1.0, "reached_target": True, "final": {"test_id": 0.95}},
+               "splits": splits}
+        out.append(Result(c.key(), c, res))
+    return out
+
+
+@cache
+def rank_depth_results() -> list[Result]:
+    from analysis.experiments import rank_depth as rd
+
+    rng, out, n = np.random.default_rng(2), [], 16
+    for depth in (1, 2):
+        base = rd.sweep_base(depth, "quick")
+        for rank in (1, 2, 4):
+            for seed in SEEDS:
+                c = rd.point(base, rank, seed, "quick")
+                models = {"single/AB": {"composed": 0.0, "facts": 1.0, "broadcast": {"composed": 0.0}}}
+                models |= {f"{m}/{lib}": {"composed": float(rng.uniform()), "facts": 1.0,
+                                          "broadcast": {"composed": float(rng.uniform(0, 0.5))}}
+                           for m in ("average", "arrow", "joint") for lib in ("hops", "with_AC")}
+                capacity = {"n_facts": n, "bound": min(rank, n), "recalled_trained": int(rng.integers(0, n + 1)),
+                            "recalled_construction": int(rng.integers(0, n + 1)), "norm_required": 2.0,
+                            "error_trained": float(rng.uniform(1, 10)), "ey_tail": float(2 / (1 + rank))}
+                res = {"rank": rank, "depth": depth, "seed": seed, "fmt": "cot",
+                       "base": {"test_id": float(rng.uniform(0.9, 1)), "atomic": 1.0, "steps": 100,
+                                "reached_target": True},
+                       "capacity": capacity,
+                       "reuse": {fam: {"n_composed": 16, "chance": 1 / 64, "models": models} for fam in ("F", "R")}}
+                out.append(Result(c.key(), c, res))
+    return out
+
+
+@cache
+def pretrained_results() -> list[Result]:
+    from analysis.experiments import pretrained_two_hop as pt
+
+    rng, fams = np.random.default_rng(3), ("F", "H", "R")
+    order = ["base", "single/AB", "single/BC", "single/AC", "joint/hops", "joint/with_AC",
+             "average/hops", "arrow/hops", "average/with_AC", "arrow/with_AC"]
+    res = {"model": "tiny (synthetic)", "seed": 0, "familiarity": {"exact": 0.6},
+           "r_split": {"countries": 10, "requested": 12, "known_only": True}, "order": order,
+           "table": {m: {f: {"composed": float(rng.uniform()), "logprob": -1.0, "one_hop": 0.9} for f in fams}
+                     for m in order},
+           "broadcast": {m: {f: {"BC": float(rng.uniform(0, 0.3)), "AC": 0.1} for f in fams} for m in order},
+           "chance": {f: {"BC": 0.05, "AC": 0.05} for f in fams}}
+    c = pt.grid("quick")[0]
+    return [Result(c.key(), c, res)]
+
+
+SYNTHETIC = {"mechanism": mechanism_results, "two_hop_reuse": two_hop_results, "rank_depth": rank_depth_results,
+             "pretrained_two_hop": pretrained_results}
+
+
+@cache
+def theory_checks(claim_id: str):
+    from theory.claims import ClaimSettings, run_claims
+
+    torch.set_num_threads(1)
+    return run_claims([claim_id], ClaimSettings(instances=20, seed=0))
+
+
+@cache
+def inspect_report() -> dict:
+    from analysis.inspect_adapters import PeftAdapter, inspect
+    from theory.merge import Factors
+
+    gen, paths = torch.Generator().manual_seed(0), ["layers.0.q", "layers.1.q"]
+    adapters = [PeftAdapter(name, None, {}, {p: Factors(A=torch.randn(3, 10, generator=gen),
+                                                         B=torch.randn(12, 3, generator=gen), scale=0.5)
+                                              for p in paths}) for name in ("AB", "BC", "AC")]
+    return inspect(adapters)
+
+
+def cases():
+    """``pytest.param(name, fn, inputs)`` for every figure; ``inputs()`` builds (and caches) its input."""
+    from analysis.figures import inspect as inspect_figures
+    from analysis.figures.theory import theory_figures
+
+    for experiment in registry.experiments().values():
+        for name, fn in experiment.figures.items():
+            yield pytest.param(name, fn, lambda e=experiment.name: SYNTHETIC[e](), id=name)
+    for name, claim_id, fn in theory_figures():
+        yield pytest.param(name, fn, lambda c=claim_id: theory_checks(c), id=name)
+    for name, fn in inspect_figures.FIGURES:
+        yield pytest.param(name, fn, inspect_report, id=name)
