@@ -59,8 +59,9 @@ def test_merge1_cat_average_and_sum_are_the_exact_weighted_delta_sum(experts):
 
 
 def test_merge3_factor_average_differs_by_exactly_the_cross_terms(base):
-    experts = [make_adapter(base, s, rank=2) for s in (1, 2, 3)]  # equal ranks required
-    weights = [0.2, 0.3, 0.5]
+    """Unequal alphas (scales 0.5, 2, 4) and a negative weight: PEFT linear's math per module."""
+    experts = [make_adapter(base, s, rank=2, alpha=a) for s, a in ((1, 1.0), (2, 4.0), (3, 8.0))]  # equal ranks
+    weights = [0.2, -0.3, 0.5]
     merged = reuse.factor_average(experts, weights)
     for path in experts[0].paths:
         fs = [e.factors[path] for e in experts]
