@@ -7,7 +7,7 @@ import torch
 
 from theory import merge
 from theory.routing import routed_output
-from toymodels import reuse
+from toymodels import peft_merges, reuse
 from toymodels.adapters import Adapter, apply_adapter, random_adapter
 from toymodels.lora import LoRAConfig
 from toymodels.model import GPT, role_modules
@@ -130,7 +130,10 @@ def test_one_adapter_with_weight_one_returns_itself(base, method, rslora):
 
 
 def test_every_registered_method_has_an_identity_check_or_a_reason():
-    assert set(reuse.METHODS) == set(IDENTITY_OPTIONS) | {"lorahub"}  # lorahub: searched weights
+    # lorahub: searched weights; peft_*: tests/test_peft_merges.py (identity for plain LoRA,
+    # PEFT's sqrt(r) for rsLoRA recorded)
+    assert set(reuse.METHODS) == set(IDENTITY_OPTIONS) | {"lorahub"} | {f"peft_{t}" for t in peft_merges.COMBINATION_TYPES}
+    assert reuse.DEFAULT_METHODS == tuple(m for m in reuse.METHODS if not m.startswith("peft_"))
 
 
 def test_routed_model_with_one_hot_oracle_weights_is_each_experts_model(base, experts):

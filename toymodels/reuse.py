@@ -12,12 +12,14 @@ or a routed one (``toymodels/routing.py``). The space each merge acts in (STYLE.
 - FACTOR space: ``factor_average`` (PEFT ``linear``'s math, MERGE-3, cross terms ``B_i A_j``)
   and ``lorahub`` (LoraHub: ``A = sum w_i s_i A_i``, ``B = sum w_i B_i``, weights found by a
   seeded gradient-free search on a few examples).
-- Each of our methods says below how it differs from PEFT's.
+- PEFT's own ``add_weighted_adapter``, number for number, quirks included:
+  ``peft_<combination_type>`` (``toymodels/peft_merges.py``). Each of our methods says below
+  how it differs from PEFT's; README "PEFT correspondence" has the table.
 Routed: ``arrow`` and ``oracle``.
 Adapters missing a module count as zero there. Every weight may be negative.
 Merging ONE adapter at weight 1 gives it back, for every method here at its lossless
 setting (``ties`` density 1, ``dare`` drop 0, ``svd`` rank >= r) and any scaling (rsLoRA
-too); PEFT's does not for rsLoRA.
+too); PEFT's, and so ``peft_*``, do not for rsLoRA (tests/test_peft_merges.py).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from torch import nn
 
 from theory import merge
 from theory.merge import Factors
+from toymodels import peft_merges
 from toymodels.adapter_merge import from_deltas, merged_adapter, per_module
 from toymodels.adapters import Adapter, merge_into_new_model
 from toymodels.routing import arrow_model, oracle_model
@@ -141,12 +144,14 @@ def _lorahub(base, adapters, loss_fn, rng, **options) -> nn.Module:
 
 MERGES: dict[str, Callable[..., Adapter]] = {
     "average": average, "sum": task_arithmetic, "task_arithmetic": task_arithmetic, "cat": cat,
-    "ties": ties, "dare": dare, "svd": svd, "factor_average": factor_average,
+    "ties": ties, "dare": dare, "svd": svd, "factor_average": factor_average, **peft_merges.MERGES,
 }
 METHODS: dict[str, Callable[..., nn.Module]] = {
     **{name: _merge_method(fn) for name, fn in MERGES.items()},
     "lorahub": _lorahub, "arrow": arrow_model, "oracle": oracle_model,
 }
+# What an experiment runs unless told otherwise: ours; the PEFT-named merges are opt-in.
+DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in peft_merges.MERGES)
 
 
 def reuse(method: str, base: nn.Module, adapters: Sequence[Adapter], **options) -> nn.Module:
