@@ -222,33 +222,33 @@ def test_peft_breaks_the_one_adapter_identity_and_we_record_by_how_much(base, va
     holds the identity (property test above); DoRA adapters are refused at load."""
     torch.manual_seed(0)  # PEFT's LoRA init draws from the global RNG
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], **{variant: True})
-    model = peft.get_peft_model(copy.deepcopy(base), config, adapter_name="a")
+    model = peft.get_peft_model(copy.deepcopy(base), config, adapter_name="src")
     g = gen(3)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("lora_B.a.weight", "lora_B.a.bias", "lora_magnitude_vector.a.weight")):
+            if name.endswith(("lora_B.src.weight", "lora_B.src.bias", "lora_magnitude_vector.src.weight")):
                 p.add_(0.3 * torch.randn(p.shape, generator=g))
-    model.add_weighted_adapter(["a"], [1.0], "m", combination_type="svd")
+    model.add_weighted_adapter(["src"], [1.0], "m", combination_type="svd")
     x = torch.randint(0, 128, (2, 7), generator=gen(1))
     logits = {}
-    for name in ("a", "m"):
+    for name in ("src", "m"):
         model.set_adapter(name)
         with torch.no_grad():
             logits[name] = model(input_ids=x).logits
-    assert float((logits["m"] - logits["a"]).norm() / logits["a"].norm()) > 0.1  # a visible difference
+    assert float((logits["m"] - logits["src"]).norm() / logits["src"].norm()) > 0.1  # a visible difference
     for layer in model.base_model.model.model.layers:
-        q = layer.self_attn.q_proj
-        delta_a, delta_m = q.get_delta_weight("a"), q.get_delta_weight("m")
+        q = layer.self_attn.q_proj.requires_grad_(False)
+        delta_a, delta_m = q.get_delta_weight("src"), q.get_delta_weight("m")
         if variant == "use_rslora":
             torch.testing.assert_close(delta_m, 2.0 * delta_a)
             continue
         torch.testing.assert_close(delta_m, delta_a)  # the LoRA product itself comes back
         if variant == "lora_bias":
-            assert float(q.lora_B["a"].bias.norm()) > 0.1 and float(q.lora_B["m"].bias.abs().max()) == 0.0
+            assert float(q.lora_B["src"].bias.norm()) > 0.1 and float(q.lora_B["m"].bias.abs().max()) == 0.0
         else:
             magnitude = q.lora_magnitude_vector
             torch.testing.assert_close(magnitude["m"].weight, q.base_layer.weight.norm(dim=1))
-            assert float((magnitude["a"].weight - magnitude["m"].weight).norm()) > 0.1
+            assert float((magnitude["src"].weight - magnitude["m"].weight).norm()) > 0.1
 
 
 def test_peft_drops_modules_outside_the_first_adapters_layers_and_we_refuse(base, tmp_path):
