@@ -338,6 +338,17 @@ def test_run_preflight_refuses_broken_model(tmp_path, capsys, good_model, kind, 
                    tmp_path / "results")
 
 
+@pytest.mark.parametrize("assignment, words", [
+    pytest.param("protocol.finetune.lr=inf", "must be a finite number", id="float-inf"),
+    pytest.param("protocol.lora.alpha=nan", "must be a finite number", id="float-nan"),
+    pytest.param("protocol.lora.rank=2.5", "must be an integer", id="int-as-float"),
+    pytest.param("protocol.nope=1", "unknown config key", id="unknown-key"),
+    pytest.param("model=", "give a .gguf file", id="model-empty")])
+def test_bad_set_value_is_one_line(tmp_path, capsys, assignment, words):
+    argv = run_argv(tmp_path, "unused")[:-2] + ["--set", assignment]
+    assert_refused(capsys, argv, assignment.split("=")[0], words, tmp_path / "results")
+
+
 # --- a real process: no traceback on the terminal -------------------------------------------
 
 def _subprocess(argv) -> subprocess.CompletedProcess:
