@@ -77,7 +77,10 @@ def read_gguf_header(path: str | Path) -> tuple[dict, dict[str, tuple[tuple[int,
     """``(metadata, tensors)``: metadata key -> scalar, string, or array length; tensor name ->
     (dims in ggml order, ggml type). ValueError naming the file when the header does not
     parse, a tensor type is unknown, or the file is shorter than its tensors need."""
-    import gguf  # the ggml block sizes; installed with the pretrained extra
+    try:
+        import gguf  # the ggml block sizes
+    except ImportError:
+        raise ImportError("reading a GGUF file needs the 'pretrained' extra: run make install-pretrained") from None
 
     path = Path(path)
     if path.stat().st_size < 24:
