@@ -14,9 +14,10 @@ from torch import Tensor
 
 
 def arrow_prototype(delta: Tensor) -> Tensor:
-    """Top right singular vector of ``delta: (d_out, d_in)`` -> ``(d_in,)``, unit norm."""
+    """Top right singular vector of ``delta: (..., d_out, d_in)`` -> ``(..., d_in)``, unit norm
+    (a stack of deltas gives one prototype each, in one batched SVD)."""
     _, _, Vh = torch.linalg.svd(delta, full_matrices=False)
-    return Vh[0]
+    return Vh[..., 0, :]
 
 
 def arrow_weights(h: Tensor, prototypes: Tensor, top_k: int = 1, temperature: float = 1.0) -> Tensor:

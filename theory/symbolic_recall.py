@@ -62,6 +62,21 @@ def t2_residuals(n_entities: int = 3, m: int = 3) -> dict[str, sp.Matrix]:
     }
 
 
+def average_tie_residuals(m: int = 2) -> dict[str, sp.Matrix]:
+    """T2 with the uniform average ``c1 = c2 = 1/2`` on a prompt whose key IS ``v2`` (a perfect
+    bridge), entities ``(old, z~, y~) = (0, 1, 2)``: every ``W`` that stores ``v2 -> old``
+    (``W = i_old v2^T/||v2||^2 + M (I - P_v2)``), adapter 1's key orthogonal to v2 (any change
+    ``delta1``), adapter 2 the P1 edit ``v2 -> z~``. Then the logits are ``(i_old + i_z)/2``:
+    z~ and the old answer TIE at 1/2, so z~ does not win although the model composes."""
+    v2, a, M, d1 = _vec("b", m), _vec("a", m), _mat("M", 3, m), _vec("e", 3)
+    P = v2 * v2.T / _sq(v2)
+    v1 = a - P * a  # adapter 1's key, orthogonal to v2
+    old, z = sp.eye(3)[:, 0], sp.eye(3)[:, 1]
+    W = old * v2.T / _sq(v2) + M * (sp.eye(m) - P)
+    DW1, DW2 = d1 * v1.T / _sq(v1), (z - W * v2) * v2.T / _sq(v2)
+    return {"average_bridge_tie": (W + (DW1 + DW2) / 2) * v2 - (old + z) / 2}
+
+
 def nonzero_entries(residuals: dict[str, sp.Matrix]) -> int:
     """Entries that do not cancel to 0 (rational functions: ``cancel`` decides exactly)."""
     return sum(sp.cancel(sp.together(e)) != 0 for R in residuals.values() for e in R)
@@ -78,4 +93,5 @@ def p1_sympy_check() -> Check:
 
 
 def t2_sympy_check() -> Check:
-    return _check("T2", "SymPy: decomposition; v' _|_ v2 -> no delta2 term (non-zero entries)", t2_residuals())
+    return _check("T2", "SymPy: decomposition; v' _|_ v2 -> no delta2 term; average on a bridge key ties "
+                  "(non-zero entries)", {**t2_residuals(), **average_tie_residuals()})
