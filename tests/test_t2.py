@@ -10,6 +10,7 @@ from analysis.figures.recall import t2_margin_vs_overlap
 from theory.claims import Check, ClaimSettings
 from theory.merge import weighted_delta_sum
 from theory.recall import READOUTS, RecallConfig, build_recall_model, rank_one_edit
+from theory.routing import arrow_prototype, arrow_prototype_lowrank
 from theory.t2 import METHODS, REGIMES, TIE, T2Config, decomposition, run_t2, sample_two_hop, t2_claim
 from theory.t2_readout import readout_checks
 from theory.t2_regimes import _rate_vs_chance, composition_check, outcomes, regime_checks
@@ -67,6 +68,19 @@ def test_T2_prompt_orthogonal_to_v2_gets_no_z_gain():
     ads = [rank_one_edit(model, v1, 5), rank_one_edit(model, v2, 6)]
     out = model.logits(vp, weighted_delta_sum(ads, [1.0, 1.0]))
     assert torch.allclose(out, model.logits(vp) + (v1 @ vp / v1.dot(v1)) * ads[0].B[:, 0], atol=1e-12)
+
+
+@pytest.mark.parametrize("r", [1, 3])
+def test_arrow_prototype_from_factors_equals_the_svd_of_the_delta(r):
+    """Routing (T2's Arrow): the prototype from the factors (r x r core) is the delta's top
+    right singular vector up to sign, also for a batch; a different adapter's is not."""
+    g = torch.Generator().manual_seed(r)
+    B, A = (torch.randn(5, *shape, generator=g, dtype=torch.float64) for shape in ((12, r), (r, 20)))
+    dense = arrow_prototype(B @ A)  # (5, 20): one batched SVD
+    assert torch.allclose(dense[2], arrow_prototype((B @ A)[2]))
+    low = arrow_prototype_lowrank(B, A)
+    assert torch.allclose((low * dense).sum(-1).abs(), torch.ones(5, dtype=torch.float64), atol=1e-10)
+    assert (low[0] @ dense[1]).abs() < 0.9
 
 
 def test_T2_sampling_constraints():

@@ -30,7 +30,7 @@ from theory.merge import weighted_delta_sum
 from theory.key_geometry import fresh_unit_cosine
 from theory.recall import (READOUTS, RELATION_CENTRED, RecallConfig, RecallModel, build_recall_model, margin,
                            rank_one_edit)
-from theory.routing import arrow_prototype, arrow_weights, routed_output
+from theory.routing import arrow_prototype_lowrank, arrow_weights, routed_output
 
 METHODS = ("sum", "average", "weighted", "routing")
 PROMPTS = ("true", "control", "bridge_true", "bridge_control")
@@ -124,7 +124,8 @@ def _reuse(adapters, K: Tensor, weights: Tensor, cfg: T2Config) -> dict[str, tup
     c = {"sum": torch.ones_like(weights), "average": torch.full_like(weights, 0.5), "weighted": weights}  # (n, 2)
     change: dict[str, list[Tensor]] = {m: [] for m in METHODS}
     routed_c = []
-    protos = arrow_prototype(torch.stack([torch.stack([ad.delta for ad in ads]) for ads in adapters], dim=1))  # (n, 2, m)
+    B, A = (torch.stack([torch.stack([getattr(ad, f) for ad in ads]) for ads in adapters], dim=1) for f in "BA")
+    protos = arrow_prototype_lowrank(B, A)  # (n, 2, m) from B (n, 2, |E|, 1), A (n, 2, 1, m)
     for i in range(n):
         ads = [adapters[0][i], adapters[1][i]]
         for method in ("sum", "average", "weighted"):
