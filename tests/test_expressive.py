@@ -155,7 +155,8 @@ def test_RANK_2_relu_error_bound_holds_below_the_threshold_and_vanishes_at_it(D,
     x = ball_and_sphere(D, gen(5))
     threshold = math.ceil(D * Lt / L)
     for R in range(1, threshold):
-        err, bound = X.rms_error(X.relu_construction(frozen, target, R), target, x), X.relu_error_bound(frozen, target, R, x)
+        err = X.rms_error(X.relu_construction(frozen, target, R), target, x)
+        bound = X.relu_error_bound(frozen, target, R, x)
         assert 0.05 * bound < err <= bound + 1e-10
     assert X.relu_error_bound(frozen, target, threshold, x) == 0.0
 

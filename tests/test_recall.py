@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from theory.key_geometry import fresh_unit_cosine, relu_key_cosine
-from theory.recall import KEY_REGIMES, READOUTS, RELATION_CENTRED, RecallConfig, build_recall_model, margin, one_hot, rank_one_edit
+from theory.recall import (KEY_REGIMES, READOUTS, RELATION_CENTRED, RecallConfig, build_recall_model, margin, one_hot,
+                           rank_one_edit)
 
 TINY = dict(d_model=16, d_mlp=64, n_entities=16, n_relations=3)
 

@@ -23,8 +23,9 @@ What each regime predicts (theory/recall.py describes the regimes):
   construction, so the mean overlap is 0: the theorem's hypothesis in the mean. If keys
   were also near-orthogonal (|cos| like random directions in R^m), z~ would stay at chance
   on controls, and at or below chance on the true prompt, where adapter 1 pushes the first
-  hop y~ (mean a1 ~0.9 with the additive readout, ~0.7 with random maps: theory/t2_readout.py). Both are measured, not assumed: a key is a function of a d-dimensional
-  input, and its overlap with v2 is predicted from the hidden states (fresh random units).
+  hop y~ (mean a1 ~0.9 with the additive readout, ~0.7 with random maps: theory/t2_readout.py).
+  Both are measured, not assumed: a key is a function of a d-dimensional input, and its
+  overlap with v2 is predicted from the hidden states (fresh random units).
 """
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ def composition_check(cid: str, method: str, o: dict[str, np.ndarray], true_p: i
 def _overlap_checks(prefix: str, regime: str, r: dict[str, np.ndarray], m: int) -> list[Check]:
     a2, cos, fresh = r["a2"], r["cos2"][:, 0], r["cos2_fresh"]
     gap, se = _paired(a2[:, 0], a2[:, 1])
-    checks = [Check(f"{prefix}.{regime}.overlap_control", "a2 = <v2,v'>/||v2||^2: same mean on true and control prompts",
+    checks = [Check(f"{prefix}.{regime}.overlap_control",
+                    "a2 = <v2,v'>/||v2||^2: same mean on true and control prompts",
                     0.0, gap, Z2 * se, within(gap, 0.0, Z2 * se), {"a2_true": a2[:, 0], "a2_control": a2[:, 1]})]
     hcos = float(r["cos_h2"][:, 0].mean())
     if regime == "raw":
@@ -104,7 +106,8 @@ def _overlap_checks(prefix: str, regime: str, r: dict[str, np.ndarray], m: int) 
                             float(fresh.mean()), float(cos.mean()), Z2 * se, within(diff, 0.0, Z2 * se)))
     else:
         mean, se = float(a2[:, 0].mean()), float(a2[:, 0].std(ddof=1) / np.sqrt(a2.shape[0]))
-        checks.append(Check(f"{prefix}.relation.zero_overlap", "by construction E<v2, v'> = 0: mean a2 on true prompts = 0",
+        checks.append(Check(f"{prefix}.relation.zero_overlap",
+                            "by construction E<v2, v'> = 0: mean a2 on true prompts = 0",
                             0.0, mean, Z2 * se, within(mean, 0.0, Z2 * se)))
         null, sd = np.sqrt(2 / (np.pi * m)), np.sqrt((1 - 2 / np.pi) / m)  # |cos| of random directions in R^m
         measured, tol = float(np.abs(cos).mean()), Z2 * sd / np.sqrt(cos.size)
@@ -115,7 +118,8 @@ def _overlap_checks(prefix: str, regime: str, r: dict[str, np.ndarray], m: int) 
                             f"({null:.3f}): keys are ReLU of d-dim inputs", f"> {null:.3g}", measured, tol,
                             measured > null + tol))
         diff, se = _paired(np.abs(cos), np.abs(fresh))
-        checks.append(Check(f"{prefix}.relation.overlap_from_hidden", "mean |cos(v2, v')| = fresh-unit prediction from h2, h'",
+        checks.append(Check(f"{prefix}.relation.overlap_from_hidden",
+                            "mean |cos(v2, v')| = fresh-unit prediction from h2, h'",
                             float(np.abs(fresh).mean()), measured, Z2 * se, within(diff, 0.0, Z2 * se)))
     return checks
 
