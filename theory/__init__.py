@@ -15,8 +15,8 @@ Notation contract (every module in lora-limits obeys it)
   instead, theory/recall.py), ``key = ReLU(U h)`` with ``U: (m, d)``, logits ``W key`` with
   ``W: (|E|, m)``; LoRA edits ``W``. Vectors are 1-D; key matrices stack keys as COLUMNS
   (``K: (m, N)``) so that ``DW @ K`` maps keys to logit changes.
-- Claims carry stable IDs (``P1``, ``P1-LORA``, ``T2``, ``RANK-1``, ``RANK-2``, ``MERGE-1`` ...). Each ID's
-  docstring gives the source and the statement in this notation.
+- Claims carry stable IDs (``P1``, ``P1-LORA``, ``T2``, ``RANK-1``, ``RANK-2``, ``MERGE-1``
+  ...). Each ID's docstring gives the source and the statement in this notation.
 
 This package is pure: it never prints, writes files, reads environment variables or
 seeds global RNGs. Randomness comes in as an explicit ``numpy.random.Generator`` or
