@@ -19,7 +19,7 @@ from toymodels.train import TrainConfig, train
 from conftest import TINY_GPT, seeded
 
 # binding clip (the tiny runs' gradient norms are ~0.1-1) and nonzero decay, so both are tested
-FINETUNE = TrainConfig(steps=20, batch_size=8, lr=3e-2, weight_decay=0.1, warmup_steps=2, grad_clip=0.05,
+FINETUNE = TrainConfig(steps=20, batch_size=6, lr=3e-2, weight_decay=0.1, warmup_steps=2, grad_clip=0.05,
                        eval_every=4, target_acc=1.0, target_set="facts")
 LORAS = [LoRAConfig(rank=1, alpha=2.0), LoRAConfig(rank=2, alpha=3.0), LoRAConfig(rank=4, alpha=6.0, rslora=True)]  # scales 2, 1.5, 3
 
@@ -42,7 +42,10 @@ def assert_close_rel(got: torch.Tensor, want: torch.Tensor, rtol: float = 1e-5) 
 
 # Equivalence runs in float64, where rounding is ~1e-13 and any real difference shows; a
 # float32 test checks the production dtype against float32's own rounding floor.
-DATA = [rows(1, 3, 5), rows(2, 16, 6), rows(3, 6, 6)]  # batches of 3 (all), 8 (16 = 2 batches/epoch), 6
+# Runs 0 and 1 share a batch size (6) and so one stacked run, where run 0 (3 facts, each twice,
+# 5 tokens) is memorised and stops at step 4 while run 1 (12 rows, 2 batches an epoch, 6
+# tokens) goes on; run 2 (4 rows: batches of 4) is stacked on its own.
+DATA = [Examples.cat([rows(1, 3, 5)] * 2), rows(2, 12, 6), rows(3, 4, 6)]
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +97,16 @@ def _deviation(got, want) -> float:
                for g, w in zip(got, want) for p in w.factors)
 
 
-def test_stacked_loras_in_float32_match_to_1e5_after_20_steps():
-    """The production dtype, at a calmer lr (1e-2, clip 1): within 1e-5 relative of the
-    sequential float32 runs (measured 2.6e-6; the float32 runs are 4e-6 from float64). At
-    FINETUNE's lr 3e-2 with clip 0.05 float32 training is chaotic: the sequential float32
-    run lands 5% away from its own float64 twin, so no float32 comparison is tight there."""
-    cfg = dataclasses.replace(FINETUNE, lr=1e-2, grad_clip=1.0)
+def test_stacked_loras_in_float32_stay_within_float32_rounding():
+    """The production dtype at lr 1e-2 (clip 0.05): measured 7e-6 relative from the sequential
+    float32 runs after 20 steps, the same as the sequential float32 runs' own distance from
+    float64 (8e-6); 5e-5 leaves room for another BLAS. At FINETUNE's lr 3e-2 float32 training
+    is chaotic (the sequential float32 run lands 5% from its float64 twin), so no float32
+    comparison is tight there; float64 is what pins equality."""
+    cfg = dataclasses.replace(FINETUNE, lr=1e-2)
     sequential, adapters, results, _ = lora_runs(torch.float32, cfg)
     assert [r.steps for r in results] == [r.steps for _, r, _ in sequential] and min(r.steps for r in results) < 20
-    assert _deviation(adapters, [a for a, _, _ in sequential]) <= 1e-5
+    assert _deviation(adapters, [a for a, _, _ in sequential]) <= 5e-5
 
 
 def test_stacked_lora_linear_applies_adapter_k_to_row_block_k(base):
@@ -207,3 +211,34 @@ def test_stacked_models_reject_mismatched_inputs():
     with pytest.raises(ValueError, match="target_set"):
         train_stacked_models([a], [data], [seeded(0)], TrainConfig(steps=2, warmup_steps=0, target_set="x"),
                              device="cpu")
+
+
+@pytest.mark.gpu
+def test_stacked_loras_on_cuda_match_cpu_and_sync_only_per_eval_window():
+    """Opt-in (-m gpu). The same float64 run on CUDA gives the CPU factors; with the sync
+    debug mode on, a run of 16 steps makes as many host syncs as one of 4 (one evaluation
+    window each): the step loop itself never waits on the host."""
+    import warnings
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    base = GPT(TINY_GPT, generator=seeded(0)).requires_grad_(False).double()
+    runs = lambda: [(d, seeded(100 + k)) for k, d in enumerate(DATA)]  # noqa: E731
+    on_cpu, _ = train_stacked_loras(base, runs(), LORAS, FINETUNE, device="cpu")
+    on_cuda, _ = train_stacked_loras(base, runs(), LORAS, FINETUNE, device="cuda")
+    for want, got in zip(on_cpu, on_cuda):
+        for path, f in want.factors.items():
+            assert_close_rel(got.factors[path].B.cpu(), f.B, 1e-9)
+
+    def syncs(steps: int) -> int:
+        cfg = dataclasses.replace(FINETUNE, steps=steps, eval_every=steps, target_acc=None, target_set=None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_stacked_loras(base, runs(), LORAS, cfg, device="cuda")
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(4) == syncs(16)

@@ -135,6 +135,38 @@ def _adamw_(params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[
         p.addcdiv_(m_, (v_.sqrt() / bc2 ** 0.5).add_(EPS), value=-lr / bc1)
 
 
+@dataclass
+class _Stack:
+    """Everything with a leading group axis, for the groups still training (``active``)."""
+
+    active: list[int]
+    params: dict[str, Tensor]
+    frozen: dict[str, Tensor]
+    m: dict[str, Tensor]
+    v: dict[str, Tensor]
+    data: Packed
+    evals: dict[str, Packed]
+    orders: list[_Order]
+
+    def keep(self, idx: list[int]) -> "_Stack":
+        sub = lambda d: {k: t[idx] for k, t in d.items()}  # noqa: E731
+        return _Stack([self.active[j] for j in idx],
+                      {k: p[idx].detach().requires_grad_(True) for k, p in self.params.items()},
+                      sub(self.frozen), sub(self.m), sub(self.v), self.data.keep(idx),
+                      {n: e.keep(idx) for n, e in self.evals.items()}, [self.orders[j] for j in idx])
+
+    def window(self, steps: int, batch_size: int, device: torch.device) -> Tensor:
+        """``(steps, G, B)`` row indices of the next ``steps`` batches, drawn on the host in
+        ``train``'s order; short batches are filled with the PAD row."""
+        rows = [[o.next(batch_size) for o in self.orders] for _ in range(steps)]
+        B = max(len(r) for window in rows for r in window)
+        idx = torch.full((steps, len(self.orders), B), self.data.tokens.shape[1] - 1, dtype=torch.long)
+        for w, window in enumerate(rows):
+            for g, r in enumerate(window):
+                idx[w, g, :len(r)] = r
+        return idx.to(device)
+
+
 def train_stacked(forward: Forward, params: dict[str, Tensor], decay: dict[str, bool],
                   data: Sequence[Examples], generators: Sequence[torch.Generator], cfg: TrainConfig,
                   finish: Finish, eval_sets: Sequence[dict[str, Examples]] | None = None,
@@ -160,64 +192,49 @@ def train_stacked(forward: Forward, params: dict[str, Tensor], decay: dict[str, 
         if p.shape[0] != G:
             raise ValueError(f"{name}: leading (group) axis is {p.shape[0]}, need {G}")
     params = {k: p.detach().to(dev).clone().requires_grad_(True) for k, p in params.items()}
-    frozen = {k: p.detach().to(dev) for k, p in (frozen or {}).items()}
-    m = {k: torch.zeros_like(p) for k, p in params.items()}
-    v = {k: torch.zeros_like(p) for k, p in params.items()}
-    train_data = Packed.of(data, dev)
-    evals = {n: Packed.of([e[n] for e in eval_sets], dev) for n in names}
-    orders = [_Order(len(d), gen) for d, gen in zip(data, generators)]
+    zeros = {k: torch.zeros_like(p) for k, p in params.items()}
+    st = _Stack(list(range(G)), params, {k: p.detach().to(dev) for k, p in (frozen or {}).items()},
+                zeros, {k: z.clone() for k, z in zeros.items()}, Packed.of(data, dev),
+                {n: Packed.of([e[n] for e in eval_sets], dev) for n in names},
+                [_Order(len(d), gen) for d, gen in zip(data, generators)])
+    decays = [cfg.weight_decay if decay[k] else 0.0 for k in params]
     results: list[TrainResult | None] = [None] * G
-    active = list(range(G))
-    curves = [{n: [] for n in names} for _ in range(G)]
-    losses, eval_steps = [[] for _ in range(G)], []
+    curves, losses, eval_steps = [{n: [] for n in names} for _ in range(G)], [[] for _ in range(G)], []
     targets = [cfg.target_set] if cfg.target_set else names
     start, step = time.perf_counter(), 0
-    while active:
-        end = min(step + cfg.eval_every - step % cfg.eval_every, cfg.steps)
-        rows = [[o.next(cfg.batch_size) for o in orders] for _ in range(step, end)]
-        B = max(len(r) for window in rows for r in window)
-        pad = train_data.tokens.shape[1] - 1
-        idx = torch.full((len(rows), len(active), B), pad, dtype=torch.long)  # (W, G, B)
-        for w, window in enumerate(rows):
-            for g, r in enumerate(window):
-                idx[w, g, :len(r)] = r
-        idx, gi = idx.to(dev), torch.arange(len(active), device=dev)[:, None]  # (G, 1)
+    while st.active:
+        idx = st.window(min(cfg.eval_every - step % cfg.eval_every, cfg.steps - step), cfg.batch_size, dev)
+        gi = torch.arange(len(st.active), device=dev)[:, None]  # (G, 1)
         window_losses = []
-        for w in range(len(rows)):
+        for rows in idx:  # (G, B)
             step += 1
-            tokens, mask = train_data.tokens[gi, idx[w]], train_data.mask[gi, idx[w]]  # (G, B, T)
-            loss = group_answer_loss(forward(params | frozen, tokens[:, :, :-1]), tokens, mask)  # (G,)
-            grads = torch.autograd.grad(loss.sum(), list(params.values()), allow_unused=True,
-                                        materialize_grads=True)
+            tokens, mask = st.data.tokens[gi, rows], st.data.mask[gi, rows]  # (G, B, T)
+            loss = group_answer_loss(forward(st.params | st.frozen, tokens[:, :, :-1]), tokens, mask)  # (G,)
+            grads = list(torch.autograd.grad(loss.sum(), list(st.params.values()), allow_unused=True,
+                                             materialize_grads=True))
             with torch.no_grad():
                 if cfg.grad_clip is not None:
-                    _clip_(list(grads), cfg.grad_clip)
-                _adamw_(list(params.values()), list(grads), list(m.values()), list(v.values()),
-                        [cfg.weight_decay if decay[k] else 0.0 for k in params], cfg.lr * cfg.lr_factor(step - 1), step)
+                    _clip_(grads, cfg.grad_clip)
+                _adamw_(list(st.params.values()), grads, list(st.m.values()), list(st.v.values()), decays,
+                        cfg.lr * cfg.lr_factor(step - 1), step)
             window_losses.append(loss.detach())
-        state = params | frozen
-        accs = torch.stack([group_exact_match(forward, state, evals[n]) for n in names]).cpu() if names else None
-        mean_loss = torch.stack(window_losses).mean(0).cpu()  # (G,): the one host read per window
+        state = st.params | st.frozen
+        accs = torch.stack([group_exact_match(forward, state, st.evals[n]) for n in names]).cpu() if names else None
+        mean_loss = torch.stack(window_losses).mean(0).cpu()  # (G,): with accs, the one host read per window
         eval_steps.append(step)
         stop = []
-        for j, g in enumerate(active):
+        for j, g in enumerate(st.active):
             losses[g].append(float(mean_loss[j]))
             for i, n in enumerate(names):
                 curves[g][n].append(float(accs[i, j]))
             reached = cfg.target_acc is not None and bool(targets) and all(
                 curves[g][t][-1] >= cfg.target_acc for t in targets)
-            if reached or step == cfg.steps:
+            if reached or step == cfg.steps:  # train's stop rule, per group
                 model = finish(g, {k: t[j].detach().clone() for k, t in state.items()})
                 results[g] = TrainResult(model, list(eval_steps), curves[g], losses[g], step, 0.0, reached)
                 stop.append(j)
         if stop:
-            keep = [j for j in range(len(active)) if j not in stop]
-            active = [active[j] for j in keep]
-            orders = [orders[j] for j in keep]
-            params = {k: p[keep].detach().requires_grad_(True) for k, p in params.items()}
-            frozen = {k: p[keep] for k, p in frozen.items()}
-            m, v = {k: t[keep] for k, t in m.items()}, {k: t[keep] for k, t in v.items()}
-            train_data, evals = train_data.keep(keep), {n: e.keep(keep) for n, e in evals.items()}
+            st = st.keep([j for j in range(len(st.active)) if j not in stop])
     seconds = time.perf_counter() - start
     for r in results:
         r.seconds = seconds  # wall time of the whole stacked run, shared by its models

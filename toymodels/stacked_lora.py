@@ -77,11 +77,13 @@ def train_stacked_loras(base: nn.Module, runs: Sequence[tuple[Examples, torch.Ge
                         lora: LoRAConfig | Sequence[LoRAConfig], cfg: TrainConfig,
                         role_map: RoleMap | None = None, device: str = "auto"
                         ) -> tuple[list[Adapter], list[TrainResult]]:
-    """One LoRA per ``(data, generator)`` run on the frozen ``base``, all trained at once.
+    """One LoRA per ``(data, generator)`` run on the frozen ``base``, trained stacked.
     ``lora``: one config for all or one per run (ranks and alphas may differ; targets, layers
-    must agree; dropout must be 0, since dropout masks come from the global RNG). Returns the
-    adapters and per run a ``TrainResult`` whose ``model`` is ``apply_adapter(base, adapter)``
-    and whose ``seconds`` is the wall time of the whole stacked run."""
+    must agree; dropout must be 0, since dropout masks come from the global RNG). Runs are
+    stacked by batch size (``min(batch_size, len(data))``), one stacked run per size, so no
+    step computes padding rows (measured: padding 8-row batches to 32 cost more than stacking
+    saved). Returns the adapters and per run a ``TrainResult`` whose ``model`` is
+    ``apply_adapter(base, adapter)`` and whose ``seconds`` is the wall time of its stacked run."""
     loras = [lora] * len(runs) if isinstance(lora, LoRAConfig) else list(lora)
     if not runs or len(loras) != len(runs):
         raise ValueError(f"train_stacked_loras: {len(runs)} runs and {len(loras)} LoRA configs; "
@@ -94,6 +96,22 @@ def train_stacked_loras(base: nn.Module, runs: Sequence[tuple[Examples, torch.Ge
     if cfg.target_set not in (None, "facts"):
         raise ValueError(f"train.target_set={cfg.target_set!r}: must be None or 'facts' (each run's own data)")
     role_map = role_map if role_map is not None else role_modules(base)
+    adapters: list[Adapter | None] = [None] * len(runs)
+    results: list[TrainResult | None] = [None] * len(runs)
+    by_batch: dict[int, list[int]] = {}
+    for i, (data, _) in enumerate(runs):
+        by_batch.setdefault(min(cfg.batch_size, len(data)), []).append(i)
+    for group in by_batch.values():
+        group_adapters, group_results = _train_group(base, [runs[i] for i in group], [loras[i] for i in group],
+                                                     cfg, role_map, device)
+        for i, adapter, result in zip(group, group_adapters, group_results):
+            adapters[i], results[i] = adapter, result
+    return adapters, results
+
+
+def _train_group(base: nn.Module, runs: Sequence[tuple[Examples, torch.Generator]], loras: list[LoRAConfig],
+                 cfg: TrainConfig, role_map: RoleMap, device: str) -> tuple[list[Adapter], list[TrainResult]]:
+    """:func:`train_stacked_loras` for runs of one batch size: one :func:`train_stacked`."""
     models = [inject_lora(base, l, role_map, gen) for l, (_, gen) in zip(loras, runs)]  # train_lora's init
     template, params, frozen = stack_loras(models)
     decay = decay_flags(models[0], cfg)
