@@ -24,12 +24,10 @@ RANK, ALPHA = 8, 16.0
 
 def _libs():
     try:
-        import peft  # noqa: F401
-        import transformers  # noqa: F401
+        import peft
+        import transformers  # noqa: F401 (the models are transformers')
     except ImportError:
         raise Skipped("needs the 'pretrained' extra (transformers, peft): make install") from None
-    import peft
-
     return peft
 
 

@@ -33,8 +33,13 @@ def _facts(seed: int, n: int, d_vocab: int) -> Examples:
     return Examples(tokens, mask)
 
 
-def _target(device: torch.device, cpu: float, gpu: float) -> tuple[str, float]:
-    return (">=", cpu if device.type == "cpu" else gpu)
+def _versus(name: str, work: int, stacked, sequential, device: torch.device, quick: bool, warmup: bool,
+            unit: str, target: tuple[float, float] | None, note: str) -> Row:
+    """Time both sides in turn; ``work`` units (model-steps) each; ``target``: (CPU, GPU) ratio."""
+    t = interleaved({"stacked": stacked, "sequential": sequential}, repeats=1 if quick else 3, device=device,
+                    warmup=warmup)
+    goal = None if target is None else (">=", target[0] if device.type == "cpu" else target[1])
+    return Row(name, work / t["stacked"], work / t["sequential"], unit, goal, note)
 
 
 def stacked_adapters(device: torch.device, quick: bool) -> list[Row]:
@@ -55,11 +60,9 @@ def stacked_adapters(device: torch.device, quick: bool) -> list[Row]:
             runs = [(d, torch.Generator().manual_seed(k)) for k, d in enumerate(data)]
             train_stacked_loras(base, runs, pipe.lora, cfg, device=str(device))
 
-        t = interleaved({"stacked": stacked, "sequential": sequential}, repeats=1 if quick else 3,
-                        device=device, warmup=K == 4)
-        rows.append(Row(f"stacked_adapters_K{K}", K * steps / t["stacked"], K * steps / t["sequential"],
-                        "adapter-steps/s", _target(device, 1.3, 5.0) if K == 8 else None,
-                        f"{steps} steps each, batch <= 64 (8 or 32 facts), rank 4 on every role, eval every 5"))
+        rows.append(_versus(f"stacked_adapters_K{K}", K * steps, stacked, sequential, device, quick, K == 4,
+                            "adapter-steps/s", (1.3, 5.0) if K == 8 else None,
+                            f"{steps} steps each, batch <= 64 (8 or 32 facts), rank 4 on every role, eval every 5"))
     return rows
 
 
@@ -82,9 +85,7 @@ def stacked_bases(device: torch.device, quick: bool) -> list[Row]:
             models = [GPT(base_cfg.model, generator=g) for g in gens]
             train_stacked_models(models, data, gens, cfg, None, str(device))
 
-        t = interleaved({"stacked": stacked, "sequential": sequential}, repeats=1 if quick else 3,
-                        device=device, warmup=S == 4)
-        rows.append(Row(f"stacked_bases_S{S}", S * steps / t["stacked"], S * steps / t["sequential"],
-                        "model-steps/s", _target(device, 1.2, 3.0) if S == 4 else None,
-                        f"quick_base shape (d_model 128, 4 layers), batch {cfg.batch_size}, {steps} steps each"))
+        rows.append(_versus(f"stacked_bases_S{S}", S * steps, stacked, sequential, device, quick, S == 4,
+                            "model-steps/s", (1.2, 3.0) if S == 4 else None,
+                            f"quick_base shape (d_model 128, 4 layers), batch {cfg.batch_size}, {steps} steps each"))
     return rows
