@@ -12,7 +12,7 @@ import sys
 
 from analysis.errors import UsageError, one_line
 
-VERBS = ["theory", "reproduce", "run", "list", "inspect"]
+VERBS = ["theory", "reproduce", "run", "list", "inspect", "bench"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -79,6 +79,23 @@ def svd_truncate(delta: Tensor, rank: int) -> Factors:
     return Factors(A=root[:, None] * Vh[:rank], B=U[:, :rank] * root[None, :], scale=1.0)
 
 
+def factored_svd(adapters: Sequence[Factors], weights: Sequence[float] | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """MERGE-2 without the dense matrix: the thin SVD ``U diag(S) Vh`` of
+    ``weighted_delta_sum(adapters, weights)`` from the factors of its :func:`cat`,
+    ``delta = B A`` with ``R = sum r_i`` columns/rows. Thin QRs ``B = Q_B R_B`` and
+    ``A^T = Q_A R_A`` give ``delta = Q_B (R_B R_A^T) Q_A^T``; the SVD of the small
+    ``R_B R_A^T = u s v^T`` then gives ``U = Q_B u``, ``S = s``, ``Vh = v^T Q_A^T``:
+    O((d_out + d_in) R^2 + R^3) work instead of a dense O(d_out d_in min(d_out, d_in)) SVD.
+    Returns ``U (d_out, k)``, ``S (k,)`` descending, ``Vh (k, d_in)`` with
+    ``k = min(R, d_out, d_in)``; values beyond the delta's true rank are ~0."""
+    merged = cat(adapters, weights)
+    Q_B, R_B = torch.linalg.qr(merged.B)  # (d_out, k), (k, R)
+    Q_A, R_A = torch.linalg.qr(merged.A.T)  # (d_in, k'), (k', R)
+    u, s, vh = torch.linalg.svd(R_B @ R_A.T, full_matrices=False)  # of (k, k'): delta in the two bases
+    return Q_B @ u, s, vh @ Q_A.T
+
+
 def eckart_young_error(delta: Tensor, rank: int) -> float:
     """Predicted ``min_{rank <= r} ||delta - X||_F = sqrt(sum_{i>r} sigma_i^2)``."""
     if not isinstance(rank, int) or rank < 0:
