@@ -6,7 +6,8 @@ stated in the text, and to *recall* familiar facts, so that reuse has something 
 
 - ``atomic``: every fact of the familiar entities, ``BOS e attr -> v EOS``;
 - ``arith``: arithmetic drills ``a op b = r`` over the number range (``a <= max_value``,
-  ``b <= max_fact``: every step of every problem has that shape), a ``heldout_frac`` held out;
+  ``b <= max_fact``: every step of every problem has that shape), a ``heldout_frac`` held out
+  of the drills (a worked solution in the corpus may still contain the same step);
 - ``context``: familiar question types about context entities, values stated in the text;
 - ``memory``: familiar question types about familiar entities, values recalled (the analogue of
   two-hop chains); a ``heldout_frac`` share of the ``(question type, entities)`` combinations is
