@@ -243,9 +243,10 @@ def read_peft_checkpoint(directory: str | Path) -> tuple[dict, dict[str, Factors
     (``/ sqrt(r)`` with ``use_rslora``), ``alpha`` and ``r`` from PEFT's ``alpha_pattern``
     (matched as PEFT matches it) or the globals; ``r`` is read from ``A``'s shape, which
     covers ``rank_pattern``. ``init_lora_weights`` is ignored: the init only matters before
-    training, and the weights are on disk. Malformed input (not LoRA, DoRA, fan-in/fan-out
-    layout, lora_A without lora_B, no LoRA weights, bad shapes) is a one-line ValueError;
-    missing files are FileNotFoundError."""
+    training, and the weights are on disk. ``fan_in_fan_out`` (GPT-2's ``Conv1D``) is the base
+    weight's layout only: PEFT's ``lora_A``/``lora_B`` are ``(r, d_in)``/``(d_out, r)`` either way.
+    Malformed input (not LoRA, DoRA, lora_A without lora_B, no LoRA weights, bad shapes) is a
+    one-line ValueError; missing files are FileNotFoundError."""
     directory = Path(directory)
     for needed in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / needed).is_file():
@@ -254,10 +255,9 @@ def read_peft_checkpoint(directory: str | Path) -> tuple[dict, dict[str, Factors
         meta = json.loads((directory / CONFIG_NAME).read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{directory / CONFIG_NAME}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if meta.get("peft_type") != "LORA" or meta.get("use_dora") or meta.get("fan_in_fan_out"):
-        raise ValueError(f"{directory}: peft_type={meta.get('peft_type')!r}, use_dora={meta.get('use_dora')!r}, "
-                         f"fan_in_fan_out={meta.get('fan_in_fan_out')!r}: need plain LoRA (LORA, no DoRA, "
-                         "fan_in_fan_out false)")
+    if meta.get("peft_type") != "LORA" or meta.get("use_dora"):
+        raise ValueError(f"{directory}: peft_type={meta.get('peft_type')!r}, use_dora={meta.get('use_dora')!r}: "
+                         "need plain LoRA (LORA, no DoRA)")
     tensors = load_file(directory / WEIGHTS_NAME)
     rslora = bool(meta.get("use_rslora", False))
     factors = {}
