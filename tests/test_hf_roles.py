@@ -20,7 +20,7 @@ peft = pytest.importorskip("peft")
 from conftest import seeded  # noqa: E402
 from toymodels.adapters import (apply_adapter, extract_adapter, load_adapter, merge_into_new_model,  # noqa: E402
                                 peft_fan_in_fan_out, peft_task_type, random_adapter, save_adapter)
-from toymodels.hf_roles import FAMILIES, role_map  # noqa: E402
+from toymodels.hf_roles import FAMILIES, block_maps, role_map  # noqa: E402
 from toymodels.lora import LoRAConfig, LoRALinear, linear_weight  # noqa: E402
 from toymodels.pretrained import LogitsLM, tiny_causal_lm  # noqa: E402
 
@@ -115,6 +115,34 @@ def test_role_map_lora_trains_saves_and_loads_in_peft(model_type, tmp_path):
     assert meta["fan_in_fan_out"] is conv1d and meta["task_type"] == "CAUSAL_LM"
 
 
+def _scaled(base: nn.Module, roles: dict, factors: dict[str, float], layer: int) -> torch.Tensor:
+    """Logits of a copy of ``base`` with the weight (and bias) of each role in ``factors``
+    multiplied by its factor in block ``layer``, on one-token rows."""
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        for role, factor in factors.items():
+            for p in model.get_submodule(roles[(role, layer)]).parameters():
+                p.mul_(factor)
+        return model(input_ids=tokens()[:, :1]).logits  # (B, 1, d_vocab)
+
+
+@pytest.mark.parametrize("model_type", [t for t, case in CASES.items() if case[1] is LLAMA_ROLES])
+def test_llama_style_roles_do_what_they_are_named(model_type):
+    """k and v (both (16, 32)), gate and up (both (64, 32)) are told apart by what they do,
+    not by name. On one token, attention weights are softmax over one key = 1: zeroing q or k
+    changes nothing, zeroing v does. The MLP is down(act(gate x) * up x): up x 2 with
+    down x 0.5 cancels exactly, gate x 2 with down x 0.5 does not (act is nonlinear)."""
+    base = tiny_causal_lm(CASES[model_type][0](), seeded(0))
+    roles = role_map(base)
+    with torch.no_grad():
+        plain = base(input_ids=tokens()[:, :1]).logits
+    for role in ("q", "k"):
+        torch.testing.assert_close(_scaled(base, roles, {role: 0.0}, 1), plain, atol=1e-5, rtol=0)
+    assert (_scaled(base, roles, {"v": 0.0}, 1) - plain).abs().max() > 1e-3
+    torch.testing.assert_close(_scaled(base, roles, {"up": 2.0, "down": 0.5}, 0), plain, atol=1e-5, rtol=0)
+    assert (_scaled(base, roles, {"gate": 2.0, "down": 0.5}, 0) - plain).abs().max() > 1e-3
+
+
 def test_families_table_covers_the_six_families():
     assert set(FAMILIES) == set(CASES)
 
@@ -178,4 +206,18 @@ def test_ambiguous_module_name_is_an_error(monkeypatch):
         role_map(base, ("c_proj",))
     with pytest.raises(ValueError, match=r"entries \['c_proj', 'attn.c_proj'\] all name transformer.h.0.attn.c_proj"):
         role_map(base, ("c_proj", "attn.c_proj"))
+    with pytest.raises(ValueError, match=r"lora.targets \['proj'\] name none of its maps"):
+        role_map(base, ("proj",))  # a name matches after a dot, as in PEFT: not c_proj
     assert role_map(base, ("attn.c_proj",)) == {("attn.c_proj", l): f"transformer.h.{l}.attn.c_proj" for l in (0, 1)}
+
+
+def test_block_maps_take_the_first_index_as_the_layer():
+    """Nested numbering (experts inside a block): the layer is the first index, the rest is
+    the map's name inside the block."""
+    block = nn.Module()
+    block.experts = nn.ModuleList([nn.ModuleDict({"w1": nn.Linear(4, 4)}) for _ in range(2)])
+    block.norm = nn.LayerNorm(4)  # not a linear map
+    model = nn.Module()
+    model.layers = nn.ModuleList([block, copy.deepcopy(block)])
+    model.head = nn.Linear(4, 2)  # outside the blocks
+    assert block_maps(model) == [(l, f"experts.{e}.w1", f"layers.{l}.experts.{e}.w1") for l in (0, 1) for e in (0, 1)]
