@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,11 +19,13 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from conftest import seeded  # noqa: E402
+from toymodels import reuse  # noqa: E402
 from toymodels.adapters import (apply_adapter, extract_adapter, load_adapter, merge_into_new_model,  # noqa: E402
                                 peft_fan_in_fan_out, peft_task_type, random_adapter, save_adapter)
 from toymodels.hf_roles import FAMILIES, block_maps, role_map  # noqa: E402
 from toymodels.lora import LoRAConfig, LoRALinear, linear_weight  # noqa: E402
 from toymodels.pretrained import LogitsLM, tiny_causal_lm  # noqa: E402
+from toymodels.routing import set_oracle_weights  # noqa: E402
 
 VOCAB = 64
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # inside the tiny vocabulary
@@ -221,3 +224,40 @@ def test_block_maps_take_the_first_index_as_the_layer():
     model.layers = nn.ModuleList([block, copy.deepcopy(block)])
     model.head = nn.Linear(4, 2)  # outside the blocks
     assert block_maps(model) == [(l, f"experts.{e}.w1", f"layers.{l}.experts.{e}.w1") for l in (0, 1) for e in (0, 1)]
+
+
+def _conv1d_as_linear(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every Conv1D replaced by the nn.Linear of the same map."""
+    new = copy.deepcopy(model)
+    for path, module in list(new.named_modules()):
+        if type(module).__name__ == "Conv1D":
+            linear = nn.Linear(module.nx, module.nf)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.T)  # (d_out, d_in)
+                linear.bias.copy_(module.bias)
+            new.set_submodule(path, linear.requires_grad_(False))
+    return new
+
+
+@pytest.mark.parametrize("method", list(reuse.METHODS))
+def test_every_reuse_method_on_conv1d_equals_it_on_nn_linear(method):
+    """Merges and routers on GPT-2's Conv1D maps give the logits they give on the same model
+    with those maps as nn.Linear (where the methods are tested against their oracles)."""
+    gpt2 = tiny_causal_lm(CASES["gpt2"][0](), seeded(0))
+    lm, twin = LogitsLM(gpt2), LogitsLM(_conv1d_as_linear(gpt2))
+    assert not any(type(m).__name__ == "Conv1D" for m in twin.modules())
+    roles = role_map(gpt2)
+    cfg = LoRAConfig(rank=2, alpha=4.0, targets=("qkv", "o", "up", "down"))
+    bank = [random_adapter(lm, cfg, roles, seeded(s), B_std=0.3) for s in (5, 6)]
+    x = tokens()
+    options = {"svd": lambda: {"rank": 2}, "ties": lambda: {"density": 0.5},
+               "dare": lambda: {"drop_rate": 0.5, "generator": seeded(7)},
+               "lorahub": lambda: {"loss_fn": lambda m: m(x).logsumexp(-1).mean().item(),
+                                   "rng": np.random.default_rng(0), "budget": 3}}.get(method, dict)
+    with torch.no_grad():
+        ours, linear = (reuse.METHODS[method](model, bank, **options()) for model in (lm, twin))
+        if method == "oracle":
+            for model in (ours, linear):
+                set_oracle_weights(model, torch.tensor([0.3, 0.7]))
+        assert (ours(x) - lm(x)).abs().max() > 1e-2  # the method changed the model
+        torch.testing.assert_close(ours(x), linear(x), atol=1e-4, rtol=0)

@@ -120,6 +120,7 @@ def role_map(model: nn.Module, targets: Sequence[str] | None = None) -> dict[tup
         if not (missing := [t for t in targets if t not in {role for role, _ in mapped}]):
             return mapped
     unmatched = f" and lora.targets {list(missing)} name none of its maps" if targets else ""
+    example = ",".join(dict.fromkeys([found[0], found[-1]]))
     raise ValueError(f"model_type {model_type!r} has no role map (they exist for {', '.join(FAMILIES)}){unmatched}; "
                      f"its linear maps in each block end in: {', '.join(found)}; name the ones to adapt in "
-                     f"lora.targets (e.g. --set protocol.lora.targets={','.join(dict.fromkeys([found[0], found[-1]]))})")
+                     f"lora.targets (e.g. --set protocol.lora.targets={example})")

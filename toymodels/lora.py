@@ -112,7 +112,7 @@ class LoRALinear(nn.Module):
             self.B.zero_()
 
     @property
-    def weight(self) -> Tensor:  # the frozen weight as stored, for code that reads module.weight (as PEFT's layers allow)
+    def weight(self) -> Tensor:  # the frozen weight as stored (as on PEFT's layers), for code reading module.weight
         return self.base.weight
 
     @property
