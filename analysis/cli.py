@@ -10,9 +10,9 @@ import argparse
 import importlib
 import sys
 
-from analysis.errors import UsageError
+from analysis.errors import UsageError, one_line
 
-VERBS = ["theory", "reproduce", "run", "list", "inspect"]
+VERBS = ["theory", "reproduce", "run", "list", "inspect", "bench"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except (UsageError, ValueError, FileNotFoundError) as exc:
         # ValueError is how configs report bad values (STYLE.md): it is the user's to fix.
-        print(f"lora-limits {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"lora-limits {args.verb}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lora-limits {args.verb}: interrupted; finished results are kept, rerun to resume",

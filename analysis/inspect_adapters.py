@@ -25,6 +25,7 @@ from analysis.errors import UsageError
 from theory.merge import Factors, cross_terms, trim_top_k, weighted_delta_sum
 from theory.routing import arrow_prototype
 from toymodels.adapters import read_peft_checkpoint
+from toymodels.validate import NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,17 @@ class PeftAdapter:
     factors: dict[str, Factors]  # module path (prefix stripped) -> factors
 
 
-def read_adapter(directory: str | Path) -> PeftAdapter:
+def read_adapter(directory: str | Path, check_finite: bool = True) -> PeftAdapter:
     """One adapter folder as float32 factors (:func:`toymodels.adapters.read_peft_checkpoint`);
-    every problem is a one-line :class:`UsageError`."""
+    every problem is a one-line :class:`UsageError`. ``check_finite=False`` reads NaN/Inf
+    weights (``--allow-nonfinite``); the measures of such a module are NaN."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UsageError(f"{directory}: no such adapter folder")
     try:
-        meta, factors = read_peft_checkpoint(directory)
+        meta, factors = read_peft_checkpoint(directory, check_finite)
+    except NonFiniteError as exc:
+        raise UsageError(f"{exc} (or inspect it anyway with --allow-nonfinite)") from None
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     factors = {path: Factors(A=f.A.float(), B=f.B.float(), scale=f.scale) for path, f in factors.items()}
@@ -106,7 +110,15 @@ def delta_cosine(f: Factors, g: Factors) -> float:
     return float(inner / norms) if norms > 0 else float("nan")
 
 
+def _finite(*fs: Factors) -> bool:
+    """False when a factor holds NaN/Inf (read with ``--allow-nonfinite``): its measures are NaN."""
+    return all(bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all()) for f in fs)
+
+
 def module_stats(f: Factors) -> dict:
+    if not _finite(f):
+        return {"rank": f.rank, "sigma": [math.nan] * f.rank, "effective_rank": math.nan,
+                "numerical_rank": None, "fro": math.nan, "spectral": math.nan}
     s = spectrum(f)
     return {"rank": f.rank, "sigma": s.tolist(), "effective_rank": effective_rank(s),
             "numerical_rank": int((s > 1e-6 * s[0]).sum()) if s.numel() and s[0] > 0 else 0,
@@ -114,6 +126,8 @@ def module_stats(f: Factors) -> dict:
 
 
 def pair_stats(f: Factors, g: Factors) -> dict:
+    if not _finite(f, g):
+        return dict.fromkeys(("cosine", "col_overlap", "row_overlap", "min_angle_deg", "arrow_abs_cos"), math.nan)
     col = principal_cosines(f.B, g.B)  # output spaces (delta's columns lie in span B)
     row = principal_cosines(f.A.T, g.A.T)  # input spaces
     proto = float((arrow_prototype(f.delta) @ arrow_prototype(g.delta)).abs())
@@ -126,6 +140,8 @@ def pair_stats(f: Factors, g: Factors) -> dict:
 def group_stats(fs: list[Factors], density: float) -> dict:
     """TIES sign conflicts: among entries kept (top ``density``) by 2+ adapters, the share
     whose kept signs disagree. Cross terms: ``|cross_terms| / |uniform delta average|``."""
+    if not _finite(*fs):
+        return {"ties_conflict": math.nan, "ties_contested": None, "cross_rel": math.nan}
     trimmed = torch.stack([trim_top_k(f.delta, density) for f in fs])  # (n, d_out, d_in)
     kept = (trimmed != 0).sum(0)
     pos, neg = (trimmed > 0).sum(0), (trimmed < 0).sum(0)

@@ -133,3 +133,52 @@ def test_unknown_module_path_raises(base, tmp_path):
     deeper_map = {k: v for k, v in role_modules(base).items() if k[0] != "v"}
     with pytest.raises(ValueError, match=r"blocks\.0\.attn\.W_V: not in the role map"):
         load_adapter(tmp_path, base, deeper_map)
+
+
+def _with_entry(adapter: Adapter, value: float) -> tuple[Adapter, str]:
+    """``adapter`` with ``B[0, 0] = value`` in its first module (a NaN/Inf the checks must see)."""
+    path = adapter.paths[0]
+    f = adapter.factors[path]
+    B = f.B.clone()
+    B[0, 0] = value
+    return Adapter(adapter.config, {**adapter.factors, path: Factors(f.A, B, f.scale)}), path
+
+
+def test_merge_and_apply_refuse_nonfinite_unless_told(base):
+    """PEFT's safe_merge idea: a NaN/Inf delta is refused, naming the module, before it reaches
+    a weight; ``check_finite=False`` merges it (and then the weight is NaN: the opt-out is real)."""
+    bad, path = _with_entry(make_adapter(base, targets=("q", "v")), float("nan"))
+    with pytest.raises(ValueError, match=rf"module {path}: merged delta \(weight 1.0\) holds 16 NaN and 0 Inf of 256"):
+        merge_into_new_model(base, bad)  # delta (16, 16): a NaN in B[0, 0] spoils all of row 0
+    with pytest.raises(ValueError, match=rf"module {path}: lora_B holds 1 NaN and 0 Inf of 32 entries"):
+        apply_adapter(base, bad)
+    assert torch.isnan(merge_into_new_model(base, bad, check_finite=False).get_submodule(path).weight).any()
+    assert torch.isnan(apply_adapter(base, bad, check_finite=False)(idx())).any()
+    f = bad.factors[bad.paths[1]]  # finite factors whose merged delta overflows float32
+    huge = Adapter(bad.config, {bad.paths[1]: Factors(1e20 * f.A, 1e20 * f.B, f.scale)})
+    with pytest.raises(ValueError, match="Inf"):
+        merge_into_new_model(base, huge)
+
+
+def test_loading_refuses_nonfinite_tensors_unless_told(base, tmp_path):
+    bad, path = _with_entry(make_adapter(base, targets=("k",)), float("inf"))
+    save_adapter(bad, tmp_path)
+    with pytest.raises(ValueError, match=rf"lora_B.weight holds 0 NaN and 1 Inf"):
+        load_adapter(tmp_path, base, role_modules(base))
+    loaded = load_adapter(tmp_path, base, role_modules(base), check_finite=False)
+    assert torch.isinf(loaded.factors[path].B).sum() == 1
+
+
+def test_config_rank_must_match_the_tensors(base, tmp_path):
+    """PEFT refuses a checkpoint whose r (or rank_pattern) disagrees with lora_A's rows; so do we,
+    instead of silently scaling by alpha / (the tensor's rank)."""
+    save_adapter(make_adapter(base, rank=2, alpha=4.0, targets=("q",)), tmp_path)
+    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    for change, words in (({"r": 4}, "r gives module blocks.0.attn.W_Q rank 4"),
+                          ({"rank_pattern": {"W_Q": 3}}, "rank_pattern gives module blocks.0.attn.W_Q rank 3")):
+        (tmp_path / "adapter_config.json").write_text(json.dumps({**meta, **change}))
+        with pytest.raises(ValueError, match=words):
+            load_adapter(tmp_path, base, role_modules(base))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**meta, "rank_pattern": {"W_Q": 2},
+                                                              "layers_to_transform": 0}))
+    assert load_adapter(tmp_path, base, role_modules(base)).config.layers == (0,)  # PEFT's int form loads

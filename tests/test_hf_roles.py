@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from toymodels.hf_roles import FAMILIES, block_maps, role_map  # noqa: E402
 from toymodels.lora import LoRAConfig, LoRALinear, linear_weight  # noqa: E402
 from toymodels.pretrained import LogitsLM, tiny_causal_lm  # noqa: E402
 from toymodels.routing import set_oracle_weights  # noqa: E402
+from toymodels.scoring import ReuseOptions, method_options  # noqa: E402
 
 VOCAB = 64
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # inside the tiny vocabulary
@@ -250,10 +252,12 @@ def test_every_reuse_method_on_conv1d_equals_it_on_nn_linear(method):
     cfg = LoRAConfig(rank=2, alpha=4.0, targets=("qkv", "o", "up", "down"))
     bank = [random_adapter(lm, cfg, roles, seeded(s), B_std=0.3) for s in (5, 6)]
     x = tokens()
-    options = {"svd": lambda: {"rank": 2}, "ties": lambda: {"density": 0.5},
-               "dare": lambda: {"drop_rate": 0.5, "generator": seeded(7)},
-               "lorahub": lambda: {"loss_fn": lambda m: m(x).logsumexp(-1).mean().item(),
-                                   "rng": np.random.default_rng(0), "budget": 3}}.get(method, dict)
+    setting = SimpleNamespace(lora=cfg, reuse=ReuseOptions(ties_density=0.5, lorahub_budget=3))
+
+    def options() -> dict:  # fresh generators each time: both models see the same draws
+        return method_options(method, setting, len(bank), gen=seeded(7), rng=np.random.default_rng(0),
+                              loss_fn=lambda m: m(x).logsumexp(-1).mean().item())
+
     with torch.no_grad():
         ours, linear = (reuse.METHODS[method](model, bank, **options()) for model in (lm, twin))
         if method == "oracle":
@@ -261,3 +265,4 @@ def test_every_reuse_method_on_conv1d_equals_it_on_nn_linear(method):
                 set_oracle_weights(model, torch.tensor([0.3, 0.7]))
         assert (ours(x) - lm(x)).abs().max() > 1e-2  # the method changed the model
         torch.testing.assert_close(ours(x), linear(x), atol=1e-4, rtol=0)
+

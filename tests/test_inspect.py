@@ -119,3 +119,26 @@ def test_errors_are_one_line(tmp_path, capsys):
     gpt2 = write(tmp_path, "gpt2", {"transformer.h.0.attn.c_attn": rand_factors(gen)})
     _one_line_error(capsys, ["inspect", good, gpt2, "--no-figures"], "another architecture")
     _one_line_error(capsys, ["inspect", good, "--density", "2", "--no-figures"], "--density")
+
+
+def test_allow_nonfinite_reads_nan_adapters_and_reports_nan_measures(tmp_path, capsys):
+    """Refused by default (one line naming the flag); with --allow-nonfinite the NaN module's
+    measures are NaN and every finite module's are still computed (tables, JSON, figures)."""
+    gen = torch.Generator().manual_seed(5)
+    spoiled = rand_factors(gen)
+    spoiled.B[0, 0] = float("nan")
+    clean = rand_factors(gen)
+    bad = write(tmp_path, "bad", {PATHS[0]: spoiled, PATHS[1]: clean})
+    good = write(tmp_path, "good", {p: rand_factors(gen) for p in PATHS})
+    _one_line_error(capsys, ["inspect", bad, "--no-figures"], "holds 1 NaN and 0 Inf of 36 entries")
+    _one_line_error(capsys, ["inspect", bad, "--no-figures"], "--allow-nonfinite")
+    assert main(["inspect", bad, good, "--allow-nonfinite", "--per-module", "--out", str(tmp_path / "figs")]) == 0
+    assert "nan" in capsys.readouterr().out
+    assert main(["inspect", bad, good, "--allow-nonfinite", "--json", "--no-figures"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert math.isnan(report["modules"]["bad"][PATHS[0]]["fro"])
+    assert report["modules"]["bad"][PATHS[1]]["fro"] == pytest.approx(float(clean.delta.norm()), rel=1e-5)
+    pair = report["pairs"]["bad|good"]
+    assert math.isnan(pair[PATHS[0]]["cosine"]) and not math.isnan(pair[PATHS[1]]["cosine"])
+    assert math.isnan(report["groups"][PATHS[0]]["ties_conflict"])
+    assert (tmp_path / "figs" / "inspect_spectra.png").stat().st_size > 0

@@ -2,6 +2,7 @@
 sum r_i; svd truncation of it is optimal (Eckart-Young); merging factors separately adds
 cross terms B_i A_j; DARE is unbiased in expectation; TIES sign election keeps the majority
 sign; rank(sum) <= sum of ranks." Every test uses NONZERO random adapters."""
+import dataclasses
 import math
 
 import pytest
@@ -56,22 +57,35 @@ def test_MERGE_2_svd_truncation_is_exact_at_full_rank():
 
 @pytest.mark.parametrize("n", [2, 3, 4], ids=lambda n: f"n={n}")
 def test_MERGE_3_factor_average_gap_equals_cross_terms_and_is_nonzero(n):
-    """MERGE-3: factor-space average = weighted delta sum + cross terms; the gap, built here
-    term by term from B_i A_j, is nonzero for >= 2 adapters."""
-    ads = adapters(ranks=(2,) * n)
-    w = [1.0 / n] * n
-    gap = M.factor_average(ads).delta - M.weighted_delta_sum(ads)
-    oracle = sum(math.sqrt(w[i] * w[j]) * ads[j].scale * ads[i].B @ ads[j].A
-                 for i in range(n) for j in range(n) if i != j)
+    """MERGE-3: factor-space average (PEFT linear: sqrt(|w s|) on B, its signed twin on A) =
+    weighted delta sum + cross terms; the gap, built here term by term from B_i A_j, is nonzero
+    for >= 2 adapters. Unequal scales and one negative weight, where the scale placement and
+    the sign handling matter."""
+    ads = [dataclasses.replace(a, scale=s) for a, s in zip(adapters(ranks=(2,) * n), (0.5, 2.0, 4.0, 1.0))]
+    w = [1.0 / n] * (n - 1) + [-0.5]
+    root = [math.sqrt(abs(wi * a.scale)) for wi, a in zip(w, ads)]
+    sign = [math.copysign(1.0, wi) for wi in w]
+    gap = M.factor_average(ads, w).delta - M.weighted_delta_sum(ads, w)
+    oracle = sum(root[i] * sign[j] * root[j] * ads[i].B @ ads[j].A for i in range(n) for j in range(n) if i != j)
     assert torch.allclose(gap, oracle, atol=1e-12)
-    assert torch.allclose(gap, M.cross_terms(ads), atol=1e-12)
-    assert float(torch.linalg.matrix_norm(gap)) > 0.1 * float(torch.linalg.matrix_norm(M.weighted_delta_sum(ads)))
+    assert torch.allclose(gap, M.cross_terms(ads, w), atol=1e-12)
+    assert float(torch.linalg.matrix_norm(gap)) > 0.1 * float(torch.linalg.matrix_norm(M.weighted_delta_sum(ads, w)))
 
 
-def test_MERGE_3_single_adapter_with_weight_one_has_no_cross_terms():
+def test_MERGE_3_factor_combine_is_the_general_factor_product():
+    """factor_combine(a, b): (sum b_i B_i)(sum a_j A_j), checked against the expanded double sum."""
+    ads, a, b = adapters(ranks=(2, 2)), [0.3, -1.2], [2.0, 0.7]
+    merged = M.factor_combine(ads, a, b)
+    assert torch.allclose(merged.delta, sum(b[i] * a[j] * ads[i].B @ ads[j].A for i in range(2) for j in range(2)))
+    with pytest.raises(ValueError, match="equal ranks, got \\[1, 2\\]"):
+        M.factor_combine(adapters(ranks=(2, 1)), [1.0, 1.0], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("w", [1.0, -0.7], ids=["w=1", "w=-0.7"])
+def test_MERGE_3_single_adapter_has_no_cross_terms(w):
     (a,) = adapters(ranks=(3,))
-    assert torch.allclose(M.factor_average([a], [1.0]).delta, a.delta, atol=1e-12)
-    assert float(M.cross_terms([a], [1.0]).abs().max()) == 0.0
+    assert torch.allclose(M.factor_average([a], [w]).delta, w * a.delta, atol=1e-12)
+    assert float(M.cross_terms([a], [w]).abs().max()) == 0.0
 
 
 def test_MERGE_4_dare_is_unbiased_and_the_mask_alone_is_biased_by_1_minus_p():
@@ -150,6 +164,16 @@ def test_MERGE_1_check_fails_if_cat_drops_the_weights(monkeypatch):
     """The checks can fail: a cat that ignores the weights is caught by MERGE-1.exact."""
     monkeypatch.setattr(C, "cat", lambda ads, weights=None: M.cat(ads, None))
     assert not next(c for c in C.merge1(ClaimSettings()) if c.id == "MERGE-1.exact").passed
+
+
+def test_MERGE_3_check_fails_for_the_old_scale_on_A_formula(monkeypatch):
+    """The checks can fail: B = sum sqrt(w) B_i, A = sum sqrt(w) s_i A_i (this repo's factor
+    average before it matched PEFT) differs at unequal scales: MERGE-3.gap and .sympy go red."""
+    old = lambda ads, weights=None: M.factor_combine(  # noqa: E731
+        ads, [math.sqrt(w) * a.scale for w, a in zip(weights, ads)], [math.sqrt(w) for w in weights])
+    monkeypatch.setattr(C, "factor_average", old)
+    failed = {c.id for c in C.merge3(ClaimSettings()) if not c.passed}
+    assert {"MERGE-3.gap", "MERGE-3.sympy"} <= failed
 
 
 def test_MERGE_4_check_fails_if_dare_forgets_the_rescale(monkeypatch):

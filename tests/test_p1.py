@@ -5,6 +5,7 @@ import torch
 from theory.claims import ClaimSettings
 from theory.merge import numerical_rank
 from theory.p1 import gd_edit, p1_claim, predicted_flips
+from theory.p1_lora import _off_span, lora_gd_edit, lora_limit, p1_lora_claim, standard_init
 from theory.recall import RecallConfig, build_recall_model, one_hot, rank_one_edit
 
 TINY = dict(d_model=16, d_mlp=64, n_entities=16, n_relations=3)
@@ -106,3 +107,84 @@ def test_gd_edit_rejects_bad_values(kw, msg):
     model, K, k, _, new, _ = _edit()
     with pytest.raises(ValueError, match=msg):
         gd_edit(model, K[:, k], new, **kw)
+
+
+# --- P1-LORA: the edit learned by LoRA factors from the standard init (theory/p1_lora.py) ---
+
+
+def _lora_case(keys="centred", seed=0, rank=2):
+    model, K, k, old, new, edit = _edit(keys, seed)
+    A0 = standard_init(rank, model.config.d_mlp, torch.Generator().manual_seed(seed + 10))
+    return model, K, k, new, edit, A0
+
+
+def test_P1_LORA_standard_init_is_kaiming_uniform_and_starts_at_zero():
+    """Notation contract: B = 0 and A random, so delta = 0 at init; A's entries are
+    U(-1/sqrt(m), 1/sqrt(m)) like nn.Linear's kaiming-uniform(a = sqrt(5))."""
+    A0 = standard_init(64, 400, torch.Generator().manual_seed(0))
+    assert A0.abs().max() <= 1 / 400**0.5 and A0.abs().max() > 0.95 / 400**0.5
+    assert float(A0.var()) == pytest.approx(1 / (3 * 400), rel=0.05)
+    model, K, k, new, _, A0 = _lora_case()
+    assert lora_gd_edit(model, K[:, k], new, A0, steps=1)[0].abs().max() == 0
+
+
+@pytest.mark.parametrize("keys", ["centred", "raw"])
+def test_P1_LORA_iterates_are_rank_one_in_span_v_n_and_the_edit_is_exact(keys):
+    """P1-LORA: "every iterate is delta w_t^T with w_t in span{v, n}", and the limit makes the
+    edit exactly; two-sided: a different n (another init's) does not span the iterates."""
+    model, K, k, new, edit, A0 = _lora_case(keys)
+    v, delta = K[:, k], edit.B[:, 0]
+    path = lora_gd_edit(model, v, new, A0)
+    _, n, _ = lora_limit(v, delta, A0)
+    assert _off_span(path, delta, v, n) < 1e-10
+    assert all(numerical_rank(D) == 1 for D in path[1::50])
+    assert (model.logits(v, path[-1]) - one_hot(new, 16)).abs().max() < 1e-10
+    _, n_other, _ = lora_limit(v, delta, standard_init(2, 64, torch.Generator().manual_seed(99)))
+    assert _off_span(path, delta, v, n_other) > 1e-3
+
+
+def test_P1_LORA_converges_to_the_predicted_limit_not_to_the_min_norm_edit():
+    """P1-LORA finding: the limit is DW* + delta n^T/q (||DW - DW*|| comparable to ||DW*||),
+    equal to the gradient-flow prediction up to O(step): halving the step halves the gap;
+    P1's locality prediction for other keys misses the extra delta <n, v'>/q."""
+    model, K, k, new, edit, A0 = _lora_case()
+    v, delta, star = K[:, k], edit.B[:, 0], edit.delta
+    limit, n, q = lora_limit(v, delta, A0)
+    gaps = []
+    for lr in (0.6, 0.3):
+        final = lora_gd_edit(model, v, new, A0, steps=400, lr=lr)[-1]
+        gaps.append(float((final - limit).norm() / (limit - star).norm()))
+    assert gaps[1] < 0.02 and gaps[1] == pytest.approx(gaps[0] / 2, rel=0.2)  # O(step)
+    assert float((final - star).norm()) > 0.3 * float(star.norm())  # NOT the min-norm edit
+    assert float(final.norm()) > float(star.norm())
+    others = K[:, torch.arange(K.shape[1]) != k]
+    extra = final @ others - star @ others  # what P1's locality rule does not predict
+    assert torch.allclose(extra, torch.outer(delta, n @ others / q), atol=0.02 * float(extra.abs().max()))
+    assert float(extra.abs().max()) > 0.1
+
+
+def test_P1_LORA_reaches_the_min_norm_edit_only_when_n_vanishes():
+    """Two-sided P1-LORA: as the init shrinks the gap to DW* shrinks in proportion
+    (||n||/q ~ sigma); with orthonormal A0 (r = m, A0^T A0 = I, n = 0) it is DW* exactly."""
+    model, K, k, new, edit, A0 = _lora_case()
+    v, star = K[:, k], edit.delta
+    dev = [float((lora_gd_edit(model, v, new, s * A0, steps=400)[-1] - star).norm()) for s in (1.0, 1e-3)]
+    assert dev[1] < 2e-3 * dev[0] and dev[1] > 0
+    Q, _ = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(3), dtype=v.dtype))
+    assert (lora_gd_edit(model, v, new, Q.T, steps=400)[-1] - star).abs().max() < 1e-10
+
+
+def test_P1_LORA_claim_passes():
+    checks = p1_lora_claim(ClaimSettings(instances=10))
+    assert [c.id for c in checks if not c.passed] == []
+    assert {"P1-LORA.exact", "P1-LORA.structure", "P1-LORA.not_min_norm", "P1-LORA.small_init",
+            "P1-LORA.orthogonal_init", "P1-LORA.sympy"} <= {c.id for c in checks}
+    data = next(c for c in checks if c.id == "P1-LORA.not_min_norm").data
+    assert data["deviation"] > 0.5 * data["min_norm"]
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(lr=2.0), "lr=2.0"), (dict(steps=0), "steps=0")])
+def test_lora_gd_edit_rejects_bad_values(kw, msg):
+    model, K, k, new, _, A0 = _lora_case()
+    with pytest.raises(ValueError, match=msg):
+        lora_gd_edit(model, K[:, k], new, A0, **kw)

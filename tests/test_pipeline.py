@@ -7,7 +7,7 @@ import pytest
 
 from toymodels.pipeline import LIBRARIES, BaseConfig, PipelineConfig, run_two_hop, train_base
 from toymodels.presets import quick_base, tiny_two_hop
-from toymodels.reuse import METHODS
+from toymodels.reuse import DEFAULT_METHODS
 
 
 def test_run_two_hop_end_to_end_is_json_able_and_scores_every_model():
@@ -19,7 +19,7 @@ def test_run_two_hop_end_to_end_is_json_able_and_scores_every_model():
         experts = ["AB", "BC", "AC", "D0"]
         assert set(split["experts"]) == set(experts) | {f"joint/{lib}" for lib in LIBRARIES}
         expected = {"base"} | {f"single/{n}" for n in experts} | {f"joint/{lib}" for lib in LIBRARIES} | \
-            {f"{m}/{lib}" for m in METHODS for lib in LIBRARIES}
+            {f"{m}/{lib}" for m in DEFAULT_METHODS for lib in LIBRARIES}
         assert set(split["models"]) == expected
         for name, scores in split["models"].items():
             values = [scores["composed"], scores["pretrain_atomic"], *scores["facts"].values(),

@@ -97,6 +97,65 @@ def test_role_map_rejects_other_architectures():
         llama_role_map(gpt)
 
 
+def test_check_source_reads_headers_only_and_load_needs_no_tokenizer(tmp_path):
+    """check_source returns the model's meta-device skeleton (shapes, no weights); with
+    tokenizer=False a folder without tokenizer files loads, and the tokenizer is None."""
+    model = tiny_llama(torch.Generator().manual_seed(0))
+    model.save_pretrained(tmp_path / "m")
+    path, skeleton = pretrained.check_source(tmp_path / "m", tokenizer=False)
+    assert path == tmp_path / "m" and all(p.is_meta for p in skeleton.parameters())
+    assert llama_role_map(skeleton) == llama_role_map(model)
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        pretrained.check_source(tmp_path / "m")
+    loaded, tok = load_causal_lm(tmp_path / "m", tmp_path / "cache", tokenizer=False)
+    assert tok is None and torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_load_refuses_nonfinite_parameters_unless_told(tmp_path):
+    model = tiny_llama(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 2] = float("inf")
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight holds 0 NaN and 1 Inf"):
+        load_causal_lm(tmp_path / "m", tmp_path / "cache", tokenizer=False)
+    with pytest.raises(ValueError, match=r"model\.safetensors: model\.layers\.1\.mlp\.up_proj\.weight holds"):
+        pretrained.check_source(tmp_path / "m", tokenizer=False, scan_finite=True)
+    loaded, _ = load_causal_lm(tmp_path / "m", tmp_path / "cache", tokenizer=False, check_finite=False)
+    assert torch.isinf(loaded.model.layers[1].mlp.up_proj.weight).sum() == 1
+
+
+def test_gguf_header_agrees_with_the_gguf_reader_and_finds_truncation(tmp_path):
+    """Our header walker against gguf's own reader (the oracle) on a file with an F32 and a
+    Q8_0 tensor and a token list; cut one byte into the last tensor and it is refused,
+    while the file up to that tensor's last byte is whole."""
+    import gguf
+    import numpy as np
+    from toymodels.gguf_header import read_gguf_header
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_token_list([f"t{i}" for i in range(50)])
+    writer.add_tensor("a.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    writer.add_tensor("b.weight", gguf.quants.quantize(np.ones((4, 64), dtype=np.float32), q8), raw_dtype=q8)
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file):
+        write()
+    writer.close()
+    meta, tensors = read_gguf_header(path)
+    reader = gguf.GGUFReader(str(path))
+    assert meta["llama.block_count"] == 2 and meta["tokenizer.ggml.tokens"] == 50
+    assert set(meta) == {k for k in reader.fields if not k.startswith("GGUF.")}  # GGUF.*: its own header fields
+    assert tensors == {t.name: (tuple(int(d) for d in t.shape), int(t.tensor_type)) for t in reader.tensors}
+    end = max(t.data_offset + t.n_bytes for t in reader.tensors)
+    data = path.read_bytes()
+    path.write_bytes(data[:end])
+    read_gguf_header(path)
+    path.write_bytes(data[:end - 1])
+    with pytest.raises(ValueError, match=f"truncated: its tensors need {end} bytes, the file has {end - 1}"):
+        read_gguf_header(path)
+
+
 # --- the natural-language protocol ---------------------------------------------------------
 
 def test_chains_familiarity_splits():

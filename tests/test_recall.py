@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from theory.recall import (KEY_REGIMES, RELATION_CENTRED, RecallConfig, build_recall_model, fresh_unit_cosine,
-                           margin, one_hot, rank_one_edit, relu_key_cosine)
+from theory.key_geometry import fresh_unit_cosine, relu_key_cosine
+from theory.recall import (KEY_REGIMES, READOUTS, RELATION_CENTRED, RecallConfig, build_recall_model, margin, one_hot,
+                           rank_one_edit)
 
 TINY = dict(d_model=16, d_mlp=64, n_entities=16, n_relations=3)
 
@@ -57,6 +58,40 @@ def test_two_hop_key_is_the_documented_readout():
     assert not torch.allclose(m.key(3, 0, 2), m.key(3, 0))  # r2 matters
 
 
+def test_random_maps_readout_is_the_documented_readout():
+    """recall.py, readout random_maps: one-hop "X R" is h = V e_X + M_2 e_R, two-hop "X R1 R2"
+    is h = V e_X + M_1 e_R1 + M_2 e_R2, with independent Gaussian maps (batched too)."""
+    m = _model(readout="random_maps")
+    M1, M2 = m.M
+    assert torch.allclose(m.hidden(3, 0, 2), m.V @ m.E[3] + M1 @ m.R[0] + M2 @ m.R[2])
+    assert torch.allclose(m.hidden(3, 1), m.V @ m.E[3] + M2 @ m.R[1])
+    assert torch.allclose(m.relation_part(3, 0, 2), M1 @ m.R[0] + M2 @ m.R[2])
+    assert torch.allclose(m.key(3, 0, 2), torch.relu(m.U @ m.hidden(3, 0, 2)) - m.mu)
+    assert not torch.allclose(M1, M2) and not torch.allclose(M1, m.V)
+    assert m.M[0].std() == pytest.approx(1 / math.sqrt(m.config.d_model), rel=0.1)  # N(0, 1/d) entries
+    b = _model(readout="random_maps", batch=2)
+    x, r1, r2 = torch.tensor([3, 4]), torch.tensor([0, 1]), torch.tensor([2, 0])
+    for i in range(2):
+        assert torch.allclose(b.hidden(x, r1, r2)[i], b.instance(i).hidden(int(x[i]), int(r1[i]), int(r2[i])))
+
+
+def test_additive_two_hop_key_contains_the_first_hop_input_random_maps_do_not():
+    """recall.py: with the additive readout h(x r1 r2) - h(x r1) = e_r2 exactly (adapter 1's key
+    input is inside the two-hop key); with random maps the two share only the subject part."""
+    add, rnd = _model(), _model(readout="random_maps")
+    assert torch.allclose(add.hidden(3, 0, 2) - add.hidden(3, 0), add.R[2], atol=1e-14)
+    assert torch.equal(add.M, torch.eye(add.config.d_model, dtype=torch.float64).expand(2, -1, -1))
+    diff = rnd.hidden(3, 0, 2) - rnd.hidden(3, 0)  # = M_1 e_r0 + M_2 (e_r2 - e_r0)
+    assert (diff - rnd.M[1] @ rnd.R[2]).norm() > 0.3
+    assert torch.allclose(diff, rnd.M[0] @ rnd.R[0] + rnd.M[1] @ (rnd.R[2] - rnd.R[0]))
+
+
+@pytest.mark.parametrize("keys", (*KEY_REGIMES, RELATION_CENTRED))
+def test_random_maps_models_store_every_fact_exactly(keys):
+    m = _model(keys, readout="random_maps")
+    assert m.storage_error < 1e-9
+
+
 def test_raw_keys_are_nonnegative_with_a_large_common_component():
     """recall.py: raw keys are non-negative, so two keys share a large common component."""
     K = _model("raw").stored_keys
@@ -75,6 +110,12 @@ def test_centred_offset_is_the_prior_mean_key():
     mc = torch.relu((e_x @ m.V.T + e_r) @ m.U.T).mean(0)  # (m,)
     assert (mc - m.mu).abs().max() < 0.05 * m.mu.mean()
     assert _model("raw").mu.abs().max() == 0
+    # random maps: the one-hop relation part is M_2 e_r, so the offset changes with M_2 (two-sided)
+    rm = _model("centred", readout="random_maps")
+    mc = torch.relu((e_x @ rm.V.T + e_r @ rm.M[1].T) @ rm.U.T).mean(0)
+    assert (mc - rm.mu).abs().max() < 0.05 * rm.mu.mean()
+    wrong = torch.relu((e_x @ rm.V.T + e_r) @ rm.U.T).mean(0)  # as if M_2 = I
+    assert (wrong - rm.mu).abs().max() > 4 * (mc - rm.mu).abs().max()
 
 
 def _subject_draws(m, n, seed):
@@ -116,11 +157,12 @@ def test_relation_centred_keys_of_independent_subjects_have_zero_mean_overlap():
     assert means["centred"][0] > 0.2
 
 
+@pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize("keys", ["raw", "centred"])
-def test_fresh_unit_cosine_is_the_key_cosine_of_an_independent_U(keys):
+def test_fresh_unit_cosine_is_the_key_cosine_of_an_independent_U(keys, readout):
     """fresh_unit_cosine: cosine of the same key map with fresh units; for raw keys and many
     units it approaches the arc-cosine kernel (independent oracle); the fresh U differs."""
-    m = _model(keys, batch=3, d_mlp=4096)
+    m = _model(keys, batch=3, d_mlp=4096, readout=readout)
     h, h2 = m.hidden(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])), m.hidden(torch.tensor([3, 4, 5]),
                                                                                 torch.tensor([1, 1, 1]))
     pred = fresh_unit_cosine(m, h, h2, torch.Generator().manual_seed(7))
@@ -172,6 +214,7 @@ def test_margin_values():
     pytest.param(dict(n_facts=1000), "n_facts", id="n_facts>pairs"),
     pytest.param(dict(d_mlp=40), "n_facts", id="N>m"),
     pytest.param(dict(keys="whitened"), "keys", id="keys=whitened"),
+    pytest.param(dict(readout="concat"), "readout", id="readout=concat"),
 ])
 def test_config_rejects_bad_values(kw, field):
     with pytest.raises(ValueError, match=field) as err:
@@ -185,5 +228,7 @@ def test_bad_calls_raise():
         rank_one_edit(m, m.key(0, 0), 16)
     with pytest.raises(ValueError, match="relations"):
         m.key(0)
+    with pytest.raises(ValueError, match="relations: 3 given"):
+        m.key(0, 0, 1, 2)
     with pytest.raises(ValueError, match="batch=0"):
         build_recall_model(RecallConfig(**TINY), torch.Generator(), batch=0)

@@ -7,7 +7,7 @@ import torch
 
 from theory import merge
 from theory.routing import routed_output
-from toymodels import reuse
+from toymodels import peft_merges, reuse
 from toymodels.adapters import Adapter, apply_adapter, random_adapter
 from toymodels.lora import LoRAConfig
 from toymodels.model import GPT, role_modules
@@ -59,8 +59,9 @@ def test_merge1_cat_average_and_sum_are_the_exact_weighted_delta_sum(experts):
 
 
 def test_merge3_factor_average_differs_by_exactly_the_cross_terms(base):
-    experts = [make_adapter(base, s, rank=2) for s in (1, 2, 3)]  # equal ranks required
-    weights = [0.2, 0.3, 0.5]
+    """Unequal alphas (scales 0.5, 2, 4) and a negative weight: PEFT linear's math per module."""
+    experts = [make_adapter(base, s, rank=2, alpha=a) for s, a in ((1, 1.0), (2, 4.0), (3, 8.0))]  # equal ranks
+    weights = [0.2, -0.3, 0.5]
     merged = reuse.factor_average(experts, weights)
     for path in experts[0].paths:
         fs = [e.factors[path] for e in experts]
@@ -129,7 +130,10 @@ def test_one_adapter_with_weight_one_returns_itself(base, method, rslora):
 
 
 def test_every_registered_method_has_an_identity_check_or_a_reason():
-    assert set(reuse.METHODS) == set(IDENTITY_OPTIONS) | {"lorahub"}  # lorahub: searched weights
+    # lorahub: searched weights; peft_*: tests/test_peft_merges.py (identity for plain LoRA,
+    # PEFT's sqrt(r) for rsLoRA recorded)
+    assert set(reuse.METHODS) == set(IDENTITY_OPTIONS) | {"lorahub"} | {f"peft_{t}" for t in peft_merges.COMBINATION_TYPES}
+    assert reuse.DEFAULT_METHODS == tuple(m for m in reuse.METHODS if not m.startswith("peft_"))
 
 
 def test_routed_model_with_one_hot_oracle_weights_is_each_experts_model(base, experts):

@@ -1,5 +1,7 @@
-"""RANK-2: Zeng & Lee, "The Expressive Power of Low-Rank Adaptation" (ICLR 2024), checked
-by building their LoRA adapters numerically and comparing with Adam-trained LoRA.
+"""RANK-2: Zeng & Lee, "The Expressive Power of Low-Rank Adaptation" (ICLR 2024): their LoRA
+adapters for linear nets and ReLU FNNs built numerically, Adam-trained LoRA beside them, and
+the error bound below the threshold (the claim's checks: theory/rank2.py; transformers:
+theory/expressive_tfn.py).
 
 Linear networks (their Lemma on linear models). Frozen ``f(x) = W_L ... W_1 x``, target
 ``f~(x) = W~ x`` (here ``W~`` is a product of L~ random layers), error matrix
@@ -25,8 +27,19 @@ weights get the linear construction for ``W~_i``, every non-final layer of the g
 bias large enough that its ReLU is the identity on the bounded input set ``||x||_2 <= rho``,
 and the group's last bias cancels those biases and adds ``b~_i``. Exact for
 ``R >= ceil(D L~ / L)`` (rank(E_i) <= D) on the whole ball, biases tuned as in the paper.
-Below the threshold each group's product gap is ``sigma_{RM+1}(E_i)`` and the function
-error is > 0; the paper bounds it from above (not reproduced here). The biases come from a
+Below the threshold each group's product gap ``G_i`` has ``||G_i||_2 = s_i = sigma_{RM+1}(E_i)``
+and the function error is > 0, bounded by :func:`relu_error_bound`: group i computes
+``phi((W~_i + G_i) z_{i-1} + b~_i)`` (phi = ReLU or, last, identity; 1-Lipschitz), so the error
+``e_i`` after group i obeys ``e_i <= (||W~_i||_2 + s_i) e_{i-1} + s_i ||z~_{i-1}||`` and
+
+    RMS_x ||f(x) - f~(x)|| <= sum_i s_i RMS_x ||z~_{i-1}(x)|| prod_{j>i} (||W~_j||_2 + s_j)
+
+(Minkowski over x), with ``z~_{i-1}`` the TARGET's input to its layer i. Zeng & Lee's
+below-threshold theorem is an upper bound of this form (a sum over the groups of
+``sigma_{RM+1}(E_i)`` times the growth through the later target layers times the size of
+the group's input), with worst-case constants in place of the measured activation sizes;
+their exact constants are not reproduced here (the paper's text was not available to us),
+so this is the same argument with tighter, measured constants. The biases come from a
 worst-case norm bound on the ball, so they grow quickly with M and float64 round-off in the
 construction's output is about ``eps * max|b_l|`` (exact in exact arithmetic).
 """
@@ -39,8 +52,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from theory.claims import Check, ClaimSettings, claim
-from theory.merge import eckart_young_error, numerical_rank, svd_truncate
+from theory.merge import eckart_young_error, svd_truncate
 from theory.rank import DTYPE, fit_adam
 
 
@@ -202,87 +214,16 @@ def trained_lora(frozen: FNN, target: FNN, ranks: Sequence[int], generator: torc
                 relu=frozen.relu) for k in range(n)]
 
 
-# --- the claim -------------------------------------------------------------------------
-
-WIDTH, DEPTH, TARGET_DEPTH = 8, 4, 2  # D, L, L~ of the ReLU nets: threshold ceil(8*2/4) = 4
-LINEAR_DEPTH = 2  # frozen linear net: threshold ceil(rank(E)/2) = 4 for a full-rank E
-N_TEST, TOL = 2000, 1e-9
-
-
-@claim("RANK-2")
-def rank2(settings: ClaimSettings) -> list[Check]:
-    """RANK-2 (Zeng & Lee, "The Expressive Power of Low-Rank Adaptation", ICLR 2024): LoRA
-    of rank R on a frozen depth-L, width-D net represents any depth-L~ target exactly when
-    ``R >= ceil(D L~ / L)`` (linear nets: ``R >= ceil(rank(E) / L)``) under their
-    non-singularity assumption; below, the linear optimum is ``sigma_{RL+1}(E)``."""
-    gen = torch.Generator().manual_seed(settings.seed)
-    D, L, Lt = WIDTH, DEPTH, TARGET_DEPTH
-    ranks = list(range(1, D + 1))
-    # (a) linear nets: frozen W_L...W_1 vs a target product of L~ layers
-    frozen_lin, target_lin = random_fnn(LINEAR_DEPTH, D, gen, relu=False), random_fnn(Lt, D, gen, relu=False)
-    W_t = product(target_lin.weights)
-    E = W_t - product(frozen_lin.weights)
-    lin_threshold = math.ceil(numerical_rank(E) / LINEAR_DEPTH)
-    lin = {"spectral": [], "frobenius": [], "pred_spectral": [], "pred_frobenius": [], "sgd_frobenius": [],
-           "adapter_rank": [], "min_sigma": []}
-    sgd_lin = trained_lora(frozen_lin, target_lin, ranks, gen)
-    for R, sgd in zip(ranks, sgd_lin):
-        built = linear_construction(frozen_lin.weights, W_t, R)
-        gap = product([W + dW for W, dW in zip(frozen_lin.weights, built.deltas)]) - W_t
-        pred = linear_prediction(frozen_lin.weights, W_t, R)
-        lin["spectral"].append(float(torch.linalg.matrix_norm(gap, ord=2)))
-        lin["frobenius"].append(float(torch.linalg.matrix_norm(gap)))
-        lin["pred_spectral"].append(pred[0])
-        lin["pred_frobenius"].append(pred[1])
-        lin["sgd_frobenius"].append(float(torch.linalg.matrix_norm(product(sgd.weights) - W_t)))
-        lin["adapter_rank"].append(max(numerical_rank(dW, rtol=1e-9) for dW in built.deltas))
-        lin["min_sigma"].append(built.min_sigma)
-    # (b) ReLU FNNs on the unit ball, L/L~ frozen layers per target layer
-    frozen, target = random_fnn(L, D, gen), random_fnn(Lt, D, gen)
-    x = sample_ball(N_TEST, D, 1.0, gen)  # (N_TEST, D)
-    scale = float(target(x).square().sum(dim=1).mean().sqrt())
-    relu_threshold, M = math.ceil(D * Lt / L), L // Lt
-    relu = {"construction": [], "sgd": [], "group_gap": [], "pred_group_gap": []}
-    sgd_relu = trained_lora(frozen, target, ranks, gen)
-    for R, sgd in zip(ranks, sgd_relu):
-        adapted = relu_construction(frozen, target, R)
-        relu["construction"].append(rms_error(adapted, target, x) / scale)
-        relu["sgd"].append(rms_error(sgd, target, x) / scale)
-        gaps = [product(adapted.weights[i * M:(i + 1) * M]) - target.weights[i] for i in range(Lt)]
-        relu["group_gap"].append(max(float(torch.linalg.matrix_norm(g, ord=2)) for g in gaps))
-        relu["pred_group_gap"].append(max(linear_prediction(frozen.weights[i * M:(i + 1) * M], target.weights[i], R)[0]
-                                          for i in range(Lt)))
-    data = {"ranks": ranks, "width": D, "depth": L, "linear_depth": LINEAR_DEPTH, "target_depth": Lt,
-            "linear_threshold": lin_threshold,
-            "relu_threshold": relu_threshold, "linear": lin, "relu": relu}
-    above_lin = [i for i, R in enumerate(ranks) if R >= lin_threshold]
-    below_lin = [i for i, R in enumerate(ranks) if R < lin_threshold]
-    above_relu = [i for i, R in enumerate(ranks) if R >= relu_threshold]
-    below_relu = [i for i, R in enumerate(ranks) if R < relu_threshold]
-    lin_exact = max(lin["spectral"][i] for i in above_lin)
-    lin_tail = max(max(abs(lin["spectral"][i] - lin["pred_spectral"][i]),
-                       abs(lin["frobenius"][i] - lin["pred_frobenius"][i])) for i in below_lin)
-    lin_pos = min(lin["pred_spectral"][i] for i in below_lin)
-    relu_exact = max(relu["construction"][i] for i in above_relu)
-    relu_pos = min(relu["construction"][i] for i in below_relu)
-    group_gap = max(abs(a - b) for a, b in zip(relu["group_gap"], relu["pred_group_gap"]))
-    sgd_margin = min(s - p for s, p in zip(lin["sgd_frobenius"], lin["pred_frobenius"]))
-    rank_ok = all(r <= R for r, R in zip(lin["adapter_rank"], ranks))
-    return [
-        Check("RANK-2.linear",
-              f"linear D={D}, L={LINEAR_DEPTH}: product exact for R >= ceil(rank(E)/L) = {lin_threshold}",
-              0.0, lin_exact, TOL, lin_exact <= TOL, data),
-        Check("RANK-2.linear_tail", "linear, R below threshold: ||gap||_2 = sigma_{RL+1}(E), ||gap||_F = EY tail",
-              0.0, lin_tail, TOL, lin_tail <= TOL and lin_pos > 1e-3),
-        Check("RANK-2.adapter_rank", f"max rank of the constructed dW_l for R = 1..{D} is <= R",
-              str(ranks), str(lin["adapter_rank"]), "<=", rank_ok),
-        Check("RANK-2.assumption", "non-singularity: smallest singular value among the inverted matrices",
-              "> 0", min(lin["min_sigma"]), 1e-6, min(lin["min_sigma"]) > 1e-6),
-        Check("RANK-2.relu", f"ReLU FNN L={L} -> L~={Lt}: exact on ||x||<=1 for R >= ceil(D L~/L) = {relu_threshold}"
-              " (relative RMS)", 0.0, relu_exact, TOL, relu_exact <= TOL),
-        Check("RANK-2.relu_below", "ReLU, R below threshold: group gaps = sigma_{RM+1}(E_i), output error > 0",
-              "gap err 0, min err > 0", f"gap err {group_gap:.2g}, min err {relu_pos:.3g}", TOL,
-              group_gap <= TOL and relu_pos > 1e-3),
-        Check("RANK-2.sgd", "Adam-trained LoRA (linear) never beats the optimum (Frobenius, min margin)",
-              ">= 0", sgd_margin, TOL, sgd_margin >= -TOL),
-    ]
+def relu_error_bound(frozen: FNN, target: FNN, rank: int, x: Tensor) -> float:
+    """Upper bound on the RMS error over inputs ``x (n, D)`` (in the construction's ball) of
+    :func:`relu_construction` at ``rank`` (module docstring); 0 once every ``s_i = 0``."""
+    L, L_t = len(frozen.weights), len(target.weights)
+    M = L // L_t
+    s = [linear_prediction(frozen.weights[i * M:(i + 1) * M], target.weights[i], rank)[0] for i in range(L_t)]
+    growth = [float(torch.linalg.matrix_norm(W, ord=2)) + si for W, si in zip(target.weights, s)]
+    bound, z = 0.0, x
+    for i, (W, b) in enumerate(zip(target.weights, target.biases)):
+        bound += s[i] * float(z.square().sum(dim=1).mean().sqrt()) * math.prod(growth[i + 1:])
+        z = z @ W.T + b  # the target's layer i
+        z = torch.relu(z) if i < L_t - 1 else z
+    return bound

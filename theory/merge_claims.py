@@ -5,6 +5,7 @@ adapters from a seeded ``torch.Generator``, plus SymPy counterparts
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -20,6 +21,7 @@ DTYPE = torch.float64
 D_OUT, D_IN = 8, 7
 RANKS = (2, 1, 2)
 WEIGHTS = (0.5, 0.3, 0.2)
+SCALES = (0.5, 2.0, 4.0)  # MERGE-3: unequal alpha / r, where scale placement matters
 TOL = 1e-12
 
 
@@ -98,11 +100,12 @@ def merge2(settings: ClaimSettings) -> list[Check]:
 @claim("MERGE-3")
 def merge3(settings: ClaimSettings) -> list[Check]:
     """MERGE-3 (PAPER.md section 1; PEFT "linear", LoraHub): averaging the factors separately
-    gives ``(sum_i sqrt(w_i) B_i)(sum_j sqrt(w_j) s_j A_j) = sum_i w_i delta_i + cross terms``
-    with cross terms ``sum_{i != j} sqrt(w_i w_j) s_j B_i A_j``: nonzero for >= 2 adapters,
-    zero for a single adapter with weight 1."""
+    (PEFT "linear": ``sqrt(w_i s_i)`` on both factors) gives
+    ``(sum_i sqrt(w_i s_i) B_i)(sum_j sqrt(w_j s_j) A_j) = sum_i w_i delta_i + cross terms``
+    with cross terms ``sum_{i != j} sqrt(w_i s_i w_j s_j) B_i A_j``: nonzero for >= 2 adapters,
+    zero for a single adapter with weight 1. Checked at unequal scales (unequal alphas)."""
     gen = torch.Generator().manual_seed(settings.seed)
-    ads = random_adapters((2, 2, 2), D_OUT, D_IN, gen)
+    ads = [dataclasses.replace(a, scale=s) for a, s in zip(random_adapters((2, 2, 2), D_OUT, D_IN, gen), SCALES)]
     target = weighted_delta_sum(ads, WEIGHTS)
     measured = factor_average(ads, WEIGHTS).delta - target
     gap = _max_abs(measured - cross_terms(ads, WEIGHTS))
@@ -112,7 +115,7 @@ def merge3(settings: ClaimSettings) -> list[Check]:
     s_ads, s_w = sym.symbolic_adapters(2, 2, (1, 1))
     s_avg, s_cross = sym.factor_average_delta(s_ads, s_w), sym.cross_terms(s_ads, s_w)
     sym_ok = sym.is_zero(s_avg - sym.weighted_sum(s_ads, s_w) - s_cross) and not sym.is_zero(s_cross)
-    small = random_adapters((1, 1), 2, 2, gen)
+    small = [dataclasses.replace(a, scale=s) for a, s in zip(random_adapters((1, 1), 2, 2, gen), SCALES)]
     subs = sym.substitution(s_ads, s_w, small, WEIGHTS[:2])
     sym_gap = max(_max_abs(sym.evaluate(s_avg, subs) - factor_average(small, WEIGHTS[:2]).delta),
                   _max_abs(sym.evaluate(s_cross, subs) - cross_terms(small, WEIGHTS[:2])))

@@ -6,15 +6,25 @@ Model
 Entities and relations have embeddings ``e_x, e_r`` in R^d (rows of ``E`` and ``R``). A
 prompt is read at its last position:
 
-- one-hop "X REL":      ``h = V e_X + e_REL``
-- two-hop "X R1 R2":    ``h = V e_X + e_R1 + e_R2``
+- one-hop "X REL":      ``h = V e_X + M_2 e_REL``
+- two-hop "X R1 R2":    ``h = V e_X + M_1 e_R1 + M_2 e_R2``
 
-Attention copies the subject through the value map ``V``; every relation token reaches
-the last position unchanged (residual stream for the last token, identity-value attention
-for an earlier relation token). We chose this readout for the two-hop prompt because it
-extends the one-hop readout token by token and gives the key everything the prompt
-mentions, and nothing else; in particular no trace of the bridge entity ``y~`` that the
-two-hop question needs (T2). The relations enter with the same weight as the subject.
+Attention copies the subject through the value map ``V``; the LAST token (the relation
+asked about) enters through ``M_2`` in both prompt kinds (the last position's own residual
+stream), an earlier relation token through ``M_1``. The readout is a setting
+(:data:`READOUTS`):
+
+- ``additive`` (PAPER.md's readout, the default): ``M_1 = M_2 = I``, so every relation
+  token reaches the last position unchanged. It extends the one-hop readout token by token,
+  but it also makes the two-hop key CONTAIN the one-hop key of its first hop
+  (``V e_x + e_r1``): adapter 1's key overlaps the true prompt by construction (T2's
+  "true <= control" is partly structural, see theory/t2_readout.py).
+- ``random_maps``: ``V, M_1, M_2`` independent Gaussian maps (entries ``N(0, 1/d)``): x, r1
+  and r2 enter through independent random maps, so a two-hop key shares with adapter 1's
+  key only the subject part and with adapter 2's key only the last relation's part.
+
+Either way the key holds everything the prompt mentions and nothing else; in particular no
+trace of the bridge entity ``y~`` that the two-hop question needs (T2).
 
 ``key = ReLU(U h) - mu`` with ``U: (m, d)``; logits ``W key`` with ``W: (|E|, m)`` read in
 the entity basis. ``W = D K^+`` (minimum-norm exact solution of ``W K = D`` for the stored
@@ -25,8 +35,8 @@ Key regimes
 -----------
 - ``raw``: ``mu = 0``. Keys are non-negative, so any two share a large common component
   (for independent Gaussian inputs the cosine of two ReLU keys is about 1/pi).
-- ``centred``: ``mu = E[ReLU(U h)]`` under the embedding prior (``e ~ N(0, I/d)``), in
-  closed form ``mu_i = sqrt((||V^T u_i||^2 + ||u_i||^2) / d) / sqrt(2 pi)``. Fixed (a bias
+- ``centred``: ``mu = E[ReLU(U h)]`` for one-hop prompts under the embedding prior
+  (``e ~ N(0, I/d)``), in closed form ``mu_i = sqrt((||V^T u_i||^2 + ||M_2^T u_i||^2) / d) / sqrt(2 pi)``. Fixed (a bias
   of the MLP), not fitted to the stored facts, so the centred keys of all pairs stay
   linearly independent. HYPOTHESIS (PAPER.md T2): centred keys of random embeddings are
   near-orthogonal. MEASURED FALSE here (``T2.centred.shared_relation``): a two-hop key and
@@ -53,6 +63,7 @@ from theory.merge import Factors
 
 KEY_REGIMES = ("centred", "raw")  # one fixed offset mu per model (P1 runs these)
 RELATION_CENTRED = "relation"  # offset per relation set (T2's near-orthogonal construction)
+READOUTS = ("additive", "random_maps")  # how the prompt's tokens reach the last position
 
 
 def _positive_int(name: str, value) -> None:
@@ -70,6 +81,7 @@ class RecallConfig:
     n_relations: int = 4  # |R|
     n_facts: int | None = None  # N stored facts; None = every (x, r) pair
     keys: str = "centred"  # one of KEY_REGIMES or RELATION_CENTRED
+    readout: str = "additive"  # one of READOUTS
 
     def __post_init__(self):
         for name in ("d_model", "d_mlp", "n_entities", "n_relations"):
@@ -86,6 +98,8 @@ class RecallConfig:
                              f"so n_facts must be <= d_mlp = {self.d_mlp}")
         if self.keys not in (*KEY_REGIMES, RELATION_CENTRED):
             raise ValueError(f"keys={self.keys!r}: must be one of {', '.join((*KEY_REGIMES, RELATION_CENTRED))}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout={self.readout!r}: must be one of {', '.join(READOUTS)}")
 
     @property
     def N(self) -> int:
@@ -101,7 +115,8 @@ class RecallModel:
     config: RecallConfig
     E: Tensor  # (|E|, d) entity embeddings e_x as rows
     R: Tensor  # (|R|, d) relation embeddings e_r as rows
-    V: Tensor  # (d, d) attention value map
+    V: Tensor  # (d, d) attention value map (the subject's map)
+    M: Tensor  # (2, d, d) relation maps M_1 (earlier relation), M_2 (last token); I, I if additive
     U: Tensor  # (m, d) key weights
     mu: Tensor  # (m,) key offset: 0 (raw) or the prior mean key (centred)
     W: Tensor  # (|E|, m) output matrix, the one LoRA edits
@@ -116,7 +131,7 @@ class RecallModel:
 
     def instance(self, i: int) -> "RecallModel":
         """Instance ``i`` of a batch as a single model."""
-        fields = {k: getattr(self, k)[i] for k in ("E", "R", "V", "U", "mu", "W", "facts", "answers", "table")}
+        fields = {k: getattr(self, k)[i] for k in ("E", "R", "V", "M", "U", "mu", "W", "facts", "answers", "table")}
         return RecallModel(self.config, **fields)
 
     def _gather(self, table: Tensor, idx: Tensor) -> Tensor:
@@ -132,18 +147,23 @@ class RecallModel:
             raise ValueError("relations: give one relation (one-hop prompt) or two (two-hop prompt)")
         x, *rels = torch.broadcast_tensors(*(torch.as_tensor(i) for i in (x, *relations)))
         vector = x.ndim == (0 if self.batch is None else 1)
+        if len(rels) > 2:
+            raise ValueError(f"relations: {len(rels)} given; the readout reads one-hop and two-hop prompts only")
         x, rels = (x[..., None], [r[..., None] for r in rels]) if vector else (x, rels)  # (*B, P)
-        rel = sum(self._gather(self.R, r) for r in rels)  # (*B, P, d)
+        rel = [self._gather(self.R, r) for r in rels]  # (*B, P, d) each
+        if self.config.readout != "additive":  # the last relation through M_2, an earlier one through M_1
+            rel = [e @ M.mT for e, M in zip(rel, self.M.unbind(-3)[2 - len(rels):])]
+        rel = sum(rel)  # (*B, P, d)
         return self._gather(self.E, x) @ self.V.mT + rel, rel, vector
 
     def hidden(self, x, *relations) -> Tensor:
-        """``h = V e_x + sum_r e_r``: ``(*B, d)`` for one prompt per instance, else ``(*B, P, d)``
+        """``h = V e_x + [M_1 e_r1 +] M_2 e_r``: ``(*B, d)`` for one prompt per instance, else ``(*B, P, d)``
         (rows: h is an input, not a key)."""
         h, _, vector = self._hidden(x, relations)
         return h[..., 0, :] if vector else h
 
     def relation_part(self, x, *relations) -> Tensor:
-        """``sum_r e_r``, the relations' part of :meth:`hidden` (same shapes)."""
+        """``[M_1 e_r1 +] M_2 e_r``, the relations' part of :meth:`hidden` (same shapes)."""
         _, rel, vector = self._hidden(x, relations)
         return rel[..., 0, :] if vector else rel
 
@@ -198,10 +218,20 @@ def one_hot(index: Tensor | int, n: int, dtype=torch.float64) -> Tensor:
     return torch.nn.functional.one_hot(torch.as_tensor(index), n).to(dtype)
 
 
+def centred_offset(U: Tensor, V: Tensor, M2: Tensor) -> Tensor:
+    """``mu = E[ReLU(U h)]`` over one-hop prompts ``h = V e_x + M_2 e_r`` under the prior
+    ``e ~ N(0, I/d)``: ``u.h ~ N(0, (||V^T u||^2 + ||M_2^T u||^2) / d)`` and
+    ``E[ReLU(N(0, s^2))] = s / sqrt(2 pi)``. ``U (*B, m, d)`` -> ``(*B, m)`` (the relation
+    regime's offset depends on the prompt instead, see :meth:`RecallModel.relation_mean`)."""
+    s = ((U @ V).square().sum(-1) + (U @ M2).square().sum(-1)).div(V.shape[-1]).sqrt()  # (*B, m)
+    return s / math.sqrt(2 * math.pi)
+
+
 def build_recall_model(config: RecallConfig, generator: torch.Generator, batch: int | None = None) -> RecallModel:
-    """Random embeddings (``N(0, I/d)``), ``V ~ N(0, I/d)``, ``U ~ N(0, 1)``, N random
-    distinct facts with uniform random answers, and the exact minimum-norm ``W`` (float64).
-    ``batch=n`` builds n independent models at once (leading instance axis)."""
+    """Random embeddings (``N(0, I/d)``), ``V ~ N(0, I/d)``, ``U ~ N(0, 1)``, relation maps
+    (identity, or ``M_1, M_2 ~ N(0, I/d)`` for ``random_maps``), N random distinct facts with
+    uniform random answers, and the exact minimum-norm ``W`` (float64). ``batch=n`` builds n
+    independent models at once (leading instance axis)."""
     c, g, f64 = config, generator, torch.float64
     d, B = c.d_model, (() if batch is None else (batch,))
     if batch is not None:
@@ -210,26 +240,26 @@ def build_recall_model(config: RecallConfig, generator: torch.Generator, batch: 
     R = torch.randn(*B, c.n_relations, d, generator=g, dtype=f64) / math.sqrt(d)
     V = torch.randn(*B, d, d, generator=g, dtype=f64) / math.sqrt(d)
     U = torch.randn(*B, c.d_mlp, d, generator=g, dtype=f64)
-    if c.keys == "centred":  # (relation: the offset depends on the prompt, see RecallModel.relation_mean)
-        # u.h ~ N(0, (||V^T u||^2 + ||u||^2) / d) under the prior, and E[ReLU(N(0, s^2))] = s / sqrt(2 pi)
-        s = ((U @ V).square().sum(-1) + U.square().sum(-1)).div(d).sqrt()  # (*B, m)
-        mu = s / math.sqrt(2 * math.pi)
+    if c.readout == "additive":  # no draw: the additive models are the same as before the setting existed
+        M = torch.eye(d, dtype=f64).expand(*B, 2, d, d)
     else:
-        mu = torch.zeros(*B, c.d_mlp, dtype=f64)
+        M = torch.randn(*B, 2, d, d, generator=g, dtype=f64) / math.sqrt(d)
+    mu = centred_offset(U, V, M[..., 1, :, :]) if c.keys == "centred" else torch.zeros(*B, c.d_mlp, dtype=f64)
     pairs = torch.rand(*B, c.n_entities * c.n_relations, generator=g).argsort(-1)[..., : c.N]  # (*B, N)
     facts = torch.stack([pairs // c.n_relations, pairs % c.n_relations], dim=-1)  # (*B, N, 2)
     answers = torch.randint(c.n_entities, (*B, c.N), generator=g)
     table = torch.full((*B, c.n_entities * c.n_relations), -1, dtype=torch.long)
     table = table.scatter(-1, pairs, answers).view(*B, c.n_entities, c.n_relations)
-    model = RecallModel(c, E, R, V, U, mu, torch.zeros(*B, c.n_entities, c.d_mlp, dtype=f64), facts, answers, table)
+    model = RecallModel(c, E, R, V, M, U, mu, torch.zeros(*B, c.n_entities, c.d_mlp, dtype=f64), facts, answers, table)
     K = model.stored_keys  # (*B, m, N)
     D = one_hot(answers, c.n_entities).mT  # (*B, |E|, N)
     # Minimum-norm exact solution of W K = D: W = D K^+ with K^+ = (K^T K)^{-1} K^T for
-    # full-column-rank K (storage_error exposes a failure). numpy's batched solve: torch's
-    # was 40x slower on a shared 2-core machine (one LAPACK call per instance).
-    pinv = torch.from_numpy(np.linalg.solve((K.mT @ K).numpy(), K.mT.numpy()))  # (*B, N, m)
-    W = D @ pinv  # (*B, |E|, N) @ (*B, N, m) -> (*B, |E|, m)
-    return RecallModel(c, E, R, V, U, mu, W, facts, answers, table)
+    # full-column-rank K (storage_error exposes a failure), computed as W^T = K (K^T K)^{-1} D^T:
+    # |E| right-hand sides instead of m (4x faster). numpy's batched solve: torch's was 40x
+    # slower on a shared 2-core machine (one LAPACK call per instance).
+    X = torch.from_numpy(np.linalg.solve((K.mT @ K).numpy(), D.mT.numpy()))  # (*B, N, |E|)
+    W = (K @ X).mT  # (*B, m, N) @ (*B, N, |E|) -> (*B, m, |E|) -> (*B, |E|, m)
+    return RecallModel(c, E, R, V, M, U, mu, W, facts, answers, table)
 
 
 def rank_one_edit(model: RecallModel, key: Tensor, new) -> Factors | list[Factors]:
@@ -254,33 +284,3 @@ def margin(logits: Tensor, target) -> Tensor:
     own = logits.gather(-1, target)[..., 0]  # (...)
     others = logits.scatter(-1, target, float("-inf")).amax(dim=-1)  # (...)
     return own - others
-
-
-def relu_key_cosine(cos_h: Tensor) -> Tensor:
-    """Cosine of two RAW keys ``ReLU(U h), ReLU(U h')`` for ``U ~ N(0, 1)`` as ``m -> inf``
-    (degree-1 arc-cosine kernel, Cho & Saul 2009): ``(sin t + (pi - t) cos t) / pi`` with
-    ``cos t = cos(h, h')``. Independent inputs (t = pi/2) give 1/pi: never near-orthogonal."""
-    t = torch.arccos(cos_h.clamp(-1.0, 1.0))
-    return (torch.sin(t) + (math.pi - t) * torch.cos(t)) / math.pi
-
-
-def fresh_unit_cosine(model: RecallModel, h: Tensor, h2: Tensor, g: torch.Generator,
-                      rel: Tensor | None = None, rel2: Tensor | None = None) -> Tensor:
-    """Prediction of ``cos(key(h), key(h2))`` from the hidden states alone: the same key map
-    with FRESH units ``U' ~ N(0, 1)`` (m of them, drawn from ``g``, independent of the
-    model's ``U``), per instance of a batch: ``h, h2 (n, d)`` -> ``(n,)``; the offset is
-    recomputed for U' (``relation`` regime: from the prompts' relation parts ``rel, rel2
-    (n, d)``). It says what the hidden states' geometry implies for the keys, finite-m
-    effects included (the m -> inf arc-cosine limit is biased by about -1/m for centred keys)."""
-    c = model.config
-    U = torch.randn(h.shape[0], c.d_mlp, c.d_model, generator=g, dtype=h.dtype)  # (n, m, d)
-    fresh = RecallModel(c, model.E, model.R, model.V, U, model.mu, model.W, model.facts, model.answers, model.table)
-    if c.keys == RELATION_CENTRED:
-        if rel is None or rel2 is None:
-            raise ValueError("rel, rel2: the relation regime needs the prompts' relation parts")
-        mu, mu2 = (fresh.relation_mean(r[:, None, :])[:, 0] for r in (rel, rel2))  # (n, m) each
-    else:
-        s = ((U @ model.V).square().sum(-1) + U.square().sum(-1)).div(c.d_model).sqrt()  # (n, m)
-        mu = mu2 = s / math.sqrt(2 * math.pi) if c.keys == "centred" else torch.zeros_like(s)
-    k, k2 = (torch.relu((U @ v[..., None])[..., 0]) - o for v, o in ((h, mu), (h2, mu2)))  # (n, m) each
-    return (k * k2).sum(-1) / (k.norm(dim=-1) * k2.norm(dim=-1))

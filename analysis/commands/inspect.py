@@ -12,6 +12,10 @@ examples:
   lora-limits inspect runs/AB runs/BC --per-module --out figures/inspect_ab_bc
   lora-limits inspect runs/AB --base path/to/model.gguf    # also check shapes against a base
   lora-limits inspect runs/AB runs/BC --json > inspect.json
+
+Broken input (a truncated or pickled file, a DoRA/IA3 config, a rank that disagrees with
+the config, NaN/Inf weights, ...) is refused in one line before anything is measured;
+--allow-nonfinite reads NaN/Inf weights anyway (their measures are NaN).
 """
 from __future__ import annotations
 
@@ -39,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "file, a local HF folder, or 'smollm2' (the bundled one)")
     parser.add_argument("--cache", default="results/pretrained", metavar="DIR",
                         help="where converted GGUF models are cached (default results/pretrained)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="read adapters holding NaN/Inf instead of refusing them (their measures "
+                             "come out NaN)")
 
 
 def _density(text: str) -> float:
@@ -52,10 +59,16 @@ def _density(text: str) -> float:
 
 
 def _base_model(source: str, cache: str):
-    from toymodels.pretrained import load_causal_lm
+    """The base model's module tree, for shapes only: no tokenizer, and for an HF folder no
+    weights either (its meta-device skeleton, after the folder's checks)."""
+    from toymodels.pretrained import check_source, load_causal_lm
 
+    source = None if source == "smollm2" else source
     try:
-        model, _ = load_causal_lm(None if source == "smollm2" else source, Path(cache))
+        _, skeleton = check_source(source, tokenizer=False)
+        if skeleton is not None:
+            return skeleton
+        model, _ = load_causal_lm(source, Path(cache), tokenizer=False, check_finite=False)
     except ImportError as exc:  # the pretrained extra is missing: say how to install it
         raise UsageError(str(exc)) from None
     return model
@@ -65,7 +78,7 @@ def run(args) -> int:
     from analysis.inspect_adapters import check_base, inspect, read_adapter
 
     density = _density(args.density)
-    adapters = [read_adapter(p) for p in args.adapters]
+    adapters = [read_adapter(p, check_finite=not args.allow_nonfinite) for p in args.adapters]
     names = [a.name for a in adapters]
     if len(set(names)) != len(names):  # two folders with one name: tell them apart by path
         adapters = [type(a)(str(a.path), a.path, a.meta, a.factors) for a in adapters]

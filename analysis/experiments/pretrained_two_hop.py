@@ -77,7 +77,18 @@ def check_available(model: str | None) -> None:
 
 
 def preflight(config: "PretrainedRunConfig") -> None:
+    """Before the sweep: the packages, then the model source itself (one-line errors for
+    broken weights, config, tokenizer or GGUF file; NaN/Inf in a folder's weights; a model
+    without Llama-style q/k/v/o/gate/up/down projections), without loading its weights."""
     check_available(config.model)
+    from toymodels.pretrained import check_source, llama_role_map
+
+    _, skeleton = check_source(config.model, tokenizer=True, scan_finite=True)
+    if skeleton is not None:  # a GGUF file's architecture is checked when it is converted
+        try:
+            llama_role_map(skeleton)
+        except ValueError as exc:
+            raise ValueError(f"{config.model}: {exc}") from None
 
 
 def model_label(model: str | None) -> str:
