@@ -21,7 +21,8 @@ peft = pytest.importorskip("peft")
 
 from conftest import seeded  # noqa: E402
 from toymodels import reuse  # noqa: E402
-from toymodels.adapters import (apply_adapter, extract_adapter, load_adapter, merge_into_new_model,  # noqa: E402
+from theory.merge import Factors  # noqa: E402
+from toymodels.adapters import (Adapter, apply_adapter, extract_adapter, load_adapter, merge_into_new_model,  # noqa: E402
                                 peft_fan_in_fan_out, peft_task_type, random_adapter, save_adapter)
 from toymodels.hf_roles import FAMILIES, block_maps, role_map  # noqa: E402
 from toymodels.lora import LoRAConfig, LoRALinear, linear_weight  # noqa: E402
@@ -266,3 +267,25 @@ def test_every_reuse_method_on_conv1d_equals_it_on_nn_linear(method):
         assert (ours(x) - lm(x)).abs().max() > 1e-2  # the method changed the model
         torch.testing.assert_close(ours(x), linear(x), atol=1e-4, rtol=0)
 
+
+def test_inspect_reads_a_gpt2_adapter_against_its_base_folder(tmp_path, capsys):
+    """``lora-limits inspect ADAPTER --base FOLDER`` on a GPT-2 adapter (fan_in_fan_out: true)
+    and a GPT-2 folder: read, shapes checked in (d_out, d_in), exit 0; an adapter for
+    transposed shapes is refused."""
+    from analysis.cli import main
+
+    base = tiny_causal_lm(CASES["gpt2"][0](), seeded(0))
+    base.save_pretrained(tmp_path / "gpt2")
+    roles = role_map(base)
+    cfg = LoRAConfig(rank=2, targets=("qkv", "up"))
+    adapter = random_adapter(LogitsLM(base), cfg, roles, seeded(1), B_std=0.3)
+    save_adapter(adapter, tmp_path / "ad", task_type="CAUSAL_LM", fan_in_fan_out=True)
+    argv = ["inspect", str(tmp_path / "ad"), "--base", str(tmp_path / "gpt2"), "--json", "--no-figures"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"]["adapters"]["ad"]["modules"] == 4
+    flipped = Adapter(cfg, {p: Factors(A=f.B.T.contiguous(), B=f.A.T.contiguous(), scale=f.scale)
+                            for p, f in adapter.factors.items()})  # (d_in, d_out): the stored layout
+    save_adapter(flipped, tmp_path / "flipped", fan_in_fan_out=True)
+    assert main([*argv[:1], str(tmp_path / "flipped"), *argv[2:]]) == 2
+    assert "shapes do not fit" in capsys.readouterr().err
