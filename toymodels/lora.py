@@ -1,9 +1,15 @@
 """Hand-written LoRA (Hu et al. 2021) in the notation of ``theory/__init__.py``.
 
-``LoRALinear`` wraps a FROZEN ``nn.Linear``: ``y = base(x) + scale * dropout(x) @ A.T @ B.T``
+``LoRALinear`` wraps a FROZEN linear map: ``y = base(x) + scale * dropout(x) @ A.T @ B.T``
 with ``A: (r, d_in)``, ``B: (d_out, r)``. Injection is generic: it only sees a role map
 ``(role, layer) -> module path``, which our GPT (``toymodels.model.role_modules``) and the
-pretrained loader (Llama roles ``q, k, v, o, gate, up, down``) each supply.
+Hugging Face families (``toymodels.hf_roles.role_map``) each supply.
+
+A linear map is an ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2), which computes the same
+``x @ W.T + b`` but stores ``W.T``, ``(d_in, d_out)``: PEFT's ``fan_in_fan_out`` layout. The
+factors keep the notation of ``theory/__init__.py`` on both (so saved adapters are PEFT's
+``lora_A``/``lora_B`` either way); only code that touches the base weight reads it through
+:func:`linear_weight`, the ``(d_out, d_in)`` view, so a merge transposes once, there.
 
 Item 6 (many adapters at once): the factors are plain tensors, so ``n`` adapters on one
 module stack to ``A: (n, r, d_in)``, ``B: (n, d_out, r)`` and one batched matmul trains them
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
@@ -58,15 +65,34 @@ class LoRAConfig(Config):
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
 
+def is_fan_in_fan_out(module: nn.Module) -> bool:
+    """True for transformers' ``Conv1D`` (weight stored ``(d_in, d_out)``). Its class can only
+    exist once ``transformers.pytorch_utils`` is imported, so this never imports transformers."""
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    return pytorch_utils is not None and isinstance(module, pytorch_utils.Conv1D)
+
+
+def is_linear_map(module: nn.Module) -> bool:
+    """An ``nn.Linear`` or a ``Conv1D``: the maps LoRA wraps."""
+    return isinstance(module, nn.Linear) or is_fan_in_fan_out(module)
+
+
+def linear_weight(module: nn.Module) -> Tensor:
+    """``W: (d_out, d_in)`` of a linear map: ``nn.Linear.weight``, or the transposed VIEW of a
+    ``Conv1D``'s, so in-place edits (merging) reach the module's own weight."""
+    return module.weight.T if is_fan_in_fan_out(module) else module.weight
+
+
 class LoRALinear(nn.Module):
-    """``base(x) + scale * dropout(x) @ A.T @ B.T``; ``base`` is frozen, ``A``/``B`` train.
+    """``base(x) + scale * dropout(x) @ A.T @ B.T``; ``base`` (``nn.Linear`` or ``Conv1D``)
+    is frozen, ``A``/``B`` train.
     ``A`` and ``B`` are created on the base weight's device and dtype and start at zero;
     :meth:`reset_parameters` gives the standard init (``A`` random, ``B = 0``, so delta = 0)."""
 
-    def __init__(self, base: nn.Linear, rank: int, scale: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Module, rank: int, scale: float, dropout: float = 0.0):
         super().__init__()
         self.base = base.requires_grad_(False)
-        d_out, d_in = base.weight.shape
+        d_out, d_in = linear_weight(base).shape
         self.A = nn.Parameter(base.weight.new_zeros(rank, d_in))  # (r, d_in)
         self.B = nn.Parameter(base.weight.new_zeros(d_out, rank))  # (d_out, r)
         self.scale = float(scale)
@@ -86,7 +112,7 @@ class LoRALinear(nn.Module):
             self.B.zero_()
 
     @property
-    def weight(self) -> Tensor:  # the frozen W, for code that reads module.weight (as PEFT's layers allow)
+    def weight(self) -> Tensor:  # the frozen weight as stored (as on PEFT's layers), for code reading module.weight
         return self.base.weight
 
     @property
@@ -111,18 +137,19 @@ def target_paths(cfg: LoRAConfig, role_map: RoleMap) -> list[str]:
 
 def inject_lora(model: nn.Module, cfg: LoRAConfig, role_map: RoleMap,
                 generator: torch.Generator) -> nn.Module:
-    """A NEW model (deep copy, every base parameter frozen) whose targeted linear maps are
-    :class:`LoRALinear` with freshly initialised factors; ``model`` is left untouched."""
+    """A NEW model (deep copy, every base parameter frozen) whose targeted linear maps
+    (``nn.Linear`` or ``Conv1D``) are :class:`LoRALinear` with freshly initialised factors;
+    ``model`` is left untouched."""
     paths = target_paths(cfg, role_map)
     new = copy.deepcopy(model).requires_grad_(False)
     for path in paths:
         base = new.get_submodule(path)
-        if not isinstance(base, nn.Linear):
-            raise ValueError(f"{path}: is a {type(base).__name__}, LoRA wraps nn.Linear only")
+        if not is_linear_map(base):
+            raise ValueError(f"{path}: is a {type(base).__name__}, LoRA wraps nn.Linear or Conv1D only")
         limit = min(base.weight.shape)
         if cfg.rank > limit:
             raise ValueError(f"lora.rank={cfg.rank}: must be in [1, {limit}] = [1, min(d_out, d_in)] "
-                             f"for {path} with weight {tuple(base.weight.shape)}")
+                             f"for {path} with (d_out, d_in) {tuple(linear_weight(base).shape)}")
         lora = LoRALinear(base, cfg.rank, cfg.scale, cfg.dropout)
         lora.reset_parameters(cfg.init, generator)
         new.set_submodule(path, lora)

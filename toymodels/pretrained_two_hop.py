@@ -1,7 +1,8 @@
 """The two-hop reuse protocol on a pretrained causal LM, in natural language (PAPER.md
 section 2, "Full-scale runs"; data from :mod:`toymodels.tasks.natural`).
 
-:func:`run_pretrained_two_hop` takes a loaded Llama-style HF model and its tokenizer
+:func:`run_pretrained_two_hop` takes a loaded HF causal LM of a family with a role map
+(``toymodels.hf_roles``; other families name their modules in ``lora.targets``) and its tokenizer
 (``toymodels.pretrained.load_causal_lm``), then
 1. measures the base model's familiarity: exact match on the one-hop facts of
    ``natural.WORLD`` (what R assumes the model knows); with ``r_known_only`` the R split is
@@ -30,8 +31,9 @@ from torch import nn
 
 from toymodels.adapters import Adapter, extract_adapter
 from toymodels.config import Config
+from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig, inject_lora
-from toymodels.pretrained import LogitsLM, llama_role_map
+from toymodels.pretrained import LogitsLM
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.routing import set_oracle_weights
 from toymodels.scoring import ReuseOptions
@@ -161,7 +163,7 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     "experts": {name: training summary}, "models": {model: {eval set: {"exact", "logprob"}}},
     "broadcast": {model: {control name: rate}}}``."""
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    lm, roles = LogitsLM(hf_model).to(device), llama_role_map(hf_model)
+    lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     fact_pairs = known_fact_pairs(cfg.familiarity_facts)
     fact_exact = answer_scores(lm.eval(), encode_pairs(fact_pairs, tokenizer))[0]
     known = {pair for pair, ok in zip(fact_pairs, fact_exact.tolist()) if ok}

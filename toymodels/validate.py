@@ -154,9 +154,9 @@ def check_adapter_config(meta: dict, where: Path) -> None:
                          "\"LORA\"); IA3, LoHa, LoKr, prompt tuning and others have no B @ A delta to measure or merge")
     refused = {"use_dora": "DoRA rescales each column of W + delta by a learned magnitude, so the adapter is not "
                            "W + scale * B @ A; merge it with PEFT's merge_and_unload, or train a plain LoRA",
-               "lora_bias": "lora_B carries a bias, which the LoRA algebra here (delta = scale * B @ A) leaves out",
-               "fan_in_fan_out": "weights in GPT-2's Conv1D (d_in, d_out) layout; lora-limits reads torch's "
-                                 "(d_out, d_in) layout only"}
+               "lora_bias": "lora_B carries a bias, which the LoRA algebra here (delta = scale * B @ A) leaves out"}
+    # fan_in_fan_out (GPT-2's Conv1D) is read: it is the BASE weight's layout; PEFT's lora_A/lora_B
+    # are (r, d_in)/(d_out, r) either way (toymodels.lora.linear_weight reads the base).
     for name, why in refused.items():
         if meta.get(name):
             raise ValueError(f"{where}: {name} is {meta[name]!r}: {why}")

@@ -79,14 +79,17 @@ def check_available(model: str | None) -> None:
 def preflight(config: "PretrainedRunConfig") -> None:
     """Before the sweep: the packages, then the model source itself (one-line errors for
     broken weights, config, tokenizer or GGUF file; NaN/Inf in a folder's weights; a model
-    without Llama-style q/k/v/o/gate/up/down projections), without loading its weights."""
+    without a role map, or without the roles in lora.targets), without loading its weights."""
     check_available(config.model)
-    from toymodels.pretrained import check_source, llama_role_map
+    from toymodels.hf_roles import role_map
+    from toymodels.lora import target_paths
+    from toymodels.pretrained import check_source
 
     _, skeleton = check_source(config.model, tokenizer=True, scan_finite=True)
     if skeleton is not None:  # a GGUF file's architecture is checked when it is converted
+        lora = config.protocol.lora
         try:
-            llama_role_map(skeleton)
+            target_paths(lora, role_map(skeleton, lora.targets))
         except ValueError as exc:
             raise ValueError(f"{config.model}: {exc}") from None
 
