@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from analysis.atomic import to_json_text
 from analysis.cache import ResultCache, make_record, unique_configs
+from analysis.display import Display
+from analysis.progress import running
 from analysis.registry import Experiment
 
 ENGINES = ("serial", "process", "dask")
@@ -43,6 +45,8 @@ class Task:
     run: Callable[[Any, str], dict[str, Any]]  # module-level, so workers import it by name
     config: Any
     device: str
+    progress: Any = None  # where the config's progress events go (analysis/progress.py), or None
+    label: str = ""  # how its progress line names it, e.g. "config 3/12"
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ def compute_record(task: Task) -> Outcome:
     key = task.config.key()
     started, t0 = _utc_now(), time.perf_counter()
     try:
-        result = json.loads(to_json_text(task.run(task.config, task.device)))  # JSON-native copy
+        with running(task.progress, task.label):
+            result = json.loads(to_json_text(task.run(task.config, task.device)))  # JSON-native copy
         if not isinstance(result, dict):
             raise TypeError(f"{task.experiment}.run returned {type(result).__name__}, expected a dict")
     except Exception:  # noqa: BLE001  (reported per config; the sweep goes on)
@@ -155,10 +160,9 @@ def choose_engine(engine: str | None, jobs: int, scheduler: str | None) -> str:
 
 def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache, device: str = "cpu",
               jobs: int = 1, engine: str | None = None, scheduler: str | None = None,
-              force: bool = False, progress: bool = True) -> SweepSummary:
-    """Compute every config of ``configs`` not yet in ``cache`` (all of them with ``force``)."""
-    from tqdm import tqdm
-
+              force: bool = False, progress: bool = True, display: Display | None = None) -> SweepSummary:
+    """Compute every config of ``configs`` not yet in ``cache`` (all of them with ``force``).
+    Progress goes to ``display`` (a new one, on when ``progress``, if None)."""
     if jobs < 1:
         raise ValueError(f"jobs={jobs}: must be at least 1")
     engine = choose_engine(engine, jobs, scheduler)
@@ -166,10 +170,12 @@ def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache
     cache.remove_stale_temp_files()
     pending = [c for c in grid if force or not cache.has(c.key(), c)]
     summary = SweepSummary(experiment.name, engine, total=len(grid), cached=len(grid) - len(pending))
-    tasks = [Task(experiment.name, experiment.run, c, device) for c in pending]
     start = time.perf_counter()
-    with tqdm(total=len(grid), initial=summary.cached, desc=experiment.name, unit="config",
-              disable=not progress, dynamic_ncols=True) as bar:
+    shown = _sweep_display(display, progress, experiment.name, grid, cache, len(pending), jobs, engine)
+    with shown as (shown, channel):
+        position = {c.key(): i for i, c in enumerate(grid, 1)}
+        tasks = [Task(experiment.name, experiment.run, c, device, channel, f"config {position[c.key()]}/{len(grid)}")
+                 for c in pending]
         runner = _RUNNERS[engine] if tasks else _serial  # nothing to do: start no pool or cluster
         with contextlib.closing(runner(tasks, jobs, scheduler)) as outcomes:
             for outcome in outcomes:
@@ -178,7 +184,39 @@ def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache
                     summary.computed += 1
                 else:
                     summary.failures.append(outcome)
-                    bar.set_postfix(failed=len(summary.failures))
-                bar.update(1)
+                shown.advance(_seconds(outcome), f"{len(summary.failures)} failed" if summary.failures else "")
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def recorded_seconds(cache: ResultCache, configs: Iterable[Any]) -> list[float]:
+    """How long each config of ``configs`` that is in ``cache`` took (its record's timing)."""
+    out = []
+    for config in configs:
+        record = cache.load(config.key(), config)
+        seconds = (record or {}).get("timing", {}).get("seconds")
+        if isinstance(seconds, (int, float)):
+            out.append(float(seconds))
+    return out
+
+
+def _seconds(outcome: Outcome) -> float | None:
+    return outcome.record["timing"]["seconds"] if outcome.record is not None else None
+
+
+@contextlib.contextmanager
+def _sweep_display(display, progress, name, grid, cache, pending, jobs, engine):
+    """The sweep's main bar (done/total configs, the time left estimated from the cache's
+    recorded timings) and the channel its configs report through."""
+    own = display is None
+    display = Display(enabled=progress) if own else display
+    display.start(name, len(grid), len(grid) - pending, recorded_seconds(cache, grid) if display.enabled else [],
+                  parallel=jobs if engine != "serial" else 1)
+    try:
+        with (display.worker_queue() if engine == "process" and pending else contextlib.nullcontext()):
+            yield display, display.channel(engine)
+    finally:
+        if own:
+            display.close()
+        else:
+            display.finish()
