@@ -73,6 +73,7 @@ def _utc_now() -> str:
 
 def compute_record(task: Task) -> Outcome:
     """Run one config (in a worker) and return its record; exceptions become a failed outcome."""
+    _leave_ctrl_c_to_the_parent()
     key = task.config.key()
     started, t0 = _utc_now(), time.perf_counter()
     try:
@@ -85,6 +86,17 @@ def compute_record(task: Task) -> Outcome:
     timing = {"started_utc": started, "finished_utc": _utc_now(), "seconds": time.perf_counter() - t0,
               "pid": os.getpid()}
     return Outcome(key, make_record(task.experiment, task.config, result, timing, task.device))
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    """In a worker process: ignore SIGINT. Ctrl-C reaches the whole process group; the CLI
+    handles it and stops the workers, which would otherwise each print a traceback."""
+    import multiprocessing
+    import signal
+    import threading
+
+    if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _serial(tasks: list[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
