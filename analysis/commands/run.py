@@ -4,12 +4,17 @@ Finished configs (``results/<experiment>/<key>.json``) are skipped, so an interr
 resumes where it stopped; ``--force`` recomputes them. ``--set`` applies to every config
 of the grid.
 
+The ``--set`` keys are the config's dotted field names and differ per experiment (a wrong
+key's error lists the valid ones); ``seed=...`` exists in every experiment.
+
 examples:
-  lora-limits run two_hop                          # quick profile, CPU, serial
-  lora-limits run two_hop --jobs 2 --set train.steps=200
-  lora-limits run two_hop --profile paper --device cuda
-  lora-limits run two_hop --engine dask --jobs 8   # local Dask cluster of 8 workers
-  lora-limits run two_hop --scheduler tcp://head:8786   # an existing Dask cluster
+  lora-limits run rank_depth                       # quick profile, CPU, serial
+  lora-limits run two_hop_reuse --jobs 2 --set pipeline.finetune.steps=100
+  lora-limits run mechanism --set seed=0 --set familiarity=R --no-figures
+  lora-limits run two_hop_reuse --profile paper --device cuda
+  lora-limits run two_hop_reuse --engine dask --jobs 8   # local Dask cluster of 8 workers
+  lora-limits run two_hop_reuse --scheduler tcp://head:8786   # an existing Dask cluster
+  lora-limits run pretrained_two_hop               # after `make install-pretrained`
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: serial for --jobs 1, else process)")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field in every config, e.g. train.steps=200 (repeatable)")
+                        help="override a config field in every config, e.g. seed=1 or (two_hop_reuse) "
+                             "pipeline.finetune.steps=100 (repeatable)")
     parser.add_argument("--force", action="store_true", help="recompute configs that are already cached")
     parser.add_argument("--results", default="results", metavar="DIR", help="result cache (default results/)")
     parser.add_argument("--figures", default="figures", metavar="DIR", help="figure folder (default figures/)")
