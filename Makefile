@@ -5,17 +5,27 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Which torch, and from where. By default pip resolves TORCH_SPEC on the indexes it is
+# configured with: from PyPI on Linux that is the CUDA build (multi-GB with its nvidia-*
+# packages); it is the CPU build only where pip finds a CPU wheel first, e.g. in a local
+# --find-links folder. To choose, name PyTorch's index for the build you want:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu     # CPU only, a few hundred MB
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cu128   # CUDA 12.8 (match your driver)
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: install install-pretrained reproduce test theory clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	# The CPU torch wheel first, pinned: nothing later may resolve torch to a newer build.
-	$(BIN)/pip install -q torch==2.13.0
+	# torch first, on its own: the install below must keep it, not resolve torch again.
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH_SPEC)'
+	$(BIN)/python -c "import torch; print(torch.__version__)" > $(VENV)/.torch-version
 	# dev + pretrained (transformers, gguf, peft): the default tests include the PEFT round trip
-	# on a tiny random Llama. torch is already 2.13.0, which satisfies every range here.
+	# on a tiny random Llama. Every torch range here admits 2.13.0, so pip keeps the one above.
 	$(BIN)/pip install -q -e '.[dev,pretrained]'
-	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(BIN)/python -c "import sys, torch; want = open('$(VENV)/.torch-version').read().strip(); \
+	  sys.exit(None if torch.__version__ == want else f'torch changed from {want} to {torch.__version__}')"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from analysis.atomic import atomic_write_bytes, atomic_write_json
 from toymodels.model import GPT
 from toymodels.pipeline import BaseConfig, BaseRun, train_base
+from toymodels.progress import Progress, open_bar
 from toymodels.tasks.twohop import make_pretraining
 from toymodels.train import TrainResult, resolve_device
 
@@ -71,10 +72,13 @@ def _load(cfg: BaseConfig, seed: int, weights: Path, record: Path, device: str) 
 
 
 def cached_base(cfg: BaseConfig, seed: int, device: str, results_dir: Path | str | None = None,
-                progress: bool = False) -> BaseRun:
-    """The base model for ``(cfg, seed)``: loaded if cached, else trained and cached."""
+                progress: Progress | None = None) -> BaseRun:
+    """The base model for ``(cfg, seed)``: loaded if cached, else trained and cached.
+    ``progress`` (toymodels/progress.py) shows the wait for another worker and the training."""
     weights, record = base_paths(cfg, seed, results_dir)
+    waiting = open_bar(progress, "base model (loading, or waiting for the worker that trains it)", 1)
     with _exclusive(weights.with_suffix(".lock")):
+        waiting.close()
         if weights.exists() and record.exists():
             return _load(cfg, seed, weights, record, device)
         run = train_base(cfg, seed, device, progress)

@@ -23,6 +23,7 @@ from analysis.registry import ClaimMeasure, Experiment, Result, register
 from analysis.stats import paired_differences
 from analysis.verdict import Claim
 from toymodels.config import Config
+from toymodels.progress import open_bar
 
 
 HOLD_LIMIT_S = 120.0  # a held run gives up (raises) after this, so no test can hang forever
@@ -52,6 +53,8 @@ def grid(profile: str) -> list[SelftestConfig]:
 
 
 def run(config: SelftestConfig, device: str) -> dict:
+    from analysis.progress import current
+
     if config.trace_dir:
         (Path(config.trace_dir) / f"{config.key()}.{os.getpid()}.{time.time_ns()}").touch()
     deadline = time.monotonic() + HOLD_LIMIT_S
@@ -61,7 +64,11 @@ def run(config: SelftestConfig, device: str) -> dict:
         time.sleep(0.02)
     if config.seed == config.fail_seed:
         raise RuntimeError(f"selftest: seed {config.seed} fails on purpose (fail_seed)")
-    time.sleep(config.sleep_s)
+    bar = open_bar(current(), "sleep", 2)  # so that the tests see a config's own progress
+    for _ in range(2):
+        time.sleep(config.sleep_s / 2)
+        bar.update()
+    bar.close()
     rng = np.random.default_rng([config.seed, round(config.effect * 1000)])
     curve = config.effect * (1 - np.exp(-np.arange(200) / 40)) + config.noise * rng.standard_normal(200)
     return {"measured": float(curve[-20:].mean()), "prediction": config.effect,

@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from analysis.atomic import to_json_text
 from analysis.cache import ResultCache, make_record, unique_configs
+from analysis.display import Display
+from analysis.progress import running
 from analysis.registry import Experiment
 
 ENGINES = ("serial", "process", "dask")
@@ -52,6 +54,8 @@ class Task:
     run: Callable[[Any, str], dict[str, Any]]  # module-level, so workers import it by name
     config: Any
     device: str
+    progress: Any = None  # where the config's progress events go (analysis/progress.py), or None
+    label: str = ""  # how its progress line names it, e.g. "config 3/12"
 
 
 @dataclass(frozen=True)
@@ -79,10 +83,12 @@ def _utc_now() -> str:
 
 def compute_record(task: Task) -> Outcome:
     """Run one config (in a worker) and return its record; exceptions become a failed outcome."""
+    _leave_ctrl_c_to_the_parent()
     key = task.config.key()
     started, t0 = _utc_now(), time.perf_counter()
     try:
-        result = json.loads(to_json_text(task.run(task.config, task.device)))  # JSON-native copy
+        with running(task.progress, task.label):
+            result = json.loads(to_json_text(task.run(task.config, task.device)))  # JSON-native copy
         if not isinstance(result, dict):
             raise TypeError(f"{task.experiment}.run returned {type(result).__name__}, expected a dict")
     except Exception:  # noqa: BLE001  (reported per config; the sweep goes on)
@@ -90,6 +96,17 @@ def compute_record(task: Task) -> Outcome:
     timing = {"started_utc": started, "finished_utc": _utc_now(), "seconds": time.perf_counter() - t0,
               "pid": os.getpid()}
     return Outcome(key, make_record(task.experiment, task.config, result, timing, task.device))
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    """In a worker process: ignore SIGINT. Ctrl-C reaches the whole process group; the CLI
+    handles it and stops the workers, which would otherwise each print a traceback."""
+    import multiprocessing
+    import signal
+    import threading
+
+    if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _serial(tasks: Iterable[Task], jobs: int, scheduler: str | None) -> Iterator[Outcome]:
@@ -212,11 +229,10 @@ def _claimed(configs: list[Any], cache: ResultCache, since: str | None, skipped:
 
 def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache, device: str = "cpu",
               jobs: int = 1, engine: str | None = None, scheduler: str | None = None,
-              force: bool = False, progress: bool = True) -> SweepSummary:
+              force: bool = False, progress: bool = True, display: Display | None = None) -> SweepSummary:
     """Compute every config of ``configs`` not yet in ``cache`` (all of them with ``force``);
-    configs that a concurrent sweep on the same cache is computing are waited for instead."""
-    from tqdm import tqdm
-
+    configs that a concurrent sweep on the same cache is computing are waited for instead.
+    Progress goes to ``display`` (a new one, on when ``progress``, if None)."""
     if jobs < 1:
         raise ValueError(f"jobs={jobs}: must be at least 1")
     engine = choose_engine(engine, jobs, scheduler)
@@ -226,12 +242,14 @@ def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache
     summary = SweepSummary(experiment.name, engine, total=len(grid), cached=len(grid) - len(pending))
     since = _utc_now() if force else None  # with --force, only records made from now on are done
     start = time.perf_counter()
-    with tqdm(total=len(grid), initial=summary.cached, desc=experiment.name, unit="config",
-              disable=not progress, dynamic_ncols=True) as bar:
+    shown = _sweep_display(display, progress, experiment.name, grid, cache, len(pending), jobs, engine)
+    with shown as (shown, channel):
+        position = {c.key(): i for i, c in enumerate(grid, 1)}
         try:
             while pending:
                 skipped: list[Any] = []
-                tasks = (Task(experiment.name, experiment.run, c, device)
+                tasks = (Task(experiment.name, experiment.run, c, device, channel,
+                              f"config {position[c.key()]}/{len(grid)}")
                          for c in _claimed(pending, cache, since, skipped))
                 first = next(tasks, None)
                 if first is not None:  # nothing of ours to do: start no pool or cluster
@@ -243,16 +261,50 @@ def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache
                                 summary.computed += 1
                             else:
                                 summary.failures.append(outcome)
-                                bar.set_postfix(failed=len(summary.failures))
                             cache.release(outcome.key)  # after the store: a waiter then sees the record
-                            bar.update(1)
+                            shown.advance(_seconds(outcome),
+                                          f"{len(summary.failures)} failed" if summary.failures else "")
                 pending = [c for c in skipped if not _stored(cache, c, since)]
                 summary.elsewhere += len(skipped) - len(pending)
-                bar.update(len(skipped) - len(pending))
+                for _ in range(len(skipped) - len(pending)):
+                    shown.advance(None, "done by another process")
                 if pending:
-                    bar.set_postfix(waiting_for_another_process=len(pending))
+                    shown.note(f"waiting for {len(pending)} config(s) another process is computing")
                     time.sleep(CLAIM_POLL_S)
         finally:
             cache.release_all()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def recorded_seconds(cache: ResultCache, configs: Iterable[Any]) -> list[float]:
+    """How long each config of ``configs`` that is in ``cache`` took (its record's timing)."""
+    out = []
+    for config in configs:
+        record = cache.load(config.key(), config)
+        seconds = (record or {}).get("timing", {}).get("seconds")
+        if isinstance(seconds, (int, float)):
+            out.append(float(seconds))
+    return out
+
+
+def _seconds(outcome: Outcome) -> float | None:
+    return outcome.record["timing"]["seconds"] if outcome.record is not None else None
+
+
+@contextlib.contextmanager
+def _sweep_display(display, progress, name, grid, cache, pending, jobs, engine):
+    """The sweep's main bar (done/total configs, the time left estimated from the cache's
+    recorded timings) and the channel its configs report through."""
+    own = display is None
+    display = Display(enabled=progress) if own else display
+    display.start(name, len(grid), len(grid) - pending, recorded_seconds(cache, grid) if display.enabled else [],
+                  parallel=jobs if engine != "serial" else 1)
+    try:
+        with (display.worker_queue() if engine == "process" and pending else contextlib.nullcontext()):
+            yield display, display.channel(engine)
+    finally:
+        if own:
+            display.close()
+        else:
+            display.finish()

@@ -110,3 +110,35 @@ def test_register_rejects_unusable_experiments(change, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         registry.register(bad)
     assert "_other" not in registry.experiments(include_hidden=True)
+
+
+def test_progress_goes_to_stderr_and_quiet_silences_it(tmp_path, capsys):
+    """Progress (the sweep's status lines when stderr is not a terminal) is on stderr only;
+    stdout holds the results; ``--quiet`` leaves stderr empty."""
+    argv = ["run", "_selftest", "--device", "cpu", "--no-figures", "--results", str(tmp_path)]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "_selftest 8/8" in err.splitlines()[-1] and "est." in err  # an estimate once a config finished
+    assert out.startswith("_selftest: 8 configs") and "[" not in out
+    assert main([*argv, "--force", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("_selftest: 8 configs, 0 cached, 8 computed")
+
+
+def test_reproduce_numbers_its_stages(tmp_path, capsys, monkeypatch):
+    """``reproduce`` prints ``== stage k/N: ... ==`` per stage (theory first) on stdout and
+    its progress on stderr; here on a registry of only the self-test, theory MERGE-1 only."""
+    import dataclasses
+
+    from analysis import registry
+    from analysis.commands import theory
+
+    monkeypatch.setattr(cli, "VERBS", ["reproduce"])
+    selftest = dataclasses.replace(registry.get("_selftest"), hidden=False)
+    monkeypatch.setattr(registry, "experiments", lambda include_hidden=False: {"_selftest": selftest})
+    real_check = theory.check_theory
+    monkeypatch.setattr(theory, "check_theory", lambda ids, *rest: real_check(["MERGE-1"], *rest))
+    assert main(["reproduce", "--jobs", "1", "--results", str(tmp_path / "r"), "--figures", str(tmp_path / "f")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("== stage 1/2: theory ==\n") and "\n== stage 2/2: _selftest: " in out
+    assert "theory 2/2" in err and "_selftest 8/8" in err  # MERGE-1, then drawing figures

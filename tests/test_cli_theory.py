@@ -51,3 +51,12 @@ def test_every_verb_has_help():
         proc = subprocess.run([sys.executable, "-m", "analysis", verb, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0, verb
         assert "usage: lora-limits " + verb in proc.stdout
+
+
+def test_progress_on_stderr_unless_quiet(capsys):
+    argv = ["theory", "--claim", "MERGE-1", "MERGE-2", "--no-figures"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "theory 2/2" in err and "theory" not in out.splitlines()[0]
+    assert main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -96,10 +96,10 @@ def replace_path(cfg: Any, path: str, text: str, _prefix: str = "") -> Any:
 
 
 def apply_overrides(cfg: Any, assignments: list[str]) -> Any:
-    """Apply ``["train.steps=200", ...]``; unknown keys and wrong types raise ValueError."""
+    """Apply ``["seed=1", "pipeline.finetune.steps=50", ...]``; unknown keys and wrong types raise ValueError."""
     for item in assignments:
         path, sep, text = item.partition("=")
         if not sep or not path:
-            raise ValueError(f"override {item!r}: write KEY=VALUE, e.g. train.steps=200")
+            raise ValueError(f"override {item!r}: write KEY=VALUE, e.g. seed=1")
         cfg = replace_path(cfg, path.strip(), text.strip())
     return cfg

@@ -22,6 +22,7 @@ from toymodels.adapters import Adapter, extract_adapter
 from toymodels.config import Config
 from toymodels.lora import LoRAConfig, inject_lora
 from toymodels.model import GPT, ModelConfig, role_modules
+from toymodels.progress import Progress, labelled, open_bar
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.scoring import ReuseOptions, chance_levels, score_method, score_model
 from toymodels.tasks import Examples
@@ -87,13 +88,16 @@ def _generators(seed: int) -> tuple[np.random.Generator, torch.Generator]:
     return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
 
 
-def train_base(cfg: BaseConfig, seed: int = 0, device: str = "auto", progress: bool = False) -> BaseRun:
+def train_base(cfg: BaseConfig, seed: int = 0, device: str = "auto", progress: Progress | None = None) -> BaseRun:
     """Generate the corpus and pretrain a GPT on it; eval sets: atomic, train_two_hop,
-    test_id (held-out chains) and, with OOD entities, test_ood."""
+    test_id (held-out chains) and, with OOD entities, test_ood. ``progress``: a bar over
+    the training steps (toymodels/progress.py)."""
     rng, gen = _generators(seed)
+    corpus = open_bar(progress, "base model: making the corpus", 1)
     pre = make_pretraining(cfg.task, rng)
+    corpus.close()
     model = GPT(cfg.model, generator=gen)
-    result = train(model, pre.train, cfg.train, gen, pre.eval_sets, device, progress)
+    result = train(model, pre.train, cfg.train, gen, pre.eval_sets, device, labelled(progress, "base model"))
     return BaseRun(model.requires_grad_(False).eval(), pre, result)
 
 
@@ -104,7 +108,7 @@ def train_summary(result: TrainResult) -> dict:
 
 
 def train_lora(base: nn.Module, data: Examples, cfg: PipelineConfig, gen: torch.Generator,
-               device: str, progress: bool) -> tuple[Adapter, TrainResult]:
+               device: str, progress: Progress | None = None) -> tuple[Adapter, TrainResult]:
     """Fine-tune a fresh LoRA on ``data`` until it reproduces ``data`` (eval set ``facts``)."""
     model = inject_lora(base, cfg.lora, role_modules(base), gen)
     result = train(model, data, cfg.finetune, gen, {"facts": data}, device, progress)
@@ -112,33 +116,45 @@ def train_lora(base: nn.Module, data: Examples, cfg: PipelineConfig, gen: torch.
 
 
 def run_split(base: BaseRun, cfg: PipelineConfig, familiarity: str, rng: np.random.Generator,
-              gen: torch.Generator, device: str, progress: bool) -> dict:
-    """Experts, joint LoRAs and scores of every model for one familiarity split."""
+              gen: torch.Generator, device: str, progress: Progress | None = None) -> dict:
+    """Experts, joint LoRAs and scores of every model for one familiarity split. ``progress``
+    gets a bar over its LoRAs and scored models and one per LoRA over its steps."""
     es: ExpertSet = make_expert_set(base.pretraining, cfg.experts, familiarity, rng)
     out = {"r1": es.r1, "r2": es.r2, "n_composed": len(es.composed), "experts": {}, "models": {},
            "chance": chance_levels(base.pretraining, es)}
+    units = 1 + 2 * len(es.train) + len(LIBRARIES) * (2 + len(cfg.methods))  # LoRAs trained + models scored
+    bar = open_bar(progress, f"split {familiarity}", units)
     out["models"]["base"] = score_model(base.model, base, es, es.experts)
+    bar.update()
     adapters = {}
     for name, data in es.train.items():
-        adapters[name], result = train_lora(base.model, data, cfg, gen, device, progress)
+        adapters[name], result = train_lora(base.model, data, cfg, gen, device, labelled(progress, f"LoRA {name}"))
         out["experts"][name] = train_summary(result)
+        bar.update()
         out["models"][f"single/{name}"] = score_model(result.model, base, es, es.experts)
+        bar.update()
     distractors = [name for name in es.experts if name.startswith("D")]
     for lib, names in LIBRARIES.items():
         members = list(names) + distractors
         joint = Examples.cat([es.train[name] for name in members])
-        _, result = train_lora(base.model, joint, cfg, gen, device, progress)
+        _, result = train_lora(base.model, joint, cfg, gen, device, labelled(progress, f"joint LoRA {lib}"))
         out["experts"][f"joint/{lib}"] = train_summary(result)
+        bar.update()
         out["models"][f"joint/{lib}"] = score_model(result.model, base, es, members)
+        bar.update()
         for method in cfg.methods:
+            bar.set_postfix_str(f"scoring {method}/{lib}")
             out["models"][f"{method}/{lib}"] = score_method(method, base, es, members,
                                                             [adapters[n] for n in members], cfg, rng, gen)
+            bar.update()
+    bar.close()
     return out
 
 
-def run_two_hop(cfg: PipelineConfig, seed: int = 0, device: str = "auto", progress: bool = False,
+def run_two_hop(cfg: PipelineConfig, seed: int = 0, device: str = "auto", progress: Progress | None = None,
                 base: BaseRun | None = None) -> dict:
-    """Pretrain (unless ``base`` is given), then run every familiarity split. Returns::
+    """Pretrain (unless ``base`` is given), then run every familiarity split; ``progress``
+    (toymodels/progress.py) sees every training run and each split's scoring. Returns::
 
         {"config", "key", "seed",
          "base": {steps, seconds, reached_target, final, eval_steps, curves, losses},

@@ -34,6 +34,7 @@ from toymodels.config import Config
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig, inject_lora
 from toymodels.pretrained import LogitsLM
+from toymodels.progress import Progress, labelled, open_bar
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.routing import set_oracle_weights
 from toymodels.scoring import ReuseOptions
@@ -143,7 +144,7 @@ def _oracle_score(model: nn.Module, n: int, sets: dict[str, Examples], controls:
 
 
 def _train_lora(lm: nn.Module, roles, data: Examples, cfg: PretrainedTwoHopConfig, gen: torch.Generator,
-                device: str, progress: bool) -> tuple[Adapter, TrainResult]:
+                device: str, progress: Progress | None) -> tuple[Adapter, TrainResult]:
     model = inject_lora(lm, cfg.lora, roles, gen)
     result = train(model, data, cfg.finetune, gen, {"facts": data}, device, progress)
     return extract_adapter(model, cfg.lora), result
@@ -155,17 +156,20 @@ def _summary(result: TrainResult) -> dict:
 
 
 def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tokenizer, seed: int = 0,
-                           device: str = "cpu", progress: bool = False) -> dict:
+                           device: str = "cpu", progress: Progress | None = None) -> dict:
     """The whole protocol on ``hf_model`` (its weights are left unchanged; it is moved to
     ``device``); see the module docstring. Returns ``{"config", "key", "seed", "chains",
     "familiarity": {"facts", "exact", "known"}, "r_split": {"known_only", "countries",
     "requested", "chains"}, "controls": {name: {"questions", "new_answers", "chance"}},
     "experts": {name: training summary}, "models": {model: {eval set: {"exact", "logprob"}}},
-    "broadcast": {model: {control name: rate}}}``."""
+    "broadcast": {model: {control name: rate}}}``. ``progress`` (toymodels/progress.py) gets a
+    bar over the LoRAs trained and models scored, and one per LoRA over its steps."""
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     fact_pairs = known_fact_pairs(cfg.familiarity_facts)
+    bar = open_bar(progress, "base model familiarity", 1)
     fact_exact = answer_scores(lm.eval(), encode_pairs(fact_pairs, tokenizer))[0]
+    bar.close()
     known = {pair for pair, ok in zip(fact_pairs, fact_exact.tolist()) if ok}
     chains = make_chains(cfg.task, rng, known if cfg.r_known_only else None)
     controls = broadcast_controls(chains, cfg.n_control, rng) if cfg.n_control else []
@@ -173,6 +177,9 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in eval_pairs(chains).items()}
     train_sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in expert_pairs(chains).items()}
     r_chains = [c for c in chains if c.familiarity == "R"]
+    units = 1 + 2 * len(train_sets) + len(LIBRARIES) * (2 * cfg.joint + len(cfg.methods))  # LoRAs + scored models
+    bar = open_bar(progress, "LoRAs and scores", units)
+    bar.set_postfix_str("scoring base")
     out = {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed,
            "chains": [dataclasses.asdict(c) for c in chains],
            "familiarity": {"facts": len(fact_pairs), "exact": fact_exact.float().mean().item(), "known": len(known)},
@@ -183,22 +190,28 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
            "experts": {}, "models": {"base": score(lm, sets)},
            "broadcast": {"base": broadcast(lm, controls, control_rows)}}
 
+    bar.update()
+
     def record(name: str, model: nn.Module) -> None:
+        bar.set_postfix_str(f"scoring {name}")
         out["models"][name] = score(model, sets)
         out["broadcast"][name] = broadcast(model, controls, control_rows)
+        bar.update()
 
     adapters = {}
     for name, data in train_sets.items():
-        adapters[name], result = _train_lora(lm, roles, data, cfg, gen, device, progress)
+        adapters[name], result = _train_lora(lm, roles, data, cfg, gen, device, labelled(progress, f"LoRA {name}"))
         out["experts"][name] = _summary(result)
+        bar.update()
         record(f"single/{name}", result.model)
         del result
     opts = cfg.reuse
     for lib, members in LIBRARIES.items():
         if cfg.joint:
             joint = Examples.cat([train_sets[m] for m in members])
-            _, result = _train_lora(lm, roles, joint, cfg, gen, device, progress)
+            _, result = _train_lora(lm, roles, joint, cfg, gen, device, labelled(progress, f"joint LoRA {lib}"))
             out["experts"][f"joint/{lib}"] = _summary(result)
+            bar.update()
             record(f"joint/{lib}", result.model)
             del result
         bank = [adapters[m] for m in members]
@@ -217,9 +230,12 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
                 model = METHODS[method](lm, bank, **options)
             name = f"{method}/{lib}"
             if method == "oracle":
+                bar.set_postfix_str(f"scoring {name}")
                 out["models"][name], out["broadcast"][name] = _oracle_score(model, len(bank), sets, controls,
                                                                             control_rows)
+                bar.update()
             else:
                 record(name, model)
             del model
+    bar.close()
     return out

@@ -19,9 +19,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from toymodels.config import Config
+from toymodels.progress import Progress, open_bar
 from toymodels.tasks import Examples
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -157,8 +157,9 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 def train(model: nn.Module, data: Examples, cfg: TrainConfig, generator: torch.Generator,
           eval_sets: dict[str, Examples] | None = None, device: str = "auto",
-          progress: bool = False) -> TrainResult:
-    """Train ``model`` in place on ``data``; batches are drawn by ``generator`` (CPU)."""
+          progress: Progress | None = None) -> TrainResult:
+    """Train ``model`` in place on ``data``; batches are drawn by ``generator`` (CPU).
+    ``progress`` (toymodels/progress.py) gets a "train" bar over the steps."""
     eval_sets = eval_sets or {}
     if cfg.target_set is not None and cfg.target_set not in eval_sets:
         raise ValueError(f"train.target_set={cfg.target_set!r}: must be one of {sorted(eval_sets)}")
@@ -172,7 +173,7 @@ def train(model: nn.Module, data: Examples, cfg: TrainConfig, generator: torch.G
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
     result = TrainResult(model, curves={name: [] for name in eval_sets})
     start, order, cursor, running = time.perf_counter(), torch.empty(0, dtype=torch.long), 0, []
-    bar = tqdm(total=cfg.steps, disable=not progress, desc="train", leave=False)
+    bar = open_bar(progress, "train", cfg.steps)
     model.train()
     for step in range(1, cfg.steps + 1):
         if cursor + cfg.batch_size > len(order):  # a fresh permutation per epoch
@@ -194,7 +195,8 @@ def train(model: nn.Module, data: Examples, cfg: TrainConfig, generator: torch.G
             running = []
             for name, ex in eval_sets.items():
                 result.curves[name].append(exact_match(model, ex))
-            bar.set_postfix(loss=f"{result.losses[-1]:.3f}", **{k: f"{v:.2f}" for k, v in result.final().items()})
+            bar.set_postfix_str(", ".join([f"loss {result.losses[-1]:.3f}"] +
+                                          [f"{k} {v:.2f}" for k, v in result.final().items()]))
             targets = [cfg.target_set] if cfg.target_set else list(eval_sets)
             if cfg.target_acc is not None and targets and all(
                     result.curves[t][-1] >= cfg.target_acc for t in targets):

@@ -5,9 +5,14 @@ Runs `lora-limits theory`, then `lora-limits run EXPERIMENT` for every experimen
 writes figures/report.md with a verdict per claim computed from the confidence intervals.
 An interrupted reproduction resumes where it stopped.
 
+Each stage starts with a ``== stage k/N: ... ==`` header (stdout). Progress goes to stderr:
+a bar per stage with the time left estimated from the cache's recorded timings, and a line
+per running config (base training, each LoRA, scoring); ``--quiet`` turns it off.
+
 examples:
   lora-limits reproduce                          # quick profile on the CPU (the main job)
   lora-limits reproduce --jobs 1                 # one config at a time (default: one per core)
+  lora-limits reproduce --quiet > reproduce.log  # no progress; the log holds only results
   lora-limits reproduce --profile paper --device cuda
 """
 from __future__ import annotations
@@ -31,10 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "this machine's cores, at most 4)")
     parser.add_argument("--results", default="results", metavar="DIR", help="result cache (default results/)")
     parser.add_argument("--figures", default="figures", metavar="DIR", help="figures and report.md (default figures/)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run(args) -> int:
+    from analysis.display import Display
+
+    with Display(enabled=not args.quiet) as display:
+        return _reproduce(args, display)
+
+
+def _reproduce(args, display) -> int:
     from analysis import registry
     from analysis.basemodels import RESULTS_ENV
     from analysis.commands.run import parse_jobs, preflight, resolve_device, sweep_and_draw
@@ -52,18 +64,19 @@ def run(args) -> int:
     figures_dir = Path(args.figures)
     os.environ[RESULTS_ENV] = str(args.results)
 
-    print("== theory ==")
-    checks, figures, elapsed = check_theory(None, ClaimSettings(), figures_dir)
+    stages = 1 + len(experiments)
+    print(f"== stage 1/{stages}: theory ==", flush=True)
+    checks, figures, elapsed = check_theory(None, ClaimSettings(), figures_dir, display)
     for c in checks:
         if not c.passed:
             print(f"FAIL {c.id}: {c.statement} (predicted {c.predicted}, measured {c.measured})")
     print_summary(checks, figures, elapsed)
     failed_configs = 0
-    for experiment in experiments.values():
-        print(f"\n== {experiment.name}: {experiment.description} ==")
+    for stage, experiment in enumerate(experiments.values(), 2):
+        print(f"\n== stage {stage}/{stages}: {experiment.name}: {experiment.description} ==", flush=True)
         summary, results = sweep_and_draw(
             experiment, experiment.configs(args.profile), results_dir=args.results, figures_dir=figures_dir,
-            profile=args.profile, device=device, jobs=jobs, progress=not args.quiet)
+            profile=args.profile, device=device, jobs=jobs, display=display)
         if results is None:
             failed_configs += len(summary.failures)
             continue

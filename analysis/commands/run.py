@@ -4,12 +4,17 @@ Finished configs (``results/<experiment>/<key>.json``) are skipped, so an interr
 resumes where it stopped; ``--force`` recomputes them. ``--set`` applies to every config
 of the grid.
 
+The ``--set`` keys are the config's dotted field names and differ per experiment (a wrong
+key's error lists the valid ones); ``seed=...`` exists in every experiment.
+
 examples:
-  lora-limits run two_hop                          # quick profile, CPU, serial
-  lora-limits run two_hop --jobs 2 --set train.steps=200
-  lora-limits run two_hop --profile paper --device cuda
-  lora-limits run two_hop --engine dask --jobs 8   # local Dask cluster of 8 workers
-  lora-limits run two_hop --scheduler tcp://head:8786   # an existing Dask cluster
+  lora-limits run rank_depth                       # quick profile, CPU, serial
+  lora-limits run two_hop_reuse --jobs 2 --set pipeline.finetune.steps=100
+  lora-limits run mechanism --set seed=0 --set familiarity=R --no-figures
+  lora-limits run two_hop_reuse --profile paper --device cuda
+  lora-limits run two_hop_reuse --engine dask --jobs 8   # local Dask cluster of 8 workers
+  lora-limits run two_hop_reuse --scheduler tcp://head:8786   # an existing Dask cluster
+  lora-limits run pretrained_two_hop               # after `make install-pretrained`
 """
 from __future__ import annotations
 
@@ -35,12 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: serial for --jobs 1, else process)")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field in every config, e.g. train.steps=200 (repeatable)")
+                        help="override a config field in every config, e.g. seed=1 or (two_hop_reuse) "
+                             "pipeline.finetune.steps=100 (repeatable)")
     parser.add_argument("--force", action="store_true", help="recompute configs that are already cached")
     parser.add_argument("--results", default="results", metavar="DIR", help="result cache (default results/)")
     parser.add_argument("--figures", default="figures", metavar="DIR", help="figure folder (default figures/)")
     parser.add_argument("--no-figures", action="store_true", help="only fill the cache")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def parse_jobs(text: str) -> int:
@@ -83,16 +89,18 @@ def grid_with_overrides(experiment, profile: str, overrides: list[str]) -> list:
 
 def sweep_and_draw(experiment, configs: list, *, results_dir, figures_dir, profile: str, overrides=(),
                    device: str, jobs: int, engine: str | None = None, scheduler: str | None = None,
-                   force: bool = False, progress: bool = True):
+                   force: bool = False, display=None):
     """One experiment through the cache, then its summary tables and figures (none when
-    ``figures_dir`` is None). Shared by ``run`` and ``reproduce``. Returns
-    ``(sweep summary, results)``; results is None when a config failed (nothing is drawn)."""
+    ``figures_dir`` is None); progress goes to ``display`` (analysis/display.py; None: none).
+    Shared by ``run`` and ``reproduce``. Returns ``(sweep summary, results)``; results is
+    None when a config failed (nothing is drawn)."""
     from analysis.cache import ResultCache, load_results
     from analysis.report import draw_figures
     from analysis.sweep import run_sweep
 
     summary = run_sweep(experiment, configs, ResultCache(results_dir, experiment.name), device=device,
-                        jobs=jobs, engine=engine, scheduler=scheduler, force=force, progress=progress)
+                        jobs=jobs, engine=engine, scheduler=scheduler, force=force, progress=display is not None,
+                        display=display)
     elsewhere = f", {summary.elsewhere} by another process" if summary.elsewhere else ""
     print(f"{experiment.name}: {summary.total} configs, {summary.cached} cached, {summary.computed} computed"
           f"{elsewhere}, {len(summary.failures)} failed ({summary.engine}, {summary.seconds:.1f} s) -> "
@@ -114,6 +122,7 @@ def sweep_and_draw(experiment, configs: list, *, results_dir, figures_dir, profi
 def run(args) -> int:
     from analysis import registry
     from analysis.basemodels import RESULTS_ENV
+    from analysis.display import Display
     from analysis.sweep import choose_engine
 
     experiment = registry.get(args.experiment)
@@ -126,10 +135,11 @@ def run(args) -> int:
     device = resolve_device(args.device)
     preflight(experiment, configs)
     os.environ[RESULTS_ENV] = str(args.results)  # where run functions cache base models (workers inherit it)
-    summary, results = sweep_and_draw(
-        experiment, configs, results_dir=args.results, figures_dir=None if args.no_figures else args.figures,
-        profile=args.profile, overrides=args.overrides, device=device, jobs=jobs, engine=engine,
-        scheduler=args.scheduler, force=args.force, progress=not args.quiet)
+    with Display(enabled=not args.quiet) as display:
+        summary, results = sweep_and_draw(
+            experiment, configs, results_dir=args.results, figures_dir=None if args.no_figures else args.figures,
+            profile=args.profile, overrides=args.overrides, device=device, jobs=jobs, engine=engine,
+            scheduler=args.scheduler, force=args.force, display=display)
     if results is None:
         print(f"{len(summary.failures)} config(s) failed; finished ones are cached. Fix and rerun the same "
               "command to compute the rest; no figures were drawn.", file=sys.stderr)

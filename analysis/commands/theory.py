@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", default="figures", metavar="DIR",
                         help="where to write figures (default figures/)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def _int_arg(name: str, text: str, minimum: int) -> int:
@@ -64,11 +65,13 @@ def write_theory_figures(checks, out_dir: Path, settings) -> list[Path]:
     return written
 
 
-def check_theory(ids, settings, figures_dir: Path | None):
+def check_theory(ids, settings, figures_dir: Path | None, display=None):
     """Run the claims (all when ``ids`` is empty) and draw their figures unless
-    ``figures_dir`` is None. Returns ``(checks, figure paths, seconds)``."""
+    ``figures_dir`` is None; ``display`` (analysis/display.py) shows the claim being checked.
+    Returns ``(checks, figure paths, seconds)``."""
     import torch
 
+    from analysis.display import Display
     from theory.claims import registry, run_claims
 
     # The claims use tiny matrices, where BLAS threads cost far more than they save (measured:
@@ -78,10 +81,20 @@ def check_theory(ids, settings, figures_dir: Path | None):
     unknown = [c for c in (ids or []) if c not in valid]
     if unknown:
         raise UsageError(f"unknown claim ID {', '.join(unknown)}; valid IDs: {', '.join(valid)}")
-    start = time.perf_counter()
-    checks = run_claims(ids, settings)
+    display = display or Display(enabled=False)
+    ids = ids or valid
+    steps = [f"checking {i}" for i in ids] + ([] if figures_dir is None else ["drawing figures"])
+    display.start("theory", len(steps))
+    display.note(steps[0])
+    start, checks = time.perf_counter(), []
+    for i, claim_id in enumerate(ids):
+        checks += run_claims([claim_id], settings)
+        display.advance(note=(steps + [""])[i + 1])
     elapsed = time.perf_counter() - start
     figures = [] if figures_dir is None else write_theory_figures(checks, figures_dir, settings)
+    if figures_dir is not None:
+        display.advance(note="")
+    display.finish()
     return checks, figures, elapsed
 
 
@@ -99,7 +112,10 @@ def run(args) -> int:
     settings = ClaimSettings(instances=_int_arg("instances", args.instances, 10),
                              seed=_int_arg("seed", args.seed, 0))
     figures_dir = None if args.no_figures else Path(args.figures)
-    checks, figures, elapsed = check_theory(args.claim, settings, figures_dir)
+    from analysis.display import Display
+
+    with Display(enabled=not args.quiet) as display:
+        checks, figures, elapsed = check_theory(args.claim, settings, figures_dir, display)
     if args.json:
         json.dump({"claims": [c.as_json() for c in checks]}, sys.stdout, indent=1)
         print()

@@ -18,5 +18,6 @@ if TYPE_CHECKING:
 def base_model(cfg: "BaseConfig", seed: int, device: str) -> "BaseRun":
     """The pretrained base model of ``(cfg, seed)``, shared by every experiment and config."""
     from analysis.basemodels import cached_base
+    from analysis.progress import current
 
-    return cached_base(cfg, seed, device)
+    return cached_base(cfg, seed, device, progress=current())

@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from analysis.progress import current
 from analysis.registry import ClaimMeasure, Experiment, Result, register
 from analysis.verdict import Claim
 from toymodels.config import Config
 from toymodels.pipeline import LIBRARIES, PipelineConfig, train_lora
 from toymodels.presets import quick_two_hop
+from toymodels.progress import labelled, open_bar
 from toymodels.probes import (fit_probe, logit_lens, prompt_end, residual_stream, router_heatmap,
                               t2_key_overlap, target_rank)
 from toymodels.reuse import METHODS
@@ -79,7 +81,8 @@ def grid(profile: str) -> list[MechanismConfig]:
 def _models(base, es, cfg: MechanismConfig, gen: torch.Generator, device: str) -> dict:
     adapters, models = {}, {"base": base.model}
     for name in LIBRARIES["with_AC"]:
-        adapters[name], result = train_lora(base.model, es.train[name], cfg.pipeline, gen, device, False)
+        adapters[name], result = train_lora(base.model, es.train[name], cfg.pipeline, gen, device,
+                                            labelled(current(), f"LoRA {name}"))
         models[f"single/{name}"] = result.model.eval()
     for lib, names in LIBRARIES.items():
         for m in cfg.methods:
@@ -152,7 +155,9 @@ def run(config: MechanismConfig, device: str) -> dict:
     candidates = torch.arange(first, tok.d_vocab)  # every entity token, familiar and new
     old = None if config.familiarity != "R" else torch.as_tensor(
         [tok.entity(base.pretraining.graph.objects[a - first, es.r1]) for a in es.chains[:, 0]])
+    bar = open_bar(current(), "probes, then per model: scores, logit lens, keys", 1 + len(models))
     probes = _bridge_probes(base, es, config.fmt)
+    bar.update()
     members = list(LIBRARIES["with_AC"])
     out = {"fmt": config.fmt, "familiarity": config.familiarity, "seed": config.seed, "n_layers": n_layers,
            "probe_chance": None if probes is None else probes[2], "models": {}, "router": {},
@@ -167,6 +172,8 @@ def run(config: MechanismConfig, device: str) -> dict:
             heat = router_heatmap(model, idx)
             out["router"][name] = {"roles": heat["roles"], "layers": heat["layers"], "mean": heat["mean"].tolist(),
                                    "adapters": list(LIBRARIES[name.split("/")[1]])}
+        bar.update()
+    bar.close()
     return out
 
 

@@ -145,11 +145,13 @@ def run(config: PretrainedRunConfig, device: str) -> dict:
     """Load the model, run the protocol, return its result plus the table fields."""
     check_available(config.model)
     from analysis.basemodels import results_root
+    from analysis.progress import current
     from toymodels.pretrained import load_causal_lm
     from toymodels.pretrained_two_hop import run_pretrained_two_hop
 
     model, tokenizer = load_causal_lm(config.model, results_root() / "pretrained")
-    protocol = run_pretrained_two_hop(config.protocol, model, tokenizer, seed=config.seed, device=device)
+    protocol = run_pretrained_two_hop(config.protocol, model, tokenizer, seed=config.seed, device=device,
+                                      progress=current())
     return {"model": model_label(config.model), "seed": config.seed,
             "familiarity": protocol["familiarity"], "r_split": protocol["r_split"],
             **summarize(protocol), "protocol": protocol}

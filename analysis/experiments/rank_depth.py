@@ -35,6 +35,7 @@ import torch
 
 from analysis.experiments import base_model
 from analysis.figures.rank_depth import accuracy_figure, capacity_figure
+from analysis.progress import current
 from analysis.registry import ClaimMeasure, Experiment, Result, register
 from analysis.verdict import Claim
 from toymodels.capacity import CapacityConfig, measure_capacity
@@ -42,6 +43,7 @@ from toymodels.config import Config
 from toymodels.lora import LoRAConfig
 from toymodels.model import ModelConfig
 from toymodels.pipeline import LIBRARIES, BaseConfig, PipelineConfig, run_two_hop
+from toymodels.progress import open_bar
 from toymodels.presets import quick_base
 from toymodels.tasks.experts import ExpertConfig
 from toymodels.tasks.knowledge import GraphConfig
@@ -124,8 +126,10 @@ def _scores(split: dict) -> dict:
 def run(config: RankDepthConfig, device: str) -> dict:
     base = base_model(config.pipeline.base, config.seed, device)
     rng, gen = np.random.default_rng([config.seed, 1]), torch.Generator().manual_seed(config.seed + 1000)
+    bar = open_bar(current(), "capacity: one LoRA on N facts (RANK-1)", 1)
     capacity = measure_capacity(base.model, base.pretraining, config.capacity, config.rank, rng, gen, device)
-    reuse = run_two_hop(config.pipeline, config.seed, device, base=base)
+    bar.close()
+    reuse = run_two_hop(config.pipeline, config.seed, device, progress=current(), base=base)
     final = base.result.final()
     return {"rank": config.rank, "depth": config.depth, "seed": config.seed, "fmt": config.pipeline.base.task.fmt,
             "base": {"test_id": final["test_id"], "atomic": final["atomic"], "steps": base.result.steps,

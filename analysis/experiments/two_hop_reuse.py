@@ -96,9 +96,10 @@ def _scores(split: dict) -> dict:
 
 def run(config: TwoHopReuseConfig, device: str) -> dict:
     from analysis.experiments import base_model
+    from analysis.progress import current
 
     base = base_model(config.pipeline.base, config.base_seed, device)
-    out = run_two_hop(config.pipeline, config.seed, device, base=base)
+    out = run_two_hop(config.pipeline, config.seed, device, progress=current(), base=base)
     b = out["base"]
     return {"fmt": config.fmt, "condition": config.condition, "seed": config.seed, "base_seed": config.base_seed,
             "base": {k: b[k] for k in ("steps", "seconds", "reached_target", "final")},
