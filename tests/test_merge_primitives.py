@@ -78,6 +78,15 @@ def test_factor_average_with_a_zero_weight_is_the_other_adapter():
     torch.testing.assert_close(M.factor_average([a, b], [1.0, 0.0]).delta, a.delta)
 
 
+def test_factor_average_gap_is_the_cross_terms_with_a_switched_off_adapter():
+    """MERGE-3 with an adapter of scale 0 (delta = 0): the identity
+    factor_average.delta = weighted_delta_sum + cross_terms still holds, with no division by
+    the scale."""
+    adapters = [_factors(2, seed=1, scale=0.5), _factors(2, seed=2, scale=0.0)]
+    torch.testing.assert_close(M.factor_average(adapters).delta,
+                               M.weighted_delta_sum(adapters) + M.cross_terms(adapters))
+
+
 def test_factor_shapes_are_validated():
     message = r"^factor shapes A={}, B={}: need A \(r, d_in\) and B \(d_out, r\) with the same r$"
     with pytest.raises(ValueError, match=message.format(r"\(2, 5\)", r"\(4, 3\)")):
