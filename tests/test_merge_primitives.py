@@ -103,3 +103,13 @@ def test_merge_messages_name_the_problem_and_the_fix():
     # the ranks found and the fix must be in the message; its opening words may change
     with pytest.raises(ValueError, match=r"needs equal ranks, got \[2, 3\]: use cat or svd$"):
         M.factor_average([_factors(2), _factors(3)])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_dare_keeps_the_right_share_in_low_precision(dtype):
+    """MERGE-4's unbiasedness needs P(keep) = 1 - drop_rate exactly; uniforms drawn in
+    bfloat16 are coarse enough to keep 0.1016 at drop_rate 0.9 (5 standard errors here)."""
+    n, drop = 1_000_000, 0.9
+    kept = M.dare(torch.ones(n, 1, dtype=dtype), drop, torch.Generator().manual_seed(0)) != 0
+    share, se = kept.float().mean().item(), (drop * (1 - drop) / n) ** 0.5
+    assert abs(share - (1 - drop)) < 3 * se
