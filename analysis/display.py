@@ -90,6 +90,8 @@ class Display:
                 self._main_tq = tqdm(total=total, initial=done, desc=desc, position=0, file=self.stream, dynamic_ncols=True,
                                      bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}{postfix}")
             self._draw_main()
+            if not self.tty:  # a line at once: a stage never opens with seconds of silence (pool start-up)
+                self._log()
         self._run_thread()
 
     def advance(self, seconds: float | None = None, note: str | None = None) -> None:

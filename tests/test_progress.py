@@ -134,3 +134,15 @@ def test_disabled_display_writes_nothing(tmp_path):
     with Display(enabled=False, stream=stream) as display:
         run_sweep(SELFTEST, SELFTEST.configs("quick")[:2], ResultCache(tmp_path, SELFTEST.name), display=display)
     assert stream.getvalue() == ""
+
+
+def test_a_stage_prints_its_first_line_at_once_when_not_a_terminal():
+    """Logs and pipes get a status line the moment a stage starts, not after the first
+    logging interval (a worker pool can take seconds to start on a loaded machine)."""
+    stream = io.StringIO()
+    display = Display(stream=stream, tty=False, log_every=3600)
+    display.start("stage", 3)
+    try:
+        assert stream.getvalue().splitlines()[-1].endswith("stage 0/3")
+    finally:
+        display.close()
