@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from analysis.display import Display
 
+    if not args.quiet:  # before the imports below, which take seconds on a loaded machine
+        print(f"lora-limits reproduce: loading the {args.profile} profile's experiments", file=sys.stderr, flush=True)
     with Display(enabled=not args.quiet) as display:
         return _reproduce(args, display)
 
