@@ -48,7 +48,8 @@ def git_state() -> tuple[str, bool | None]:
     return (commit or "unknown"), (None if status is None else bool(status))
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -61,7 +62,7 @@ def _cpu_name() -> str:
 def machine(device: str) -> str:
     """One line: the CPU and the cores this process may use, and the GPU when ``device`` is CUDA."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    text = f"{platform.system()} {platform.machine()}, {_cpu_name()}, {cores} CPU cores"
+    text = f"{platform.system()} {platform.machine()}, {cpu_name()}, {cores} CPU cores"
     torch = sys.modules.get("torch")  # only if the run imported it: no import cost for the self-test
     if device.startswith("cuda") and torch is not None and torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(device)}"

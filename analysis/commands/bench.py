@@ -44,22 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 when a row misses its target")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def describe_machine(device) -> dict:
     import torch
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    from analysis.provenance import cpu_name
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "platform": platform.platform(), "python": platform.python_version()}
 
 
