@@ -31,7 +31,7 @@ from toymodels.scoring import chance_levels, two_hop_family
 from toymodels.tasks import Examples
 from toymodels.tasks.experts import FAMILIARITIES, ExpertConfig, ExpertSet, make_expert_set
 from toymodels.tasks.twohop import Pretraining, TwoHopConfig, make_pretraining
-from toymodels.train import TrainConfig, TrainResult, resolve_device, train
+from toymodels.train import TrainConfig, TrainResult, recipe, resolve_device, train
 
 __all__ = ["LIBRARIES", "BaseConfig", "BaseRun", "PipelineConfig", "run_two_hop", "train_base", "train_lora",
            "train_summary"]
@@ -59,12 +59,7 @@ class PipelineConfig(Config):
     base: BaseConfig = field(default_factory=BaseConfig)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    # Fine-tune until the expert's data are memorised, checked every 5 steps. Measured on
-    # quick_base("cot"), split R, AB expert (memorised within 25 steps at each lr): retention of
-    # pretrained atomic facts 3% at lr 1e-2, 12% at 3e-3, 65% at 1e-3; hence 1e-3.
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=300, batch_size=64, lr=1e-3, weight_decay=0.0, warmup_steps=10, eval_every=5,
-        target_acc=1.0, target_set="facts"))
+    finetune: TrainConfig = field(default_factory=lambda: recipe("careful_finetune"))  # presets
     familiarities: tuple[str, ...] = FAMILIARITIES
     methods: tuple[str, ...] = DEFAULT_METHODS
     reuse: ReuseOptions = field(default_factory=ReuseOptions)

@@ -33,6 +33,7 @@ from torch import nn
 from toymodels.config import Config
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
+from toymodels import presets
 from toymodels.pretrained import LogitsLM
 from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
@@ -41,7 +42,7 @@ from toymodels.reuse_options import ReuseOptions
 from toymodels.tasks import Examples
 from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, answer_scores, broadcast_controls,
                                      encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
-from toymodels.train import TrainConfig
+from toymodels.train import TrainConfig, recipe
 
 __all__ = ["LIBRARIES", "PretrainedTwoHopConfig", "paper", "quick", "run_pretrained_two_hop"]
 
@@ -50,9 +51,7 @@ __all__ = ["LIBRARIES", "PretrainedTwoHopConfig", "paper", "quick", "run_pretrai
 class PretrainedTwoHopConfig(Config):
     task: NaturalConfig = field(default_factory=NaturalConfig)
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(rank=4, alpha=8.0, targets=("q", "v", "up", "down")))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=60, batch_size=16, lr=3e-3, weight_decay=0.0, warmup_steps=3, eval_every=5,
-        target_acc=1.0, target_set="facts"))
+    finetune: TrainConfig = field(default_factory=lambda: recipe("pretrained_finetune"))  # presets
     methods: tuple[str, ...] = DEFAULT_METHODS
     reuse: ReuseOptions = field(default_factory=lambda: ReuseOptions(lorahub_budget=12))
     joint: bool = True  # also train a joint LoRA per library
@@ -81,7 +80,7 @@ def quick() -> PretrainedTwoHopConfig:
     LoRA, 8 control questions per familiarity and expert; R from facts the base answers."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=2, cities_per_country=2, relations2=("capital",)),
-        finetune=dataclasses.replace(PretrainedTwoHopConfig().finetune, steps=25),
+        finetune=presets.pretrained_finetune(steps=25),
         methods=("average", "sum", "ties", "svd", "factor_average", "arrow", "oracle"), r_known_only=True)
 
 
@@ -90,7 +89,7 @@ def paper() -> PretrainedTwoHopConfig:
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=8, cities_per_country=3),
         lora=LoRAConfig(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down")),
-        finetune=dataclasses.replace(PretrainedTwoHopConfig().finetune, steps=300, batch_size=32, eval_every=10),
+        finetune=presets.pretrained_finetune(steps=300, batch_size=32, eval_every=10),
         reuse=ReuseOptions(lorahub_budget=40), r_known_only=True)
 
 

@@ -69,6 +69,14 @@ class TrainConfig(Config):
         return self.min_lr_frac + (1 - self.min_lr_frac) * shape
 
 
+def recipe(name: str) -> TrainConfig:
+    """The named recipe of the recipe book, ``toymodels.presets.<name>()``; imported when
+    called, so that configs' defaults can use it (presets imports the config modules)."""
+    from toymodels import presets
+
+    return getattr(presets, name)()
+
+
 @dataclass
 class TrainResult:
     """``curves[name][i]`` is the exact match on eval set ``name`` at ``eval_steps[i]``;
