@@ -95,10 +95,14 @@ class TrainResult:
 
 
 def resolve_device(device: str) -> torch.device:
+    """The one place a device name is resolved: ``auto`` -> ``cuda`` when available, else
+    ``cpu``; ``cuda`` where there is none is an error naming the fix."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={device!r}: must be one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA device is available here; use cpu or auto")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: must be one of auto, cpu, cuda")
     return torch.device(device)
 
 
