@@ -66,5 +66,5 @@ def test_injection_passes_the_dropout_on(base):
 
 
 def test_injection_into_a_non_linear_module_names_its_type(base):
-    with pytest.raises(ValueError, match=r"^blocks.0.ln_attn: is a LayerNorm, LoRA wraps nn.Linear only$"):
+    with pytest.raises(ValueError, match=r"^blocks.0.ln_attn: is a LayerNorm, LoRA wraps nn.Linear or Conv1D only$"):
         inject_lora(base, LoRAConfig(targets=("q",)), {("q", 0): "blocks.0.ln_attn"}, seeded(1))

@@ -49,7 +49,7 @@ from toymodels.model import GPT, ActivationCache, role_modules
 from toymodels.tasks import Examples
 from toymodels.tasks.knowledge import atomic_row, encode
 from toymodels.tasks.twohop import Pretraining
-from toymodels.train import TrainConfig, exact_match, train
+from toymodels.train import TrainConfig, exact_match, recipe, train
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,7 @@ class CapacityConfig(Config):
     n_facts: int = 64
     margin: float = 1.0
     solve_steps: int = 300  # Adam steps for D* (a small problem: N x d_model numbers)
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=250, batch_size=64, lr=1e-2, weight_decay=0.0, warmup_steps=10, eval_every=25,
-        target_acc=1.0, target_set="facts"))
+    finetune: TrainConfig = field(default_factory=lambda: recipe("fast_finetune"))  # toymodels/presets.py
 
     def __post_init__(self):
         if not isinstance(self.n_facts, int) or self.n_facts < 1:

@@ -18,19 +18,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from toymodels.adapters import Adapter, extract_adapter
+from toymodels import protocol
+from toymodels.adapters import Adapter
 from toymodels.config import Config
-from toymodels.lora import LoRAConfig, inject_lora
+from toymodels.lora import LoRAConfig
 from toymodels.model import GPT, ModelConfig, role_modules
 from toymodels.progress import Progress, labelled, open_bar
+from toymodels.protocol import LIBRARIES, Backend, run_protocol, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
-from toymodels.scoring import ReuseOptions, chance_levels, score_method, score_model
+from toymodels.reuse_options import ReuseOptions
+from toymodels.scoring import chance_levels, two_hop_family
 from toymodels.tasks import Examples
 from toymodels.tasks.experts import FAMILIARITIES, ExpertConfig, ExpertSet, make_expert_set
 from toymodels.tasks.twohop import Pretraining, TwoHopConfig, make_pretraining
-from toymodels.train import TrainConfig, TrainResult, resolve_device, train
+from toymodels.train import TrainConfig, TrainResult, recipe, resolve_device, train
 
-LIBRARIES = {"hops": ("AB", "BC"), "with_AC": ("AB", "BC", "AC")}  # + every distractor
+__all__ = ["LIBRARIES", "BaseConfig", "BaseRun", "PipelineConfig", "run_two_hop", "train_base", "train_lora",
+           "train_summary"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +59,7 @@ class PipelineConfig(Config):
     base: BaseConfig = field(default_factory=BaseConfig)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    # Fine-tune until the expert's data are memorised, checked every 5 steps. Measured on
-    # quick_base("cot"), split R, AB expert (memorised within 25 steps at each lr): retention of
-    # pretrained atomic facts 3% at lr 1e-2, 12% at 3e-3, 65% at 1e-3; hence 1e-3.
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=300, batch_size=64, lr=1e-3, weight_decay=0.0, warmup_steps=10, eval_every=5,
-        target_acc=1.0, target_set="facts"))
+    finetune: TrainConfig = field(default_factory=lambda: recipe("careful_finetune"))  # presets
     familiarities: tuple[str, ...] = FAMILIARITIES
     methods: tuple[str, ...] = DEFAULT_METHODS
     reuse: ReuseOptions = field(default_factory=ReuseOptions)
@@ -101,54 +100,25 @@ def train_base(cfg: BaseConfig, seed: int = 0, device: str = "auto", progress: P
     return BaseRun(model.requires_grad_(False).eval(), pre, result)
 
 
-def train_summary(result: TrainResult) -> dict:
-    return {"steps": result.steps, "seconds": round(result.seconds, 3), "reached_target": result.reached_target,
-            "final": result.final(), "eval_steps": result.eval_steps, "curves": result.curves,
-            "losses": result.losses}
-
-
 def train_lora(base: nn.Module, data: Examples, cfg: PipelineConfig, gen: torch.Generator,
                device: str, progress: Progress | None = None) -> tuple[Adapter, TrainResult]:
     """Fine-tune a fresh LoRA on ``data`` until it reproduces ``data`` (eval set ``facts``)."""
-    model = inject_lora(base, cfg.lora, role_modules(base), gen)
-    result = train(model, data, cfg.finetune, gen, {"facts": data}, device, progress)
-    return extract_adapter(model, cfg.lora), result
+    return protocol.train_lora(Backend(base, role_modules(base), device), data, cfg.lora, cfg.finetune, gen, progress)
 
 
 def run_split(base: BaseRun, cfg: PipelineConfig, familiarity: str, rng: np.random.Generator,
               gen: torch.Generator, device: str, progress: Progress | None = None) -> dict:
-    """Experts, joint LoRAs and scores of every model for one familiarity split. ``progress``
-    gets a bar over its LoRAs and scored models and one per LoRA over its steps."""
+    """Experts, joint LoRAs and scores of every model for one familiarity split
+    (:func:`toymodels.protocol.run_protocol`). ``progress`` gets a bar over its LoRAs and
+    scored models and one per LoRA over its steps."""
     es: ExpertSet = make_expert_set(base.pretraining, cfg.experts, familiarity, rng)
-    out = {"r1": es.r1, "r2": es.r2, "n_composed": len(es.composed), "experts": {}, "models": {},
-           "chance": chance_levels(base.pretraining, es)}
-    units = 1 + 2 * len(es.train) + len(LIBRARIES) * (2 + len(cfg.methods))  # LoRAs trained + models scored
-    bar = open_bar(progress, f"split {familiarity}", units)
-    out["models"]["base"] = score_model(base.model, base, es, es.experts)
-    bar.update()
-    adapters = {}
-    for name, data in es.train.items():
-        adapters[name], result = train_lora(base.model, data, cfg, gen, device, labelled(progress, f"LoRA {name}"))
-        out["experts"][name] = train_summary(result)
-        bar.update()
-        out["models"][f"single/{name}"] = score_model(result.model, base, es, es.experts)
-        bar.update()
     distractors = [name for name in es.experts if name.startswith("D")]
-    for lib, names in LIBRARIES.items():
-        members = list(names) + distractors
-        joint = Examples.cat([es.train[name] for name in members])
-        _, result = train_lora(base.model, joint, cfg, gen, device, labelled(progress, f"joint LoRA {lib}"))
-        out["experts"][f"joint/{lib}"] = train_summary(result)
-        bar.update()
-        out["models"][f"joint/{lib}"] = score_model(result.model, base, es, members)
-        bar.update()
-        for method in cfg.methods:
-            bar.set_postfix_str(f"scoring {method}/{lib}")
-            out["models"][f"{method}/{lib}"] = score_method(method, base, es, members,
-                                                            [adapters[n] for n in members], cfg, rng, gen)
-            bar.update()
-    bar.close()
-    return out
+    libraries = {lib: list(names) + distractors for lib, names in LIBRARIES.items()}
+    family = two_hop_family(base, es, libraries, cfg.reuse)
+    done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, rng, gen,
+                        title=f"split {familiarity}", progress=progress)
+    return {"r1": es.r1, "r2": es.r2, "n_composed": len(es.composed), **done,
+            "chance": chance_levels(base.pretraining, es)}
 
 
 def run_two_hop(cfg: PipelineConfig, seed: int = 0, device: str = "auto", progress: Progress | None = None,

@@ -23,36 +23,35 @@ familiarity's composed set (``two_hop_unseen``). The result is JSON-able.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from toymodels.adapters import Adapter, extract_adapter
 from toymodels.config import Config
 from toymodels.hf_roles import role_map
-from toymodels.lora import LoRAConfig, inject_lora
+from toymodels.lora import LoRAConfig
+from toymodels import presets
 from toymodels.pretrained import LogitsLM
-from toymodels.progress import Progress, labelled, open_bar
+from toymodels.progress import Progress, open_bar
+from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
-from toymodels.routing import set_oracle_weights
-from toymodels.scoring import ReuseOptions
+from toymodels.reuse_options import ReuseOptions
 from toymodels.tasks import Examples
 from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, answer_scores, broadcast_controls,
                                      encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
-from toymodels.train import TrainConfig, TrainResult, answer_loss, train
+from toymodels.train import TrainConfig, recipe
 
-LIBRARIES = {"hops": ("AB", "BC"), "with_AC": ("AB", "BC", "AC")}
+__all__ = ["LIBRARIES", "PretrainedTwoHopConfig", "paper", "quick", "run_pretrained_two_hop"]
 
 
 @dataclass(frozen=True)
 class PretrainedTwoHopConfig(Config):
     task: NaturalConfig = field(default_factory=NaturalConfig)
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(rank=4, alpha=8.0, targets=("q", "v", "up", "down")))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=60, batch_size=16, lr=3e-3, weight_decay=0.0, warmup_steps=3, eval_every=5,
-        target_acc=1.0, target_set="facts"))
+    finetune: TrainConfig = field(default_factory=lambda: recipe("pretrained_finetune"))  # presets
     methods: tuple[str, ...] = DEFAULT_METHODS
     reuse: ReuseOptions = field(default_factory=lambda: ReuseOptions(lorahub_budget=12))
     joint: bool = True  # also train a joint LoRA per library
@@ -81,7 +80,7 @@ def quick() -> PretrainedTwoHopConfig:
     LoRA, 8 control questions per familiarity and expert; R from facts the base answers."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=2, cities_per_country=2, relations2=("capital",)),
-        finetune=dataclasses.replace(PretrainedTwoHopConfig().finetune, steps=25),
+        finetune=presets.pretrained_finetune(steps=25),
         methods=("average", "sum", "ties", "svd", "factor_average", "arrow", "oracle"), r_known_only=True)
 
 
@@ -90,7 +89,7 @@ def paper() -> PretrainedTwoHopConfig:
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=8, cities_per_country=3),
         lora=LoRAConfig(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down")),
-        finetune=dataclasses.replace(PretrainedTwoHopConfig().finetune, steps=300, batch_size=32, eval_every=10),
+        finetune=presets.pretrained_finetune(steps=300, batch_size=32, eval_every=10),
         reuse=ReuseOptions(lorahub_budget=40), r_known_only=True)
 
 
@@ -130,29 +129,13 @@ def _composed_set(sets: dict, fam: str) -> str | None:
     return None
 
 
-def _oracle_score(model: nn.Module, n: int, sets: dict[str, Examples], controls: list[Control],
-                  rows: Examples | None) -> tuple[dict, dict]:
-    per, casts = [], []
-    for i in range(n):
-        set_oracle_weights(model, nn.functional.one_hot(torch.tensor(i), n).float())
-        per.append(score(model, sets))
-        casts.append(broadcast(model, controls, rows))
-    best = {name: max(range(n), key=lambda i: per[i][name]["exact"]) for name in sets}
+def _oracle(per: list[tuple[dict, dict]], sets: dict, controls: list[Control]) -> tuple[dict, dict]:
+    """From ``per[i]`` = (scores, broadcast) with all weight on adapter ``i``: per eval set the
+    best adapter; each control's rate under the adapter picked for its composed set."""
+    best = {name: max(range(len(per)), key=lambda i: per[i][0][name]["exact"]) for name in sets}
     picked = {c.name: best.get(_composed_set(sets, c.familiarity), 0) for c in controls}
-    return ({name: dict(per[best[name]][name], adapter=best[name]) for name in sets},
-            {name: casts[i][name] for name, i in picked.items()})
-
-
-def _train_lora(lm: nn.Module, roles, data: Examples, cfg: PretrainedTwoHopConfig, gen: torch.Generator,
-                device: str, progress: Progress | None) -> tuple[Adapter, TrainResult]:
-    model = inject_lora(lm, cfg.lora, roles, gen)
-    result = train(model, data, cfg.finetune, gen, {"facts": data}, device, progress)
-    return extract_adapter(model, cfg.lora), result
-
-
-def _summary(result: TrainResult) -> dict:
-    return {"steps": result.steps, "seconds": round(result.seconds, 2), "final": result.final(),
-            "losses": result.losses, "reached_target": result.reached_target}
+    return ({name: dict(per[best[name]][0][name], adapter=best[name]) for name in sets},
+            {name: per[i][1][name] for name, i in picked.items()})
 
 
 def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tokenizer, seed: int = 0,
@@ -177,65 +160,18 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in eval_pairs(chains).items()}
     train_sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in expert_pairs(chains).items()}
     r_chains = [c for c in chains if c.familiarity == "R"]
-    units = 1 + 2 * len(train_sets) + len(LIBRARIES) * (2 * cfg.joint + len(cfg.methods))  # LoRAs + scored models
-    bar = open_bar(progress, "LoRAs and scores", units)
-    bar.set_postfix_str("scoring base")
     out = {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed,
            "chains": [dataclasses.asdict(c) for c in chains],
            "familiarity": {"facts": len(fact_pairs), "exact": fact_exact.float().mean().item(), "known": len(known)},
            "r_split": {"known_only": cfg.r_known_only, "requested": cfg.task.n_countries,
                        "countries": len({c.country for c in r_chains}), "chains": len(r_chains)},
            "controls": {c.name: {"questions": len(c.questions), "new_answers": list(c.new_answers),
-                                 "chance": c.chance} for c in controls},
-           "experts": {}, "models": {"base": score(lm, sets)},
-           "broadcast": {"base": broadcast(lm, controls, control_rows)}}
-
-    bar.update()
-
-    def record(name: str, model: nn.Module) -> None:
-        bar.set_postfix_str(f"scoring {name}")
-        out["models"][name] = score(model, sets)
-        out["broadcast"][name] = broadcast(model, controls, control_rows)
-        bar.update()
-
-    adapters = {}
-    for name, data in train_sets.items():
-        adapters[name], result = _train_lora(lm, roles, data, cfg, gen, device, labelled(progress, f"LoRA {name}"))
-        out["experts"][name] = _summary(result)
-        bar.update()
-        record(f"single/{name}", result.model)
-        del result
-    opts = cfg.reuse
-    for lib, members in LIBRARIES.items():
-        if cfg.joint:
-            joint = Examples.cat([train_sets[m] for m in members])
-            _, result = _train_lora(lm, roles, joint, cfg, gen, device, labelled(progress, f"joint LoRA {lib}"))
-            out["experts"][f"joint/{lib}"] = _summary(result)
-            bar.update()
-            record(f"joint/{lib}", result.model)
-            del result
-        bank = [adapters[m] for m in members]
-        shots = train_sets["AC"][:opts.lorahub_shots]  # LoraHub sees a few two-hop sentences
-
-        def few_shot_loss(model: nn.Module) -> float:
-            return answer_loss(model, shots.to(next(model.parameters()).device)).item()
-
-        for method in cfg.methods:
-            options = {"svd": {"rank": opts.svd_rank or cfg.lora.rank}, "ties": {"density": opts.ties_density},
-                       "dare": {"drop_rate": opts.dare_drop, "generator": gen},
-                       "arrow": {"top_k": min(opts.arrow_top_k, len(bank)), "temperature": opts.arrow_temperature},
-                       "lorahub": {"loss_fn": few_shot_loss, "rng": rng, "budget": opts.lorahub_budget},
-                       }.get(method, {})
-            with torch.no_grad():
-                model = METHODS[method](lm, bank, **options)
-            name = f"{method}/{lib}"
-            if method == "oracle":
-                bar.set_postfix_str(f"scoring {name}")
-                out["models"][name], out["broadcast"][name] = _oracle_score(model, len(bank), sets, controls,
-                                                                            control_rows)
-                bar.update()
-            else:
-                record(name, model)
-            del model
-    bar.close()
-    return out
+                                 "chance": c.chance} for c in controls}}
+    family = TaskFamily(experts=train_sets, libraries=LIBRARIES, shots=train_sets["AC"][:cfg.reuse.lorahub_shots],
+                        score=lambda model, members, method: (score(model, sets),
+                                                              broadcast(model, controls, control_rows)),
+                        oracle=lambda per, members: _oracle(per, sets, controls))
+    done = run_protocol(family, Backend(lm, roles, device), cfg, rng, gen, joint=cfg.joint,
+                        summary=functools.partial(train_summary, curves=False, digits=2), progress=progress)
+    return {**out, "experts": done["experts"], "models": {name: s for name, (s, _) in done["models"].items()},
+            "broadcast": {name: b for name, (_, b) in done["models"].items()}}

@@ -16,48 +16,18 @@ Chance levels (:func:`chance_levels`) use the number of entity tokens as the ans
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import torch
 from torch import nn
 
-from toymodels.adapters import Adapter
-from toymodels.config import Config
-from toymodels.reuse import METHODS
-from toymodels.routing import set_oracle_weights
+from toymodels.protocol import TaskFamily
+from toymodels.reuse_options import ReuseOptions, method_options  # noqa: F401  (re-exported)
 from toymodels.tasks.experts import ExpertSet, broadcast_rate
 from toymodels.tasks.twohop import Pretraining
-from toymodels.train import answer_loss, exact_match, greedy_final_answers
+from toymodels.train import exact_match, greedy_final_answers
 
 if TYPE_CHECKING:
-    from toymodels.pipeline import BaseRun, PipelineConfig
-
-
-@dataclass(frozen=True)
-class ReuseOptions(Config):
-    """Options of the reuse methods (``reuse.METHODS``). LoraHub's weight search sees the
-    first ``lorahub_shots`` composed questions; its ``composed`` score excludes them."""
-
-    svd_rank: int | None = None  # None: the experts' LoRA rank
-    ties_density: float = 0.2
-    dare_drop: float = 0.5
-    arrow_top_k: int = 1
-    arrow_temperature: float = 1.0
-    lorahub_shots: int = 2
-    lorahub_budget: int = 40
-
-    def __post_init__(self):
-        checks = {"svd_rank": self.svd_rank is None or self.svd_rank >= 1,
-                  "ties_density": 0 < self.ties_density <= 1, "dare_drop": 0 <= self.dare_drop < 1,
-                  "arrow_top_k": self.arrow_top_k >= 1, "arrow_temperature": self.arrow_temperature > 0,
-                  "lorahub_shots": self.lorahub_shots >= 1, "lorahub_budget": self.lorahub_budget >= 1}
-        allowed = {"svd_rank": ">= 1 or None", "ties_density": "in (0, 1]", "dare_drop": "in [0, 1)",
-                   "arrow_temperature": "> 0"}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"reuse.{name}={getattr(self, name)!r}: must be {allowed.get(name, '>= 1')}")
+    from toymodels.pipeline import BaseRun
 
 
 def chance_levels(pre: Pretraining, es: ExpertSet) -> dict:
@@ -84,13 +54,10 @@ def score_model(model: nn.Module, base: "BaseRun", es: ExpertSet, members: Seque
             "pretrain_test_id": exact_match(model, evals["test_id"])}
 
 
-def _oracle(model: nn.Module, base: "BaseRun", es: ExpertSet, members: Sequence[str]) -> dict:
-    """Task-level oracle selection: on each eval set, the one adapter of the library that
-    scores best there (one-hot routing weights); broadcast uses the adapter so chosen."""
-    per = []
-    for i in range(len(members)):
-        set_oracle_weights(model, torch.nn.functional.one_hot(torch.tensor(i), len(members)).float())
-        per.append(score_model(model, base, es, members))
+def oracle(per: list[dict], members: Sequence[str]) -> dict:
+    """Task-level oracle selection from ``per[i]``, the scores with all weight on adapter ``i``
+    (one-hot routing): on each eval set the adapter that scores best there; broadcast uses
+    the adapter so chosen."""
     best = max(range(len(per)), key=lambda i: per[i]["composed"])
     out = dict(per[best], facts={n: max(p["facts"][n] for p in per) for n in members})
     out["broadcast"] = {n: per[members.index(n)]["broadcast"][n] for n in members if n != "AC"}
@@ -99,39 +66,16 @@ def _oracle(model: nn.Module, base: "BaseRun", es: ExpertSet, members: Sequence[
     return out
 
 
-def method_options(method: str, cfg: "PipelineConfig", n_adapters: int, gen: torch.Generator | None = None,
-                   rng: np.random.Generator | None = None, loss_fn=None) -> dict:
-    """The keyword options of ``METHODS[method]`` set by ``cfg.reuse`` (one place for every
-    caller); ``dare`` needs ``gen``, ``lorahub`` needs ``rng`` and a few-shot ``loss_fn``."""
-    opts = cfg.reuse
-    if method.startswith("peft_"):  # PEFT's names: density = share kept, svd_rank defaults like ours
-        kind = method.removeprefix("peft_")
-        dare = {"density": 1.0 - opts.dare_drop, "generator": gen} if kind.startswith("dare") else {}
-        prune = {"density": opts.ties_density} if kind.startswith(("ties", "magnitude")) else {}
-        return {**dare, **prune, **({"svd_rank": opts.svd_rank or cfg.lora.rank} if kind.endswith("svd") else {})}
-    return {
-        "svd": {"rank": opts.svd_rank or cfg.lora.rank},
-        "ties": {"density": opts.ties_density},
-        "dare": {"drop_rate": opts.dare_drop, "generator": gen},
-        "arrow": {"top_k": min(opts.arrow_top_k, n_adapters), "temperature": opts.arrow_temperature},
-        "lorahub": {"loss_fn": loss_fn, "rng": rng, "budget": opts.lorahub_budget},
-    }.get(method, {})
+def two_hop_family(base: "BaseRun", es: ExpertSet, libraries: dict[str, Sequence[str]],
+                   reuse: ReuseOptions) -> TaskFamily:
+    """One familiarity split of the toy two-hop task as a :class:`toymodels.protocol.TaskFamily`.
+    LoraHub's search sees the first ``reuse.lorahub_shots`` composed questions and its
+    ``composed`` score leaves them out; every reuse method also reports ``composed_rows``."""
+    def score(model: nn.Module, members: Sequence[str], method: str | None) -> dict:
+        if method is None:
+            return score_model(model, base, es, members)
+        skip = reuse.lorahub_shots if method == "lorahub" else 0
+        return dict(score_model(model, base, es, members, composed_from=skip), composed_rows=len(es.composed) - skip)
 
-
-def score_method(method: str, base: "BaseRun", es: ExpertSet, members: Sequence[str],
-                 adapters: Sequence[Adapter], cfg: "PipelineConfig", rng: np.random.Generator,
-                 gen: torch.Generator) -> dict:
-    """Build ``METHODS[method](base, adapters, **options)`` and score it."""
-    opts = cfg.reuse
-    shots = es.composed[:opts.lorahub_shots]
-
-    def few_shot_loss(model: nn.Module) -> float:
-        return answer_loss(model, shots.to(next(model.parameters()).device)).item()
-
-    options = method_options(method, cfg, len(adapters), gen=gen, rng=rng, loss_fn=few_shot_loss)
-    with torch.no_grad():
-        model = METHODS[method](base.model, list(adapters), **options)
-    if method == "oracle":
-        return _oracle(model, base, es, list(members))
-    skip = opts.lorahub_shots if method == "lorahub" else 0
-    return dict(score_model(model, base, es, members, composed_from=skip), composed_rows=len(es.composed) - skip)
+    return TaskFamily(experts=es.train, libraries=libraries, shots=es.composed[:reuse.lorahub_shots],
+                      score=score, oracle=lambda per, members: oracle(per, list(members)))

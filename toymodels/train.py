@@ -69,6 +69,14 @@ class TrainConfig(Config):
         return self.min_lr_frac + (1 - self.min_lr_frac) * shape
 
 
+def recipe(name: str) -> TrainConfig:
+    """The named recipe of the recipe book, ``toymodels.presets.<name>()``; imported when
+    called, so that configs' defaults can use it (presets imports the config modules)."""
+    from toymodels import presets
+
+    return getattr(presets, name)()
+
+
 @dataclass
 class TrainResult:
     """``curves[name][i]`` is the exact match on eval set ``name`` at ``eval_steps[i]``;
@@ -87,10 +95,14 @@ class TrainResult:
 
 
 def resolve_device(device: str) -> torch.device:
+    """The one place a device name is resolved: ``auto`` -> ``cuda`` when available, else
+    ``cpu``; ``cuda`` where there is none is an error naming the fix."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={device!r}: must be one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA device is available here; use cpu or auto")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: must be one of auto, cpu, cuda")
     return torch.device(device)
 
 

@@ -83,7 +83,7 @@ def run(args) -> int:
     import torch
 
     from analysis.atomic import atomic_write_json
-    from analysis.commands.run import resolve_device
+    from analysis.commands.run import device_name
     from bench import NAMES
     from bench.suite import run_suite
 
@@ -91,7 +91,7 @@ def run(args) -> int:
     if unknown := [n for n in names if n not in NAMES]:
         raise UsageError(f"--only {' '.join(unknown)}: unknown benchmark; valid: {', '.join(NAMES)}")
     threads = _threads(args.threads)
-    device = torch.device(resolve_device(args.device))
+    device = torch.device(device_name(args.device))
     if threads is not None:
         torch.set_num_threads(threads)
     machine = describe_machine(device)

@@ -51,7 +51,7 @@ def run(args) -> int:
 def _reproduce(args, display) -> int:
     from analysis import registry
     from analysis.basemodels import RESULTS_ENV
-    from analysis.commands.run import parse_jobs, preflight, resolve_device, sweep_and_draw
+    from analysis.commands.run import device_name, parse_jobs, preflight, sweep_and_draw
     from analysis.commands.theory import check_theory, print_summary
     from analysis.report import claim_verdicts, write_report
     from theory.claims import ClaimSettings
@@ -62,7 +62,7 @@ def _reproduce(args, display) -> int:
     experiments = {n: e for n, e in experiments.items() if args.profile in e.reproduce_profiles}
     for experiment in experiments.values():
         preflight(experiment, experiment.configs(args.profile))
-    jobs, device = parse_jobs(args.jobs), resolve_device(args.device)
+    jobs, device = parse_jobs(args.jobs), device_name(args.device)
     figures_dir = Path(args.figures)
     os.environ[RESULTS_ENV] = str(args.results)
 

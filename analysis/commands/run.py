@@ -59,15 +59,15 @@ def parse_jobs(text: str) -> int:
     return jobs
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; asking for absent CUDA is a usage error."""
-    if device == "cpu":
-        return "cpu"
-    import torch
+def device_name(device: str) -> str:
+    """``--device``'s value resolved by :func:`toymodels.train.resolve_device`; absent CUDA
+    is a usage error."""
+    from toymodels.train import resolve_device
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return resolve_device(device).type
+    except ValueError as exc:  # "device cuda: no CUDA device is available here; use cpu or auto"
+        raise UsageError(f"--{exc}") from None
 
 
 def preflight(experiment, configs: list) -> None:
@@ -132,7 +132,7 @@ def run(args) -> int:
         engine = choose_engine(args.engine, jobs, args.scheduler)
     except ValueError as exc:
         raise UsageError(f"--engine: {exc}") from None
-    device = resolve_device(args.device)
+    device = device_name(args.device)
     preflight(experiment, configs)
     os.environ[RESULTS_ENV] = str(args.results)  # where run functions cache base models (workers inherit it)
     with Display(enabled=not args.quiet) as display:

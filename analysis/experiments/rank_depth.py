@@ -44,6 +44,7 @@ from toymodels.lora import LoRAConfig
 from toymodels.model import ModelConfig
 from toymodels.pipeline import LIBRARIES, BaseConfig, PipelineConfig, run_two_hop
 from toymodels.progress import open_bar
+from toymodels import presets
 from toymodels.presets import quick_base
 from toymodels.tasks.experts import ExpertConfig
 from toymodels.tasks.knowledge import GraphConfig
@@ -102,9 +103,7 @@ def point(base: BaseConfig, rank: int, seed: int, profile: str) -> RankDepthConf
     (rsLoRA, scale ``4 / sqrt(r)``: 2 at r = 4 as in the presets): with a fixed ``alpha / r``
     a first quick run saw high-rank fine-tunes collapse (F split, joint LoRA, depth 4)."""
     experts = ExpertConfig(n_facts=8, n_distractors=0 if profile == "quick" else 2)
-    finetune = TrainConfig(steps=250, batch_size=64, lr=1e-2, weight_decay=0.0, warmup_steps=10, eval_every=25,
-                           target_acc=1.0, target_set="facts")
-    pipeline = PipelineConfig(base=base, experts=experts, finetune=finetune,
+    pipeline = PipelineConfig(base=base, experts=experts, finetune=presets.fast_finetune(),
                               lora=LoRAConfig(rank=rank, alpha=4.0, rslora=True),
                               familiarities=FAMILIARITIES[profile], methods=METHODS[profile])
     return RankDepthConfig(pipeline=pipeline, capacity=CapacityConfig(n_facts=64), seed=seed)

@@ -1,0 +1,156 @@
+"""The reuse protocol (PAPER.md section 2), written once for any task family on any model.
+
+:func:`run_protocol` trains one LoRA per expert, scores the base model and every single
+expert, then per library trains a joint LoRA on the union of its experts' data (what data
+access would buy; optional) and builds and scores every reuse method of ``setting.methods``
+(``toymodels.reuse.METHODS``, options from :func:`toymodels.reuse_options.method_options`)
+on the library's adapters. ``oracle`` (task-level selection) is scored once per adapter
+with one-hot routing weights; the family picks the best.
+
+What varies plugs in, the way a tuner plugs into a PEFT model:
+- a :class:`TaskFamily`: the experts' training data, the libraries, LoraHub's few-shot rows
+  and the scoring of one model (composed evaluation, retention, broadcast controls);
+- a :class:`Backend`: the frozen base model, its role map (where LoRA goes) and the device.
+Toy two-hop: ``toymodels/pipeline.py``; natural-language two-hop on a pretrained causal LM:
+``toymodels/pretrained_two_hop.py``. Randomness: ``gen`` draws every LoRA init, batch order
+and DARE mask, ``rng`` LoraHub's simplex, in the order the steps run (experts, then each
+library's joint LoRA and methods).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from toymodels.adapters import Adapter, extract_adapter
+from toymodels.lora import LoRAConfig, inject_lora
+from toymodels.progress import Progress, labelled, open_bar
+from toymodels.reuse import METHODS
+from toymodels.reuse_options import ReuseOptions, method_options
+from toymodels.routing import set_oracle_weights
+from toymodels.tasks import Examples
+from toymodels.train import TrainConfig, TrainResult, answer_loss, train
+
+# The two libraries reused (a task family may add members, e.g. the toy's distractors):
+# can disjoint one-hop adapters compose, and does the target-task expert make it work?
+LIBRARIES: dict[str, tuple[str, ...]] = {"hops": ("AB", "BC"), "with_AC": ("AB", "BC", "AC")}
+
+
+class Setting(Protocol):
+    """What the protocol reads of an experiment's config."""
+
+    lora: LoRAConfig
+    finetune: TrainConfig
+    reuse: ReuseOptions
+    methods: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The frozen base model (scored as ``base``), where LoRA goes in it, and the device."""
+
+    model: nn.Module
+    roles: Mapping[str, Any]  # role map for :func:`toymodels.lora.inject_lora`
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """``experts``: each expert's training data, in training order; ``libraries``: library ->
+    its experts; ``shots``: the rows LoraHub's weight search sees; ``score(model, members,
+    method)``: the scores of one model (``method`` None for the base, single experts, joint
+    LoRAs and each of the oracle's adapters); ``oracle(per_adapter, members)``: the oracle's
+    scores from the scores of each adapter alone."""
+
+    experts: Mapping[str, Examples]
+    libraries: Mapping[str, Sequence[str]]
+    shots: Examples
+    score: Callable[[nn.Module, Sequence[str], str | None], Any]
+    oracle: Callable[[list, Sequence[str]], Any]
+
+
+def train_summary(result: TrainResult, curves: bool = True, digits: int = 3) -> dict:
+    """A training run as JSON: steps, wall seconds, target reached, final eval scores and the
+    loss per eval; with ``curves`` also every eval score."""
+    out = {"steps": result.steps, "seconds": round(result.seconds, digits), "reached_target": result.reached_target,
+           "final": result.final(), "losses": result.losses}
+    return {**out, "eval_steps": result.eval_steps, "curves": result.curves} if curves else out
+
+
+def train_lora(backend: Backend, data: Examples, lora: LoRAConfig, finetune: TrainConfig, gen: torch.Generator,
+               progress: Progress | None = None) -> tuple[Adapter, TrainResult]:
+    """Fine-tune a fresh LoRA on ``data``; its eval set ``facts`` is ``data`` itself."""
+    model = inject_lora(backend.model, lora, backend.roles, gen)
+    result = train(model, data, finetune, gen, {"facts": data}, backend.device, progress)
+    return extract_adapter(model, lora), result
+
+
+def few_shot_loss(shots: Examples) -> Callable[[nn.Module], float]:
+    """LoraHub's objective: the answer loss of a model on ``shots``, on the model's device."""
+    def loss(model: nn.Module) -> float:
+        return answer_loss(model, shots.to(next(model.parameters()).device)).item()
+    return loss
+
+
+def oracle_scores(model: nn.Module, family: TaskFamily, members: Sequence[str]) -> list:
+    """The routed ``model``'s scores with all weight on each adapter in turn (one-hot)."""
+    per = []
+    for i in range(len(members)):
+        set_oracle_weights(model, nn.functional.one_hot(torch.tensor(i), len(members)).float())
+        per.append(family.score(model, members, None))
+    return per
+
+
+def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np.random.Generator,
+                 gen: torch.Generator, joint: bool = True, summary: Callable[[TrainResult], dict] = train_summary,
+                 title: str = "LoRAs and scores", progress: Progress | None = None) -> dict:
+    """``{"experts": {name | "joint/<library>": summary(training)}, "models": {"base" |
+    "single/<expert>" | "joint/<library>" | "<method>/<library>": family.score(...)}}``.
+    ``progress`` gets a bar ``title`` over the LoRAs trained and models scored, and one per
+    LoRA over its steps."""
+    units = 1 + 2 * len(family.experts) + len(family.libraries) * (2 * joint + len(setting.methods))
+    bar = open_bar(progress, title, units)
+    out: dict = {"experts": {}, "models": {}}
+
+    def record(name: str, model: nn.Module, members: Sequence[str], method: str | None = None) -> None:
+        bar.set_postfix_str(f"scoring {name}")
+        out["models"][name] = family.score(model, members, method)
+        bar.update()
+
+    def fine_tune(name: str, data: Examples, label: str) -> tuple[Adapter, TrainResult]:
+        adapter, result = train_lora(backend, data, setting.lora, setting.finetune, gen, labelled(progress, label))
+        out["experts"][name] = summary(result)
+        bar.update()
+        return adapter, result
+
+    record("base", backend.model, list(family.experts))
+    adapters = {}
+    for name, data in family.experts.items():
+        adapters[name], result = fine_tune(name, data, f"LoRA {name}")
+        record(f"single/{name}", result.model, list(family.experts))
+        del result
+    for lib, members in family.libraries.items():
+        members = list(members)
+        if joint:
+            _, result = fine_tune(f"joint/{lib}", Examples.cat([family.experts[m] for m in members]),
+                                  f"joint LoRA {lib}")
+            record(f"joint/{lib}", result.model, members)
+            del result
+        bank = [adapters[m] for m in members]
+        loss_fn = few_shot_loss(family.shots)
+        for method in setting.methods:
+            options = method_options(method, setting, len(bank), gen=gen, rng=rng, loss_fn=loss_fn)
+            with torch.no_grad():
+                model = METHODS[method](backend.model, bank, **options)
+            if method == "oracle":
+                bar.set_postfix_str(f"scoring {method}/{lib}")
+                out["models"][f"{method}/{lib}"] = family.oracle(oracle_scores(model, family, members), members)
+                bar.update()
+            else:
+                record(f"{method}/{lib}", model, members, method)
+            del model
+    bar.close()
+    return out
