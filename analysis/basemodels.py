@@ -7,16 +7,14 @@ training record; the corpus is regenerated from the seed (it is deterministic), 
 weights are stored. An exclusive file lock makes parallel workers (``--jobs N``) train each
 base model once: the second worker waits for the first and then loads.
 
-Experiment ``run(config, device)`` functions call ``cached_base(cfg, seed, device)``
-without a folder: the results folder comes from ``LORA_LIMITS_RESULTS``, which the
-``run``/``reproduce`` verbs set from ``--results`` before any worker starts (workers
-inherit it), default ``results``.
+Experiment ``run(config, device, results)`` functions call it through
+:func:`analysis.experiments.base_model` with the results folder the sweep hands them
+(``--results`` of ``run``/``reproduce``; the sweep's cache root).
 """
 from __future__ import annotations
 
 import fcntl
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,16 +40,8 @@ def _exclusive(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-RESULTS_ENV = "LORA_LIMITS_RESULTS"
-
-
-def results_root(results_dir: Path | str | None = None) -> Path:
-    """``results_dir`` if given, else ``$LORA_LIMITS_RESULTS``, else ``results``."""
-    return Path(results_dir if results_dir is not None else os.environ.get(RESULTS_ENV, "results"))
-
-
-def base_paths(cfg: BaseConfig, seed: int, results_dir: Path | str | None = None) -> tuple[Path, Path]:
-    stem = results_root(results_dir) / "models" / f"{cfg.key()}-s{seed}"
+def base_paths(cfg: BaseConfig, seed: int, results_dir: Path | str) -> tuple[Path, Path]:
+    stem = Path(results_dir) / "models" / f"{cfg.key()}-s{seed}"
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
@@ -71,9 +61,10 @@ def _load(cfg: BaseConfig, seed: int, weights: Path, record: Path, device: str) 
     return BaseRun(model, pre, result)
 
 
-def cached_base(cfg: BaseConfig, seed: int, device: str, results_dir: Path | str | None = None,
+def cached_base(cfg: BaseConfig, seed: int, device: str, results_dir: Path | str,
                 progress: Progress | None = None) -> BaseRun:
-    """The base model for ``(cfg, seed)``: loaded if cached, else trained and cached.
+    """The base model for ``(cfg, seed)``: loaded from ``<results_dir>/models/`` if cached, else
+    trained and cached there.
     ``progress`` (toymodels/progress.py) shows the wait for another worker and the training."""
     weights, record = base_paths(cfg, seed, results_dir)
     waiting = open_bar(progress, "base model (loading, or waiting for the worker that trains it)", 1)

@@ -49,10 +49,12 @@ def config_json(config: Any) -> dict[str, Any]:
 
 
 class ResultCache:
-    """The cached records of one experiment under ``root/<experiment>/``."""
+    """The cached records of one experiment under ``root/<experiment>/``; ``root`` is the
+    results folder (the sweep also hands it to run functions for the shared model caches)."""
 
     def __init__(self, root: Path | str, experiment: str):
         self.experiment = experiment
+        self.root = Path(root)
         self.folder = Path(root) / experiment
         self._claims: dict[str, int] = {}  # key -> file descriptor holding its lock
 

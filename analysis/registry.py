@@ -4,10 +4,12 @@ An :class:`Experiment` is data:
 
 - ``grid(profile) -> list[Config]``: the frozen configs of a sweep ("quick" for CPU
   minutes, "paper" for a GPU), written as a comprehension over ``dataclasses.replace``;
-- ``run(config, device) -> dict``: PURE and module-level (worker processes import it by
+- ``run(config, device, results) -> dict``: module-level (worker processes import it by
   name): trains/measures one config and returns JSON-able metrics, subsampled curves
-  and the theory prediction where one exists. It never touches the disk or the terminal;
-  the sweep caches what it returns under ``config.key()``;
+  and the theory prediction where one exists. ``results`` is the results folder, passed
+  explicitly by the sweep: the only disk it touches is the shared model caches there
+  (``<results>/models/`` base models, ``<results>/pretrained/`` converted models); it
+  never writes the terminal; the sweep caches what it returns under ``config.key()``;
 - ``figures``: ``{figure name: fn(results) -> (Figure, plotted data dict)}``;
 - ``claims``: :class:`ClaimMeasure` rows, each a claim plus how to measure it per seed
   from the results; the report turns them into verdicts.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 from analysis.errors import UsageError
@@ -66,7 +69,7 @@ class Experiment:
     name: str
     description: str  # one line, shown by ``lora-limits list``
     grid: Callable[[str], list[Any]]
-    run: Callable[[Any, str], dict[str, Any]]
+    run: Callable[[Any, str, Path], dict[str, Any]]  # run(config, device, results)
     figures: dict[str, FigureFn] = field(default_factory=dict)
     claims: tuple[ClaimMeasure, ...] = ()
     hidden: bool = False  # hidden experiments (the self-test) are left out of ``list`` and the report

@@ -52,7 +52,8 @@ def grid(profile: str) -> list[SelftestConfig]:
     return [dataclasses.replace(base, seed=s, effect=e) for e in effects for s in seeds]
 
 
-def run(config: SelftestConfig, device: str) -> dict:
+def run(config: SelftestConfig, device: str, results: Path | str) -> dict:
+    """A fake config: sleeps, then draws a noisy curve (``results`` is unused: it caches nothing)."""
     from analysis.progress import current
 
     if config.trace_dir:

@@ -36,6 +36,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from analysis.atomic import to_json_text
@@ -51,9 +52,10 @@ CLAIM_POLL_S = 0.5  # how often a sweep looks again at configs another process i
 @dataclass(frozen=True)
 class Task:
     experiment: str
-    run: Callable[[Any, str], dict[str, Any]]  # module-level, so workers import it by name
+    run: Callable[[Any, str, Path], dict[str, Any]]  # module-level, so workers import it by name
     config: Any
     device: str
+    results: Path  # the results folder, passed to ``run`` (its shared model caches live there)
     progress: Any = None  # where the config's progress events go (analysis/progress.py), or None
     label: str = ""  # how its progress line names it, e.g. "config 3/12"
 
@@ -88,7 +90,8 @@ def compute_record(task: Task) -> Outcome:
     started, t0 = _utc_now(), time.perf_counter()
     try:
         with running(task.progress, task.label):
-            result = json.loads(to_json_text(task.run(task.config, task.device)))  # JSON-native copy
+            result = task.run(task.config, task.device, task.results)
+            result = json.loads(to_json_text(result))  # a JSON-native copy
         if not isinstance(result, dict):
             raise TypeError(f"{task.experiment}.run returned {type(result).__name__}, expected a dict")
     except Exception:  # noqa: BLE001  (reported per config; the sweep goes on)
@@ -248,7 +251,7 @@ def run_sweep(experiment: Experiment, configs: Iterable[Any], cache: ResultCache
         try:
             while pending:
                 skipped: list[Any] = []
-                tasks = (Task(experiment.name, experiment.run, c, device, channel,
+                tasks = (Task(experiment.name, experiment.run, c, device, cache.root, channel,
                               f"config {position[c.key()]}/{len(grid)}")
                          for c in _claimed(pending, cache, since, skipped))
                 first = next(tasks, None)

@@ -34,7 +34,7 @@ def test_record_holds_config_key_result_timing_versions(tmp_path):
     record = json.loads(cache.path(config.key()).read_text())
     assert record["key"] == config.key() and record["experiment"] == "_selftest"
     assert record["config"] == config.to_dict()
-    assert record["result"] == json.loads(json.dumps(SELFTEST.run(config, "cpu"), default=lambda a: a.tolist()))
+    assert record["result"] == json.loads(json.dumps(SELFTEST.run(config, "cpu", tmp_path), default=lambda a: a.tolist()))
     assert record["timing"]["seconds"] >= 0 and record["timing"]["finished_utc"] >= record["timing"]["started_utc"]
     assert {"python", "torch", "numpy", "lora-limits", "cache_version"} <= set(record["versions"])
 
@@ -203,7 +203,7 @@ def test_a_key_claimed_elsewhere_is_waited_for_then_counted_or_taken(tmp_path, h
     def holder():
         _wait_for(lambda: len(other.stored_keys()) >= 7)  # the sweep has done everything else
         if holder_stores:
-            other.store(compute_record(Task(SELFTEST.name, SELFTEST.run, held, "cpu")).record)
+            other.store(compute_record(Task(SELFTEST.name, SELFTEST.run, held, "cpu", tmp_path)).record)
         other.release(held.key())
 
     thread = threading.Thread(target=holder)
@@ -223,7 +223,7 @@ def test_force_with_a_concurrent_sweep_recomputes_each_key_once(tmp_path):
 
     def holder():
         _wait_for(lambda: sum(_computations(tmp_path).values()) >= 15)  # 8 before, 7 others now
-        other.store(compute_record(Task(SELFTEST.name, SELFTEST.run, configs[0], "cpu")).record)
+        other.store(compute_record(Task(SELFTEST.name, SELFTEST.run, configs[0], "cpu", tmp_path)).record)
         other.release(configs[0].key())
 
     thread = threading.Thread(target=holder)

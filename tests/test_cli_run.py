@@ -90,12 +90,12 @@ def test_missing_cuda_is_a_usage_error(tmp_path, capsys):
     assert "no CUDA device is available" in capsys.readouterr().err
 
 
-def _module_level_run(config, device):
+def _module_level_run(config, device, results):
     return {}
 
 
 @pytest.mark.parametrize("change,message", [
-    pytest.param({"run": lambda c, d: {}}, "run must be a module-level function", id="lambda-run"),
+    pytest.param({"run": lambda c, d, r: {}}, "run must be a module-level function", id="lambda-run"),
     pytest.param({"name": "_other"}, "figure name(s) selftest_measured already used by '_selftest'",
                  id="figure-clash"),
     pytest.param({"name": "_other", "figures": {}}, "links unknown figure(s) selftest_measured",

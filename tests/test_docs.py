@@ -197,12 +197,8 @@ def _makefile_check(words: list[str]) -> None:
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
-    """A temporary working directory; ``$LORA_LIMITS_RESULTS``, which run/reproduce set,
-    is restored afterwards."""
-    from analysis.basemodels import RESULTS_ENV
-
+    """A temporary working directory (the examples' default ``--results results`` lands there)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "results"))
     return tmp_path
 
 

@@ -5,7 +5,6 @@ import dataclasses
 import pytest
 
 from analysis import registry
-from analysis.basemodels import RESULTS_ENV
 from analysis.cache import MissingResultsError, ResultCache, load_results
 from analysis.experiments import mechanism as mech
 from analysis.figures.mechanism import bridge_figure, router_figure
@@ -33,9 +32,7 @@ def test_registered_with_quick_and_paper_grids():
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(RESULTS_ENV, str(root))
-        summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
+    summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
     assert not summary.failures, summary.failures[0].error
     return load_results(EXPERIMENT.name, TINY, root, "quick")
 

@@ -61,10 +61,10 @@ def tiny_folder(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
 
 
-def test_run_on_tiny_llama_returns_the_table(tiny_folder, tmp_path, monkeypatch):
+def test_run_on_tiny_llama_returns_the_table(tiny_folder, tmp_path):
     """The run function end to end; a random model knows no fact, so R is empty (reported)."""
-    monkeypatch.setenv("LORA_LIMITS_RESULTS", str(tmp_path))
-    out = exp.run(exp.PretrainedRunConfig(protocol=tiny_protocol(r_known_only=True), model=str(tiny_folder)), "cpu")
+    out = exp.run(exp.PretrainedRunConfig(protocol=tiny_protocol(r_known_only=True), model=str(tiny_folder)), "cpu",
+                  tmp_path)
     assert out["model"] == str(tiny_folder)
     assert out["familiarity"]["facts"] == len(known_fact_pairs()) == 16 * 5
     assert out["familiarity"]["known"] == round(out["familiarity"]["exact"] * 80)
@@ -160,7 +160,7 @@ def test_missing_packages_are_one_line(monkeypatch, missing):
             raise importlib.metadata.PackageNotFoundError(name)
         monkeypatch.setattr(importlib.metadata, "files", files)
     with pytest.raises(UsageError) as info:
-        exp.run(exp.PretrainedRunConfig(protocol=tiny_protocol()), "cpu")
+        exp.run(exp.PretrainedRunConfig(protocol=tiny_protocol()), "cpu", "unused")
     assert "\n" not in str(info.value) and "make install-pretrained" in str(info.value)
     assert missing in str(info.value)
 
@@ -272,14 +272,14 @@ def test_load_adapter_accepts_any_init(tmp_path, init):
 # --- the real SmolLM2 (opt in: -m pretrained) ------------------------------------------------
 
 @pytest.mark.pretrained
-def test_smollm2_end_to_end_small(tmp_path, monkeypatch):
+def test_smollm2_end_to_end_small(tmp_path):
     """The experiment on the bundled SmolLM2 with a cut-down protocol (minutes on a CPU)."""
-    monkeypatch.setenv("LORA_LIMITS_RESULTS", str(tmp_path))
     protocol = dataclasses.replace(quick(), task=NaturalConfig(n_countries=1, cities_per_country=2,
                                                                relations2=("capital",)),
                                    finetune=dataclasses.replace(quick().finetune, steps=5),
                                    methods=("average", "arrow"), n_control=2)
-    out = exp.run(exp.PretrainedRunConfig(protocol=protocol), "cpu")
+    out = exp.run(exp.PretrainedRunConfig(protocol=protocol), "cpu", tmp_path)
+    assert list((tmp_path / "pretrained").iterdir())  # the GGUF conversion is cached in the folder passed
     assert out["familiarity"]["exact"] > 0.5  # SmolLM2 knows most WORLD facts with these templates
     assert out["r_split"]["countries"] == 1 and out["table"]["base"]["R"] is not None
     assert out["table"]["base"]["R"]["one_hop"] == 1.0  # R holds facts the base answers

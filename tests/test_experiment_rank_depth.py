@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from analysis.basemodels import RESULTS_ENV
 from analysis import registry
 from analysis.cache import MissingResultsError, ResultCache, load_results
 from analysis.experiments import rank_depth as rd
@@ -59,19 +58,12 @@ def test_config_validation_names_the_field():
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, monkeypatch_module):
-    root = tmp_path_factory.mktemp("rank_depth")
-    monkeypatch_module.setenv(RESULTS_ENV, str(root))  # where cached_base keeps the base models
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rank_depth")  # the sweep passes it to run: base models go there too
     summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
     assert summary.failures == [], summary.failures[0].error if summary.failures else ""
     assert summary.computed == len(TINY)
     return root, load_results(EXPERIMENT.name, TINY, root, "quick")
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
 
 
 def test_tiny_grid_runs_and_trains_each_base_once(swept):

@@ -6,7 +6,6 @@ import dataclasses
 import pytest
 
 from analysis import registry
-from analysis.basemodels import RESULTS_ENV
 from analysis.cache import MissingResultsError, ResultCache, load_results
 from analysis.experiments import two_hop_reuse as th
 from analysis.figures.two_hop import templates_figure
@@ -41,9 +40,7 @@ def test_registered_with_quick_and_paper_grids():
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(RESULTS_ENV, str(root))  # the shared base-model cache goes to the temp dir too
-        summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
+    summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
     assert not summary.failures, summary.failures[0].error
     assert summary.computed == len(TINY)
     assert len(list((root / "models").glob("*.safetensors"))) == 2  # one base per format, shared by seeds

@@ -50,7 +50,6 @@ def run(args) -> int:
 
 def _reproduce(args, display) -> int:
     from analysis import registry
-    from analysis.basemodels import RESULTS_ENV
     from analysis.commands.run import device_name, parse_jobs, preflight, sweep_and_draw
     from analysis.commands.theory import check_theory, print_summary
     from analysis.report import claim_verdicts, write_report
@@ -64,7 +63,6 @@ def _reproduce(args, display) -> int:
         preflight(experiment, experiment.configs(args.profile))
     jobs, device = parse_jobs(args.jobs), device_name(args.device)
     figures_dir = Path(args.figures)
-    os.environ[RESULTS_ENV] = str(args.results)
 
     stages = 1 + len(experiments)
     print(f"== stage 1/{stages}: theory ==", flush=True)

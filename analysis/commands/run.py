@@ -19,7 +19,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -121,7 +120,6 @@ def sweep_and_draw(experiment, configs: list, *, results_dir, figures_dir, profi
 
 def run(args) -> int:
     from analysis import registry
-    from analysis.basemodels import RESULTS_ENV
     from analysis.display import Display
     from analysis.sweep import choose_engine
 
@@ -134,7 +132,6 @@ def run(args) -> int:
         raise UsageError(f"--engine: {exc}") from None
     device = device_name(args.device)
     preflight(experiment, configs)
-    os.environ[RESULTS_ENV] = str(args.results)  # where run functions cache base models (workers inherit it)
     with Display(enabled=not args.quiet) as display:
         summary, results = sweep_and_draw(
             experiment, configs, results_dir=args.results, figures_dir=None if args.no_figures else args.figures,

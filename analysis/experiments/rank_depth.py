@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,8 +123,8 @@ def _scores(split: dict) -> dict:
             "models": {name: {k: s[k] for k in keep} for name, s in split["models"].items()}}
 
 
-def run(config: RankDepthConfig, device: str) -> dict:
-    base = base_model(config.pipeline.base, config.seed, device)
+def run(config: RankDepthConfig, device: str, results: Path | str) -> dict:
+    base = base_model(config.pipeline.base, config.seed, device, results)
     rng, gen = np.random.default_rng([config.seed, 1]), torch.Generator().manual_seed(config.seed + 1000)
     bar = open_bar(current(), "capacity: one LoRA on N facts (RANK-1)", 1)
     capacity = measure_capacity(base.model, base.pretraining, config.capacity, config.rank, rng, gen, device)

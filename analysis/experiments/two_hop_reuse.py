@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 from analysis.registry import ClaimMeasure, Experiment, Result, register
@@ -94,11 +95,11 @@ def _scores(split: dict) -> dict:
             "models": {n: {k: s[k] for k in keep if k in s} for n, s in split["models"].items()}}
 
 
-def run(config: TwoHopReuseConfig, device: str) -> dict:
+def run(config: TwoHopReuseConfig, device: str, results: Path | str) -> dict:
     from analysis.experiments import base_model
     from analysis.progress import current
 
-    base = base_model(config.pipeline.base, config.base_seed, device)
+    base = base_model(config.pipeline.base, config.base_seed, device, results)
     out = run_two_hop(config.pipeline, config.seed, device, progress=current(), base=base)
     b = out["base"]
     return {"fmt": config.fmt, "condition": config.condition, "seed": config.seed, "base_seed": config.base_seed,
