@@ -29,6 +29,19 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def check_fields(section: str, cfg: Any, checks: dict[str, tuple[bool, str]]) -> None:
+    """Raise ``ValueError("section.name=value: must be allowed")`` for the first failed check."""
+    for name, (ok, allowed) in checks.items():
+        if not ok:
+            raise ValueError(f"{section}.{name}={getattr(cfg, name)!r}: must be {allowed}")
+
+
+def counts(cfg: Any, lows: dict[str, int]) -> dict[str, tuple[bool, str]]:
+    """Checks for :func:`check_fields`: each named field is an integer >= its low bound."""
+    return {name: (isinstance(getattr(cfg, name), int) and getattr(cfg, name) >= low, f"an integer >= {low}")
+            for name, low in lows.items()}
+
+
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,13 @@ class ReuseOptions(Config):
     lorahub_budget: int = 40
 
     def __post_init__(self):
-        checks = {"svd_rank": self.svd_rank is None or self.svd_rank >= 1,
-                  "ties_density": 0 < self.ties_density <= 1, "dare_drop": 0 <= self.dare_drop < 1,
-                  "arrow_top_k": self.arrow_top_k >= 1, "arrow_temperature": self.arrow_temperature > 0,
-                  "lorahub_shots": self.lorahub_shots >= 1, "lorahub_budget": self.lorahub_budget >= 1}
+        ok = {"svd_rank": self.svd_rank is None or self.svd_rank >= 1,
+              "ties_density": 0 < self.ties_density <= 1, "dare_drop": 0 <= self.dare_drop < 1,
+              "arrow_top_k": self.arrow_top_k >= 1, "arrow_temperature": self.arrow_temperature > 0,
+              "lorahub_shots": self.lorahub_shots >= 1, "lorahub_budget": self.lorahub_budget >= 1}
         allowed = {"svd_rank": ">= 1 or None", "ties_density": "in (0, 1]", "dare_drop": "in [0, 1)",
                    "arrow_temperature": "> 0"}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"reuse.{name}={getattr(self, name)!r}: must be {allowed.get(name, '>= 1')}")
+        check_fields("reuse", self, {name: (good, allowed.get(name, ">= 1")) for name, good in ok.items()})
 
 
 def method_options(method: str, cfg: Any, n_adapters: int, gen: torch.Generator | None = None,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields
 from toymodels.progress import Progress, open_bar
 from toymodels.tasks import Examples
 
@@ -52,9 +52,7 @@ class TrainConfig(Config):
             "eval_every": (self.eval_every >= 1, ">= 1"),
             "target_acc": (self.target_acc is None or 0 < self.target_acc <= 1, "in (0, 1] or None"),
         }
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise ValueError(f"train.{name}={getattr(self, name)!r}: must be {allowed}")
+        check_fields("train", self, checks)
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"train.schedule={self.schedule!r}: must be one of cosine, linear, constant")
 

@@ -23,12 +23,12 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 from toymodels.tasks import Examples
 from toymodels.tasks.code_dsl import Program, execute, parse, render
 from toymodels.tasks.code_world import CodeWorld, CodeWorldConfig, Style, make_code_world, random_program
 from toymodels.tasks.knowledge import BOS, EOS, encode
-from toymodels.tasks.family import check_fields, counts, final_spans
+from toymodels.tasks.family import final_spans
 
 Format = Literal["direct", "via"]
 FORMATS: tuple[str, ...] = ("direct", "via")

@@ -26,12 +26,12 @@ from typing import Literal
 
 import numpy as np
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 from toymodels.tasks.code_corpus import CodePretraining, task_examples, translate_row
 from toymodels.tasks.code_dsl import Program, render
 from toymodels.tasks.code_world import STYLES
 from toymodels.tasks.knowledge import encode
-from toymodels.tasks.family import SpanControl, SpanExpertSet, check_fields, counts
+from toymodels.tasks.family import SpanControl, SpanExpertSet
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,8 @@ from typing import Literal
 
 import numpy as np
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 from toymodels.tasks.code_dsl import A_WORDS, ARG_RANGES, B_WORDS, DIGITS, LIST_OPS, REDUCERS, Program, Step
-from toymodels.tasks.family import check_fields, counts
 from toymodels.tasks.knowledge import SPECIALS
 
 Style = Literal["call", "inline"]

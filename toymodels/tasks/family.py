@@ -12,7 +12,6 @@ carries its own set of "new" spans: the answers the expert would give if it broa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
@@ -80,16 +79,3 @@ class SpanExpertSet:
     @property
     def experts(self) -> list[str]:
         return list(self.train)
-
-
-def check_fields(section: str, cfg: Any, checks: dict[str, tuple[bool, str]]) -> None:
-    """Raise ``ValueError("section.name=value: must be allowed")`` for the first failed check."""
-    for name, (ok, allowed) in checks.items():
-        if not ok:
-            raise ValueError(f"{section}.{name}={getattr(cfg, name)!r}: must be {allowed}")
-
-
-def counts(cfg: Any, lows: dict[str, int]) -> dict[str, tuple[bool, str]]:
-    """Checks for :func:`check_fields`: each named field is an integer >= its low bound."""
-    return {name: (isinstance(getattr(cfg, name), int) and getattr(cfg, name) >= low, f"an integer >= {low}")
-            for name, low in lows.items()}

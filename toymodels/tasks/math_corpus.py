@@ -24,9 +24,8 @@ from itertools import permutations
 
 import numpy as np
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 from toymodels.tasks import Examples
-from toymodels.tasks.family import check_fields, counts
 from toymodels.tasks.knowledge import encode
 from toymodels.tasks.math_formats import arith_row, atomic_examples, problem_row, problems_examples
 from toymodels.tasks.math_problems import (FORMATS, OPS, Format, MathWorld, MathWorldConfig, Problem,

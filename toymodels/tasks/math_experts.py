@@ -35,13 +35,13 @@ from typing import Literal
 
 import numpy as np
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 from toymodels.tasks import Examples
 from toymodels.tasks.knowledge import encode
 from toymodels.tasks.math_corpus import MathPretraining, combos, draw_problems
 from toymodels.tasks.math_formats import atomic_row, number_span, problem_row, problems_examples
 from toymodels.tasks.math_problems import ATTRIBUTES, MathWorld, Problem, make_problem, solve
-from toymodels.tasks.family import SpanControl, SpanExpertSet, check_fields, counts
+from toymodels.tasks.family import SpanControl, SpanExpertSet
 
 Template = Literal["same", "different"]
 TEMPLATES: tuple[str, ...] = ("same", "different")

@@ -35,8 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-from toymodels.config import Config
-from toymodels.tasks.family import check_fields, counts
+from toymodels.config import Config, check_fields, counts
 from toymodels.tasks.knowledge import BOS, EOS, SPECIALS
 
 SYMBOLS = tuple("0123456789") + ("+", "-", "*", "=", ";", ",", "?", "ANS")
