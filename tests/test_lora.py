@@ -104,6 +104,9 @@ def test_cli_overrides_reach_tuple_and_optional_fields():
     pytest.param(dict(dropout=1.0), r"lora\.dropout=1\.0: must be in \[0, 1\)", id="dropout=1"),
     pytest.param(dict(alpha=0.0), r"lora\.alpha=0\.0: must be > 0", id="alpha=0"),
     pytest.param(dict(targets=()), r"lora\.targets=\(\): must be a non-empty", id="no targets"),
+    pytest.param(dict(targets=("q", "v", "q")), r"lora\.targets=\('q', 'v', 'q'\): must be .* distinct roles",
+                 id="repeated target"),
+    pytest.param(dict(rank=2.0), r"lora\.rank=2\.0: must be an integer >= 1", id="rank float"),
     pytest.param(dict(init="orthogonal"), r"lora\.init='orthogonal': must be one of kaiming_uniform, gaussian",
                  id="init"),
 ])

@@ -76,6 +76,8 @@ def test_too_long_sequence_raises():
     pytest.param("d_model", 15, "divisible", id="d_model%n_heads"),
     pytest.param("n_layers", 0, ">= 1", id="n_layers=0"),
     pytest.param("d_vocab", -3, ">= 1", id="d_vocab<0"),
+    pytest.param("n_heads", 0, "an integer >= 1", id="n_heads=0 (before the divisibility check)"),
+    pytest.param("n_ctx", 8.0, "an integer >= 1", id="n_ctx float"),
 ])
 def test_invalid_model_config_names_field_value_and_allowed(field, value, match):
     with pytest.raises(ValueError, match=match) as info:

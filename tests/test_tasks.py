@@ -78,10 +78,17 @@ def test_two_hop_ratio_sets_the_corpus_mix_and_too_large_a_ratio_raises():
 
 
 @pytest.mark.parametrize("field,value", [("heldout_frac", 0.0), ("ood_frac", 1.0), ("fmt", "yaml"),
-                                         ("two_hop_ratio", -1.0)])
+                                         ("two_hop_ratio", -1.0), ("n_eval", 0)])
 def test_invalid_task_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"task.{field}="):
         TwoHopConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field,value,low", [("n_entities", 1, 2), ("n_relations", 1, 2), ("n_new", -1, 0)])
+def test_invalid_graph_config_names_field_value_and_bound(field, value, low):
+    with pytest.raises(ValueError, match=f"^graph.{field}={value}: must be an integer >= {low}$"):
+        GraphConfig(**{field: value})
+    GraphConfig(**{field: low})  # the bound itself is allowed
 
 
 @pytest.mark.parametrize("fam", ["F", "H", "R"])

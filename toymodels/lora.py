@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from theory.merge import Factors
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 
 RoleMap = Mapping[tuple[str, int], str]  # (role, layer) -> module path
 INITS = ("kaiming_uniform", "gaussian")  # PEFT's init_lora_weights=True / "gaussian"
@@ -47,18 +47,15 @@ class LoRAConfig(Config):
     init: Literal["kaiming_uniform", "gaussian"] = "kaiming_uniform"
 
     def __post_init__(self):
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"lora.rank={self.rank!r}: must be an integer >= 1")
-        if not self.alpha > 0:
-            raise ValueError(f"lora.alpha={self.alpha!r}: must be > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout={self.dropout!r}: must be in [0, 1)")
-        if not self.targets or len(set(self.targets)) != len(self.targets):
-            raise ValueError(f"lora.targets={self.targets!r}: must be a non-empty tuple of distinct roles")
-        if self.layers is not None and (not self.layers or min(self.layers) < 0):
-            raise ValueError(f"lora.layers={self.layers!r}: must be None (all) or layer indices >= 0")
-        if self.init not in INITS:
-            raise ValueError(f"lora.init={self.init!r}: must be one of {', '.join(INITS)}")
+        check_fields("lora", self, counts(self, {"rank": 1}) | {
+            "alpha": (self.alpha > 0, "> 0"),
+            "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"),
+            "targets": (bool(self.targets) and len(set(self.targets)) == len(self.targets),
+                        "a non-empty tuple of distinct roles"),
+            "layers": (self.layers is None or (bool(self.layers) and min(self.layers) >= 0),
+                       "None (all) or layer indices >= 0"),
+            "init": (self.init in INITS, f"one of {', '.join(INITS)}"),
+        })
 
     @property
     def scale(self) -> float:

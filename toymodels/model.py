@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 
 ROLES = ("q", "k", "v", "o", "mlp_in", "mlp_out")
 _ROLE_ATTRS = {"q": "attn.W_Q", "k": "attn.W_K", "v": "attn.W_V", "o": "attn.W_O",
@@ -34,13 +34,11 @@ class ModelConfig(Config):
     n_ctx: int = 16
 
     def __post_init__(self):
-        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "d_vocab", "n_ctx"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name}={value!r}: must be an integer >= 1")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"model.d_model={self.d_model}: must be divisible by "
-                             f"model.n_heads={self.n_heads}")
+        check_fields("model", self, counts(self, dict.fromkeys(
+            ("n_layers", "d_model", "n_heads", "d_mlp", "d_vocab", "n_ctx"), 1)))
+        # only once n_heads is known to be >= 1 (checks are evaluated before they are reported)
+        check_fields("model", self, {"d_model": (self.d_model % self.n_heads == 0,
+                                                 f"divisible by model.n_heads={self.n_heads}")})
 
     @property
     def d_head(self) -> int:

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 from toymodels.tasks import Examples
 
 SPECIALS = ("PAD", "BOS", "EOS")
@@ -51,10 +51,7 @@ class GraphConfig(Config):
     n_new: int = 60
 
     def __post_init__(self):
-        for name, low in (("n_entities", 2), ("n_relations", 2), ("n_new", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"graph.{name}={value!r}: must be an integer >= {low}")
+        check_fields("graph", self, counts(self, {"n_entities": 2, "n_relations": 2, "n_new": 0}))
 
     @property
     def d_vocab(self) -> int:

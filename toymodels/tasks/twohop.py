@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 from toymodels.tasks import Examples
 from toymodels.tasks.knowledge import (FORMATS, Format, GraphConfig, KnowledgeGraph, atomic_row,
                                        encode, make_graph, two_hop_row)
@@ -34,16 +34,12 @@ class TwoHopConfig(Config):
     n_eval: int = 512  # rows per eval set (a random subset where more exist)
 
     def __post_init__(self):
-        if self.fmt not in FORMATS:
-            raise ValueError(f"task.fmt={self.fmt!r}: must be one of {', '.join(FORMATS)}")
-        if not 0.0 < self.heldout_frac < 1.0:
-            raise ValueError(f"task.heldout_frac={self.heldout_frac!r}: must be in (0, 1)")
-        if not 0.0 <= self.ood_frac < 1.0:
-            raise ValueError(f"task.ood_frac={self.ood_frac!r}: must be in [0, 1)")
-        if self.two_hop_ratio is not None and self.two_hop_ratio < 0:
-            raise ValueError(f"task.two_hop_ratio={self.two_hop_ratio!r}: must be >= 0 or None")
-        if self.n_eval < 1:
-            raise ValueError(f"task.n_eval={self.n_eval!r}: must be >= 1")
+        check_fields("task", self, {
+            "fmt": (self.fmt in FORMATS, f"one of {', '.join(FORMATS)}"),
+            "heldout_frac": (0.0 < self.heldout_frac < 1.0, "in (0, 1)"),
+            "ood_frac": (0.0 <= self.ood_frac < 1.0, "in [0, 1)"),
+            "two_hop_ratio": (self.two_hop_ratio is None or self.two_hop_ratio >= 0, ">= 0 or None"),
+        } | counts(self, {"n_eval": 1}))
 
 
 @dataclass(frozen=True)
