@@ -24,7 +24,7 @@ import torch
 from analysis.errors import UsageError
 from theory.merge import Factors, cross_terms, trim_top_k, weighted_delta_sum
 from theory.routing import arrow_prototype
-from toymodels.adapters import read_peft_checkpoint
+from toymodels.peft_checkpoint import read_peft_checkpoint
 from toymodels.lora import linear_weight
 from toymodels.validate import NonFiniteError
 
@@ -38,7 +38,7 @@ class PeftAdapter:
 
 
 def read_adapter(directory: str | Path, check_finite: bool = True) -> PeftAdapter:
-    """One adapter folder as float32 factors (:func:`toymodels.adapters.read_peft_checkpoint`);
+    """One adapter folder as float32 factors (:func:`toymodels.peft_checkpoint.read_peft_checkpoint`);
     every problem is a one-line :class:`UsageError`. ``check_finite=False`` reads NaN/Inf
     weights (``--allow-nonfinite``); the measures of such a module are NaN."""
     directory = Path(directory)

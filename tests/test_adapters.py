@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 
 from theory.merge import Factors
 from toymodels import reuse
-from toymodels.adapters import (Adapter, apply_adapter, extract_adapter, load_adapter,
-                                merge_into_new_model, peft_task_type, random_adapter, save_adapter, unmerge)
+from toymodels.adapters import Adapter, apply_adapter, extract_adapter, merge_into_new_model, random_adapter, unmerge
+from toymodels.peft_checkpoint import load_adapter, peft_task_type, save_adapter
 from toymodels.lora import LoRAConfig, inject_lora
 from toymodels.model import GPT, ModelConfig, role_modules
 from conftest import TINY_GPT, seeded as gen

@@ -5,7 +5,7 @@ status 2, no traceback, and nothing written under the results folder.
 Adapters go through ``inspect``; model folders and GGUF files through ``inspect --base``
 and through ``run pretrained_two_hop --set model=...``, whose preflight must stop them
 before the sweep starts. The adapter folders are written by hand in PEFT's format (an
-oracle independent of ``toymodels.adapters.save_adapter``)."""
+oracle independent of ``toymodels.peft_checkpoint.save_adapter``)."""
 from __future__ import annotations
 
 import json

@@ -173,7 +173,8 @@ def _validate_bench(args) -> str:
 def _write_adapters(paths: list[str]) -> None:
     """Tiny nonzero PEFT LoRA adapters (two modules each) at ``paths``."""
     from theory.merge import Factors
-    from toymodels.adapters import Adapter, save_adapter
+    from toymodels.adapters import Adapter
+    from toymodels.peft_checkpoint import save_adapter
     from toymodels.lora import LoRAConfig
 
     gen = torch.Generator().manual_seed(0)

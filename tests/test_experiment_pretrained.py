@@ -1,7 +1,7 @@
 """``pretrained_two_hop`` (analysis/experiments/pretrained_two_hop.py): the experiment on a
 tiny random Llama saved as a local HF folder, the reproduce opt-out, one-line errors, the
 known-facts R filter and broadcast controls (toymodels/tasks/natural.py), and PEFT
-checkpoints with any init (toymodels/adapters.py). The real SmolLM2 run is ``pretrained``."""
+checkpoints with any init (toymodels/peft_checkpoint.py). The real SmolLM2 run is ``pretrained``."""
 from __future__ import annotations
 
 import copy
@@ -247,7 +247,8 @@ def test_load_adapter_accepts_any_init(tmp_path, init):
     """Loading depends on the weights only: init_lora_weights=False (PEFT trains from nonzero
     B) and a config that names "pissa" load, and reproduce PEFT's logits."""
     peft = pytest.importorskip("peft")
-    from toymodels.adapters import apply_adapter, load_adapter, read_peft_checkpoint
+    from toymodels.adapters import apply_adapter
+    from toymodels.peft_checkpoint import load_adapter, read_peft_checkpoint
 
     base = tiny_llama(torch.Generator().manual_seed(0))
     torch.manual_seed(5)  # PEFT's init draws from the global RNG

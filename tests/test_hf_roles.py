@@ -22,9 +22,8 @@ peft = pytest.importorskip("peft")
 from conftest import seeded  # noqa: E402
 from toymodels import reuse  # noqa: E402
 from theory.merge import Factors  # noqa: E402
-from toymodels.adapters import (Adapter, apply_adapter, extract_adapter, load_adapter,  # noqa: E402
-                                merge_into_new_model, peft_fan_in_fan_out, peft_task_type, random_adapter,
-                                save_adapter)
+from toymodels.adapters import Adapter, apply_adapter, extract_adapter, merge_into_new_model, random_adapter  # noqa: E402
+from toymodels.peft_checkpoint import load_adapter, peft_fan_in_fan_out, peft_task_type, save_adapter  # noqa: E402
 from toymodels.hf_roles import FAMILIES, block_maps, role_map  # noqa: E402
 from toymodels.lora import LoRAConfig, LoRALinear, linear_weight  # noqa: E402
 from toymodels.pretrained import LogitsLM, tiny_causal_lm  # noqa: E402

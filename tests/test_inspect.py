@@ -12,7 +12,8 @@ from analysis.errors import UsageError
 from analysis.inspect_adapters import (check_base, delta_cosine, effective_rank, group_stats, pair_stats,
                                        principal_cosines, read_adapter, spectrum)
 from theory.merge import Factors, factor_average, weighted_delta_sum
-from toymodels.adapters import Adapter, save_adapter
+from toymodels.adapters import Adapter
+from toymodels.peft_checkpoint import save_adapter
 from toymodels.lora import LoRAConfig
 
 

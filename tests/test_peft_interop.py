@@ -16,8 +16,8 @@ peft = pytest.importorskip("peft")
 
 from conftest import TINY_GPT, seeded  # noqa: E402
 from toymodels import reuse  # noqa: E402
-from toymodels.adapters import (Adapter, apply_adapter, load_adapter, merge_into_new_model,  # noqa: E402
-                                peft_task_type, random_adapter, save_adapter)
+from toymodels.adapters import Adapter, apply_adapter, merge_into_new_model, random_adapter  # noqa: E402
+from toymodels.peft_checkpoint import load_adapter, peft_task_type, save_adapter  # noqa: E402
 from toymodels.lora import LoRAConfig  # noqa: E402
 from toymodels.model import GPT, role_modules  # noqa: E402
 from toymodels.pretrained import llama_role_map, tiny_llama  # noqa: E402

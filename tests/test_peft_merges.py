@@ -26,7 +26,8 @@ from theory import merge  # noqa: E402
 from theory.merge import Factors  # noqa: E402
 from toymodels import peft_merges as PM  # noqa: E402
 from toymodels import reuse  # noqa: E402
-from toymodels.adapters import Adapter, random_adapter, save_adapter  # noqa: E402
+from toymodels.adapters import Adapter, random_adapter  # noqa: E402
+from toymodels.peft_checkpoint import save_adapter  # noqa: E402
 from toymodels.lora import LoRAConfig  # noqa: E402
 from toymodels.presets import tiny_two_hop  # noqa: E402
 from toymodels.pretrained import llama_role_map, tiny_llama  # noqa: E402

@@ -2,7 +2,7 @@
 
 A role map is ``(role, layer) -> module path`` (:data:`toymodels.lora.RoleMap`) in the HF
 model's own paths, which :class:`toymodels.pretrained.LogitsLM` keeps, so adapters trained on
-it and saved (:func:`toymodels.adapters.save_adapter`) load with PEFT on the HF model.
+it and saved (:func:`toymodels.peft_checkpoint.save_adapter`) load with PEFT on the HF model.
 :func:`role_map` dispatches on ``config.model_type`` (:data:`FAMILIES`):
 
 =============================================  ==============  =====================================
