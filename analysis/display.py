@@ -3,9 +3,9 @@ left estimated from recorded timings) and one *lane* per running config: a line 
 what it is doing (base training, each LoRA, scoring), so that no stretch of a long run is
 silent. All of it goes to stderr; ``Display(enabled=False)`` (``--quiet``) draws nothing.
 
-A lane is fed by the events of ``analysis/progress.py``: applied directly (serial engine)
-or put by worker processes on the queue of :meth:`Display.worker_queue`, which a thread of
-this process drains. On a terminal the main bar and the lanes are tqdm bars, redrawn every
+A lane is fed by the events of ``analysis/progress.py`` (their meaning and a lane's text:
+:mod:`analysis.progress_lanes`): applied directly (serial engine) or put by worker processes
+on the queue of :meth:`Display.worker_queue`, which a thread of this process drains. On a terminal the main bar and the lanes are tqdm bars, redrawn every
 second so that clocks and estimates keep moving; into a file or pipe, a plain status line is
 written every few seconds instead (no control characters in logs).
 """
@@ -16,36 +16,12 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+from analysis.progress_lanes import Bar, Lane, apply_event, clock, lane_text, time_left
 
 REDRAW_S = 1.0  # terminal: redraw clocks and estimates this often
 LOG_EVERY_S = 4.0  # not a terminal: one status line at most this often (and after each finished item)
-
-
-@dataclass
-class _Bar:
-    desc: str
-    total: int | None
-    n: int = 0
-    postfix: str = ""
-
-
-@dataclass
-class _Lane:
-    label: str = ""
-    bars: dict[int, _Bar] = field(default_factory=dict)  # open bars in opening order, innermost last
-    tq: Any = None  # its tqdm line on a terminal
-    shown: int | None = None  # the bar that line shows
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-def _about(seconds: float) -> str:
-    return f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{max(seconds, 1):.0f} s"
 
 
 class Display:
@@ -57,8 +33,8 @@ class Display:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.log_every = log_every
         self._lock = threading.RLock()
-        self._lanes: dict[Any, _Lane] = {}
-        self._main: _Bar | None = None
+        self._lanes: dict[Any, Lane] = {}
+        self._main: Bar | None = None
         self._main_tq: Any = None
         self._estimate: tuple[list[float], int, float] | None = None  # (seconds per item, parallel, since)
         self._started = self._last_log = time.monotonic()
@@ -81,7 +57,7 @@ class Display:
         if not self.enabled:
             return
         with self._lock:
-            self._main = _Bar(desc, total, done)
+            self._main = Bar(desc, total, done)
             self._estimate = (list(seconds or []), max(1, parallel), time.monotonic())
             self._started = self._last_log = time.monotonic()
             if self.tty:
@@ -139,15 +115,10 @@ class Display:
 
     def _left(self) -> str:
         """The estimated time left, from the mean recorded time per item, counting down."""
-        if self._main is None or self._estimate is None or self._main.total is None:
+        if self._main is None or self._estimate is None:
             return ""
         times, parallel, since = self._estimate
-        left = self._main.total - self._main.n
-        if not times or left <= 0:
-            return ""
-        mean = sum(times) / len(times)
-        remaining = left * mean / min(parallel, left) - (time.monotonic() - since)
-        return f"est. {_about(remaining)} left" if remaining > 0 else "est. time overrun"
+        return time_left(self._main, times, parallel, time.monotonic() - since)
 
     def _draw_main(self) -> None:
         if self._main_tq is not None:
@@ -159,36 +130,12 @@ class Display:
         """Apply one event of ``analysis/progress.py``: ``(op, lane, ...)``."""
         if not self.enabled:
             return
-        op, key, *args = event
         with self._lock:
-            lane = self._lanes.get(key)
-            if lane is None:
-                if op in ("end", "close", "set"):
-                    return
-                lane = self._lanes[key] = _Lane()
-            if op in ("begin", "end"):  # a config starts or ends in this lane: drop what is left
-                lane.label, lane.bars, lane.shown = (args[0] if op == "begin" else ""), {}, None
-            elif op == "open":
-                lane.bars[args[0]] = _Bar(args[1], args[2])
-            elif op == "set" and args[0] in lane.bars:
-                lane.bars[args[0]].n, lane.bars[args[0]].postfix = args[1], args[2]
-            elif op == "close":
-                lane.bars.pop(args[0], None)
-            if self.tty:
-                self._draw_lane(key, lane)
+            key = apply_event(self._lanes, event)
+            if key is not None and self.tty:
+                self._draw_lane(key, self._lanes[key])
 
-    def lane_text(self, lane: _Lane, with_inner: bool = True) -> str:
-        """``config 3/12 > split F 5/23 > LoRA AB train 40/300 (loss 0.3)``."""
-        bars = list(lane.bars.values())
-        parts = [lane.label or "idle"] + [f"{b.desc} {b.n}/{b.total}" for b in bars[:-1]]
-        if bars and with_inner:
-            inner = bars[-1]
-            parts.append(f"{inner.desc} {inner.n}/{inner.total}" + (f" ({inner.postfix})" if inner.postfix else ""))
-        elif bars:
-            parts.append(bars[-1].desc)
-        return " > ".join(parts)
-
-    def _draw_lane(self, key: Any, lane: _Lane) -> None:
+    def _draw_lane(self, key: Any, lane: Lane) -> None:
         from tqdm import tqdm
 
         if lane.tq is None:
@@ -199,14 +146,14 @@ class Display:
         if inner_id is None:
             lane.shown = None
             lane.tq.bar_format = "{desc}"
-            lane.tq.set_description_str(name + self.lane_text(lane), refresh=True)
+            lane.tq.set_description_str(name + lane_text(lane), refresh=True)
             return
         inner = lane.bars[inner_id]
         if lane.shown != inner_id:  # a new innermost bar: restart the counter, rate and clock
             lane.shown = inner_id
             lane.tq.bar_format = "{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining}{postfix}"
             lane.tq.reset(total=inner.total)
-        lane.tq.set_description_str(name + self.lane_text(lane, with_inner=False), refresh=False)
+        lane.tq.set_description_str(name + lane_text(lane, with_inner=False), refresh=False)
         lane.tq.set_postfix_str(inner.postfix, refresh=False)
         lane.tq.update(inner.n - lane.tq.n)
         lane.tq.refresh()
@@ -275,10 +222,10 @@ class Display:
     def _log(self) -> None:
         """One plain status line (not a terminal)."""
         main = self._main
-        head = f"[{_clock(time.monotonic() - self._started)}] {main.desc} {main.n}/{main.total}"
+        head = f"[{clock(time.monotonic() - self._started)}] {main.desc} {main.n}/{main.total}"
         tail = [t for t in (main.postfix, self._left()) if t]
         named = len(self._lanes) > 1
-        lanes = [f"w{i} " * named + self.lane_text(lane) for i, lane in enumerate(self._lanes.values(), 1)
+        lanes = [f"w{i} " * named + lane_text(lane) for i, lane in enumerate(self._lanes.values(), 1)
                  if lane.label]
         line = " | ".join([head + (f" ({', '.join(tail)})" if tail else "")] + lanes)
         try:

@@ -7,7 +7,7 @@ pipe is gone). Each worker therefore arms two independent triggers at start-up:
 
 - Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, so the kernel kills the worker at once when
   its parent dies. The signal fires on the death of the parent *thread* that created the
-  worker; :func:`analysis.sweep._process` creates workers only from the thread that runs the
+  worker; :func:`analysis.sweep_engines._process` creates workers only from the thread that runs the
   sweep (inside ``submit``), which outlives the pool, so it fires only when the process dies.
 - everywhere (and as a backstop): a daemon thread that polls ``os.getppid()`` every
   :data:`POLL_S` seconds and exits when the worker has been re-parented (its parent died).

@@ -16,7 +16,8 @@ import pytest
 from analysis import registry
 from analysis.atomic import atomic_write_json
 from analysis.cache import MissingResultsError, ResultCache, load_results
-from analysis.sweep import Task, compute_record, run_sweep
+from analysis.sweep import run_sweep
+from analysis.sweep_engines import Task, compute_record
 
 SELFTEST = registry.get("_selftest")
 

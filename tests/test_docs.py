@@ -125,7 +125,7 @@ def _validate_run(args) -> str | None:
     """Everything ``run`` checks before working; returns why it cannot execute here, if so."""
     from analysis.commands.run import grid_with_overrides, parse_jobs, preflight
     from analysis.errors import UsageError
-    from analysis.sweep import choose_engine
+    from analysis.sweep_engines import choose_engine
 
     experiment = registry.get(args.experiment)
     configs = grid_with_overrides(experiment, args.profile, args.overrides)

@@ -12,6 +12,7 @@ import pytest
 from analysis import registry
 from analysis.cache import ResultCache
 from analysis.display import Display
+from analysis.progress_lanes import lane_text
 from analysis.progress import Reporter
 from analysis.sweep import recorded_seconds, run_sweep
 from toymodels.pipeline import run_two_hop
@@ -107,9 +108,9 @@ def test_lanes_show_each_config_and_its_bars():
     outer.update(5)
     inner = reporter(desc="LoRA AB train", total=300)
     lane = display._lanes[7]
-    assert display.lane_text(lane) == "config 1/2 > split F 5/23 > LoRA AB train 0/300"
+    assert lane_text(lane) == "config 1/2 > split F 5/23 > LoRA AB train 0/300"
     inner.close()
-    assert display.lane_text(lane) == "config 1/2 > split F 5/23"
+    assert lane_text(lane) == "config 1/2 > split F 5/23"
     reporter.emit("end")
     display.advance(seconds=1.0)
     assert stream.getvalue().splitlines()[-1].startswith("[0s] exp 1/2 (est. ~1 s left)")

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from analysis import registry, sweep
+from analysis import registry, sweep_engines
 from analysis.cache import ResultCache
-from analysis.sweep import choose_engine, run_sweep
+from analysis.sweep import run_sweep
+from analysis.sweep_engines import choose_engine
 
 SELFTEST = registry.get("_selftest")
 
@@ -81,7 +82,7 @@ def test_engine_errors():
 
 def test_a_finished_grid_starts_no_cluster(tmp_path, monkeypatch):
     _sweep(tmp_path, "serial", 1)
-    monkeypatch.setitem(sweep._RUNNERS, "dask", None)  # calling it would raise TypeError
+    monkeypatch.setitem(sweep_engines.RUNNERS, "dask", None)  # calling it would raise TypeError
     _, summary = _sweep(tmp_path, "dask", 2)
     assert (summary.cached, summary.computed) == (8, 0)
 

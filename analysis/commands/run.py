@@ -121,7 +121,7 @@ def sweep_and_draw(experiment, configs: list, *, results_dir, figures_dir, profi
 def run(args) -> int:
     from analysis import registry
     from analysis.display import Display
-    from analysis.sweep import choose_engine
+    from analysis.sweep_engines import choose_engine
 
     experiment = registry.get(args.experiment)
     configs = grid_with_overrides(experiment, args.profile, args.overrides)
