@@ -81,17 +81,18 @@ def compute() -> dict:
             "grid_keys": grid_keys()}
 
 
-def differences(want, got, path: str = "", tol: float = 1e-6) -> list[str]:
+def differences(want, got, path: str = "", tol: float = 1e-6, new_keys: bool = False) -> list[str]:
     """Where ``got`` differs from ``want``: floats beyond ``tol`` relative to ``max(1, |want|)``
-    (float32 rounding of a log-probability; NaN equals NaN), anything else unequal."""
+    (float32 rounding of a log-probability; NaN equals NaN), anything else unequal. With
+    ``new_keys``, dict keys that ``want`` lacks are allowed (outputs may gain metrics)."""
     if isinstance(want, dict) and isinstance(got, dict):
         out = [f"{path}/{k}: missing" for k in want if k not in got]
-        out += [f"{path}/{k}: unexpected" for k in got if k not in want]
-        return out + [d for k in want if k in got for d in differences(want[k], got[k], f"{path}/{k}", tol)]
+        out += [] if new_keys else [f"{path}/{k}: unexpected" for k in got if k not in want]
+        return out + [d for k in want if k in got for d in differences(want[k], got[k], f"{path}/{k}", tol, new_keys)]
     if isinstance(want, list) and isinstance(got, list):
         if len(want) != len(got):
             return [f"{path}: length {len(got)} != {len(want)}"]
-        return [d for i, (w, g) in enumerate(zip(want, got)) for d in differences(w, g, f"{path}[{i}]", tol)]
+        return [d for i, (w, g) in enumerate(zip(want, got)) for d in differences(w, g, f"{path}[{i}]", tol, new_keys)]
     if isinstance(want, float) or isinstance(got, float):
         if isinstance(want, bool) or isinstance(got, bool) or not isinstance(got, (int, float)):
             return [f"{path}: {got!r} != {want!r}"]

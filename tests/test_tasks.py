@@ -179,3 +179,28 @@ def test_examples_cat_pads_and_keeps_answers():
     assert both.final_answers.tolist() == [6, 8]
     with pytest.raises(ValueError, match="same"):
         Examples(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, dtype=torch.bool))
+
+
+def test_split_O_subjects_are_ood_entities_that_start_no_pretraining_chain():
+    """Split O: A_i are OOD entities (atomic facts pretrained, no chain starts there), B and C
+    in distribution, edits counterfactual as in R."""
+    pre = pretraining(ood_frac=0.25)  # 5 of 20 entities
+    es = make_expert_set(pre, ExpertConfig(n_facts=3, n_distractors=1), "O", np.random.default_rng(0))
+    tok, G = pre.graph.tokenizer, pre.graph.objects
+    e0, ood = tok.entity(0), set(pre.ood_entities.tolist())
+    A, B, C = (es.chains[:, i] - e0 for i in (0, 3, 4))
+    assert set(A.tolist()) <= ood and not (set(B.tolist()) | set(C.tolist())) & ood
+    assert not set(A.tolist()) & set(pre.train_chains[:, 0].tolist())  # never a chain's subject
+    # rows of the corpus starting at A can only be atomic facts (A starts no chain, checked above)
+    atomic_subjects = set((pre.train.tokens[:, 1] - e0).tolist())
+    assert set(A.tolist()) <= atomic_subjects  # but their atomic facts were pretrained
+    for a, r1, r2, b, c in zip(A, es.chains[:, 1], es.chains[:, 2], B, C):
+        assert b != G[a, r1] and c != G[b, r2] and c != G[G[a, r1], r2]
+
+
+def test_split_O_without_enough_ood_entities_raises_naming_the_fix():
+    with pytest.raises(ValueError, match=r"split O needs 3 out-of-distribution entities, the corpus has 0; "
+                                         r"raise task.ood_frac"):
+        make_expert_set(pretraining(), ExpertConfig(n_facts=3), "O", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="must be one of F, H, R, O"):
+        make_expert_set(pretraining(), ExpertConfig(n_facts=3), "X", np.random.default_rng(0))

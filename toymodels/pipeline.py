@@ -29,7 +29,7 @@ from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
 from toymodels.scoring import chance_levels, two_hop_family
 from toymodels.tasks import Examples
-from toymodels.tasks.experts import FAMILIARITIES, ExpertConfig, ExpertSet, make_expert_set
+from toymodels.tasks.experts import FAMILIARITIES, SPLITS, ExpertConfig, ExpertSet, make_expert_set
 from toymodels.tasks.twohop import Pretraining, TwoHopConfig, make_pretraining
 from toymodels.train import TrainConfig, TrainResult, recipe, resolve_device, train
 
@@ -65,9 +65,12 @@ class PipelineConfig(Config):
     reuse: ReuseOptions = field(default_factory=ReuseOptions)
 
     def __post_init__(self):
-        if bad := [f for f in self.familiarities if f not in FAMILIARITIES] or not self.familiarities:
+        if bad := [f for f in self.familiarities if f not in SPLITS] or not self.familiarities:
             raise ValueError(f"familiarities={self.familiarities!r} (bad: {bad}): "
-                             f"must be a non-empty subset of {', '.join(FAMILIARITIES)}")
+                             f"must be a non-empty subset of {', '.join(SPLITS)}")
+        if "O" in self.familiarities and not self.base.task.ood_frac > 0:
+            raise ValueError(f"familiarities contains 'O' but base.task.ood_frac={self.base.task.ood_frac}: "
+                             "split O needs out-of-distribution entities, set ood_frac > 0")
         if bad := [m for m in self.methods if m not in METHODS]:
             raise ValueError(f"methods contains {bad}: must be among {', '.join(METHODS)}")
         if self.finetune.target_set not in (None, "facts"):

@@ -44,6 +44,15 @@ def pretrained_finetune(**change) -> TrainConfig:
                                            eval_every=5, target_acc=1.0, target_set="facts"), **change)
 
 
+def full_finetune(**change) -> TrainConfig:
+    """The joint-data FULL fine-tune ceiling (``run_protocol(joint_full_lr=...)``): takes the
+    joint LoRA's recipe and step budget and only this ``lr``. 1e-4, a tenth of
+    careful_finetune's, because every base weight moves (common practice puts full
+    fine-tuning's lr about 10x below LoRA's). NOT MEASURED here yet: no retention or
+    convergence number backs the value. ``change``: fields to replace."""
+    return careful_finetune(**{"lr": 1e-4, **change})
+
+
 def tiny_finetune() -> TrainConfig:
     """Seconds, for tests: 12 steps at lr 1e-2."""
     return TrainConfig(steps=12, batch_size=16, lr=1e-2, weight_decay=0.0, warmup_steps=2, eval_every=6,

@@ -4,7 +4,10 @@
 expert, then per library trains a joint LoRA on the union of its experts' data (what data
 access would buy; optional) and builds and scores every reuse method of ``setting.methods``
 (``toymodels.reuse.METHODS``, options from :func:`toymodels.reuse_options.method_options`)
-on the library's adapters. ``oracle`` (task-level selection) is scored once per adapter
+on the library's adapters. With ``joint_full_lr`` each library also gets a joint-data FULL
+fine-tune (every base weight trainable; same data, recipe and step budget as the joint LoRA,
+learning rate ``joint_full_lr``, e.g. ``presets.full_finetune().lr``): the ceiling of what
+data access buys without LoRA's rank limit. ``oracle`` (task-level selection) is scored once per adapter
 with one-hot routing weights; the family picks the best.
 
 What varies plugs in, the way a tuner plugs into a PEFT model:
@@ -18,8 +21,10 @@ library's joint LoRA and methods).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import copy
 
 import numpy as np
 import torch
@@ -88,6 +93,14 @@ def train_lora(backend: Backend, data: Examples, lora: LoRAConfig, finetune: Tra
     return extract_adapter(model, lora), result
 
 
+def train_full(backend: Backend, data: Examples, finetune: TrainConfig, gen: torch.Generator,
+               progress: Progress | None = None) -> TrainResult:
+    """Fine-tune a COPY of the base with every weight trainable on ``data`` (eval set ``facts``
+    as :func:`train_lora`); ``backend.model`` is left untouched."""
+    model = copy.deepcopy(backend.model).requires_grad_(True)
+    return train(model, data, finetune, gen, {"facts": data}, backend.device, progress)
+
+
 def few_shot_loss(shots: Examples) -> Callable[[nn.Module], float]:
     """LoraHub's objective: the answer loss of a model on ``shots``, on the model's device."""
     def loss(model: nn.Module) -> float:
@@ -106,12 +119,18 @@ def oracle_scores(model: nn.Module, family: TaskFamily, members: Sequence[str]) 
 
 def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np.random.Generator,
                  gen: torch.Generator, joint: bool = True, summary: Callable[[TrainResult], dict] = train_summary,
-                 title: str = "LoRAs and scores", progress: Progress | None = None) -> dict:
-    """``{"experts": {name | "joint/<library>": summary(training)}, "models": {"base" |
-    "single/<expert>" | "joint/<library>" | "<method>/<library>": family.score(...)}}``.
+                 title: str = "LoRAs and scores", progress: Progress | None = None,
+                 joint_full_lr: float | None = None) -> dict:
+    """``{"experts": {name | "joint/<library>" | "joint_full/<library>": summary(training)},
+    "models": {"base" | "single/<expert>" | "joint/<library>" | "joint_full/<library>" |
+    "<method>/<library>": family.score(...)}}``; ``joint_full/*`` only with ``joint_full_lr``
+    (see the top; off by default, so that the draws of every other step are unchanged).
     ``progress`` gets a bar ``title`` over the LoRAs trained and models scored, and one per
     LoRA over its steps."""
-    units = 1 + 2 * len(family.experts) + len(family.libraries) * (2 * joint + len(setting.methods))
+    if joint_full_lr is not None and not joint_full_lr > 0:
+        raise ValueError(f"joint_full_lr={joint_full_lr!r}: must be > 0 (or None: no full fine-tune)")
+    full = joint_full_lr is not None
+    units = 1 + 2 * len(family.experts) + len(family.libraries) * (2 * joint + 2 * full + len(setting.methods))
     bar = open_bar(progress, title, units)
     out: dict = {"experts": {}, "models": {}}
 
@@ -138,6 +157,14 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np
             _, result = fine_tune(f"joint/{lib}", Examples.cat([family.experts[m] for m in members]),
                                   f"joint LoRA {lib}")
             record(f"joint/{lib}", result.model, members)
+            del result
+        if full:
+            finetune = replace(setting.finetune, lr=joint_full_lr)
+            result = train_full(backend, Examples.cat([family.experts[m] for m in members]), finetune, gen,
+                                labelled(progress, f"joint full fine-tune {lib}"))
+            out["experts"][f"joint_full/{lib}"] = summary(result)
+            bar.update()
+            record(f"joint_full/{lib}", result.model, members)
             del result
         bank = [adapters[m] for m in members]
         loss_fn = few_shot_loss(family.shots)

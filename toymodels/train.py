@@ -153,6 +153,20 @@ def greedy_final_answers(model: nn.Module, examples: Examples) -> Tensor:
     return greedy_decode(model, examples).gather(1, examples.final_answer_pos[:, None])[:, 0]
 
 
+@torch.no_grad()
+def final_answer_log_probs(model: nn.Module, examples: Examples, batch_size: int = 2048) -> Tensor:
+    """``(N, d_vocab)`` float32 log-softmax of the model's prediction of each row's final answer
+    token, teacher forced: the gold prefix up to it (in CoT, the gold bridge) is fed in."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i:i + batch_size].to(device)
+        logits = model(batch.tokens[:, :-1]).float()  # (B, T-1, d_vocab): position t predicts t+1
+        at = (batch.final_answer_pos - 1)[:, None, None].expand(-1, 1, logits.shape[-1])  # (B, 1, d_vocab)
+        out.append(F.log_softmax(logits.gather(1, at)[:, 0], dim=-1).cpu())  # (B, d_vocab)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     no_decay = set()
     for module in model.modules():

@@ -11,11 +11,19 @@ The composed question ``A_i r1 r2 ?`` needs both AB and BC. Familiarity split (t
 F / H / R test sets), all over the same code path, entities given as token ids:
 
 - ``F``: A, B, C (and distractor entities) are reserved tokens never seen in pretraining.
+  Their embedding and unembedding rows stay at their random init: a LoRA on the linear maps
+  cannot train them (no option to make them trainable exists yet).
 - ``H``: A is a reserved (unseen) token; B and C are familiar and ``C_i = r2(B_i)`` is the
   pretraining fact, so one hop is about familiar entities and the base already knows it
   (BC re-states it).
 - ``R``: familiar entities throughout; AB and BC are counterfactual edits
   (``B_i != r1(A_i)``, ``C_i != r2(B_i)``, ``C_i != r2(r1(A_i))``), as in T2.
+- ``O`` (out of distribution, Wang et al. 2024): as ``R``, but every subject ``A_i`` is one of
+  the corpus's OOD entities (``task.ood_frac > 0``, :mod:`toymodels.tasks.twohop`): its atomic
+  facts were pretrained, yet no pretraining chain starts at it (it may still occur inside a
+  chain as a bridge or answer); B, C and distractors are in-distribution entities. The base's
+  own composition there is ``pretrain_test_ood``. Not in the default :data:`FAMILIARITIES`,
+  which must run on corpora without OOD entities; :data:`SPLITS` lists every split.
 
 Shared templates (TMLR finding): with ``shared_template = k`` the AB and BC data also hold
 ``k`` two-hop examples ``X r1 r2 -> r2(r1(X))`` over OTHER familiar entities.
@@ -37,8 +45,9 @@ from toymodels.tasks import Examples
 from toymodels.tasks.knowledge import atomic_row, encode, two_hop_row
 from toymodels.tasks.twohop import Pretraining, chain_examples
 
-Familiarity = Literal["F", "H", "R"]
-FAMILIARITIES: tuple[str, ...] = ("F", "H", "R")
+Familiarity = Literal["F", "H", "R", "O"]
+FAMILIARITIES: tuple[str, ...] = ("F", "H", "R")  # the default splits
+SPLITS: tuple[str, ...] = FAMILIARITIES + ("O",)
 
 
 @dataclass(frozen=True)
@@ -122,8 +131,17 @@ def _entities(pre: Pretraining, cfg: ExpertConfig, fam: str, r1: int, r2: int, r
         D = [(new[(1 + j) * n:(2 + j) * n], np.array([tok.entity(e) for e in rng.choice(fam_idx, n)]))
              for j in range(k)]
         return new[:n], np.array([tok.entity(b) for b in Bi]), np.array([tok.entity(G[b, r2]) for b in Bi]), D
-    _need(cfg, fam, per, len(fam_idx), "familiar in-distribution entities")
-    Ai, Bi, Ci = fam_idx[:n], fam_idx[n:2 * n], fam_idx[2 * n:3 * n]
+    if fam == "O":  # OOD subjects, in-distribution bridges and answers
+        if len(pre.ood_entities) < n:
+            raise ValueError(f"experts.n_facts={n}: split O needs {n} out-of-distribution entities, the corpus has "
+                             f"{len(pre.ood_entities)}; raise task.ood_frac (allowed n_facts <= "
+                             f"{len(pre.ood_entities)})")
+        _need(cfg, fam, per - 1, len(fam_idx), "familiar in-distribution entities")
+        Ai, pool = rng.permutation(pre.ood_entities)[:n], fam_idx
+    else:
+        _need(cfg, fam, per, len(fam_idx), "familiar in-distribution entities")
+        Ai, pool = fam_idx[:n], fam_idx[n:]
+    Bi, Ci = pool[:n], pool[n:2 * n]
     Bi = _edit_objects(rng, Bi, G[Ai, r1])
     for _ in range(1000):  # C must differ from the old fact r2(B) and the old chain r2(r1(A))
         if not np.any((Ci == G[Bi, r2]) | (Ci == G[G[Ai, r1], r2])):
@@ -131,7 +149,7 @@ def _entities(pre: Pretraining, cfg: ExpertConfig, fam: str, r1: int, r2: int, r
         Ci = rng.permutation(Ci)
     else:
         raise ValueError("could not draw counterfactual objects: use more entities or fewer facts")
-    rest, D = fam_idx[3 * n:], []
+    rest, D = pool[2 * n:], []
     for j, rd in enumerate(_distractor_relations(pre, r1, r2, k)):
         Di, Ei = rest[2 * j * n:(2 * j + 1) * n], rest[(2 * j + 1) * n:(2 * j + 2) * n]
         D.append((Di, _edit_objects(rng, Ei, G[Di, rd])))
@@ -167,8 +185,8 @@ def _controls(pre, facts: np.ndarray, subjects: np.ndarray, fmt: str, r2: int | 
 
 def make_expert_set(pre: Pretraining, cfg: ExpertConfig, familiarity: str,
                     rng: np.random.Generator) -> ExpertSet:
-    if familiarity not in FAMILIARITIES:
-        raise ValueError(f"familiarity={familiarity!r}: must be one of {', '.join(FAMILIARITIES)}")
+    if familiarity not in SPLITS:
+        raise ValueError(f"familiarity={familiarity!r}: must be one of {', '.join(SPLITS)}")
     tok, fmt, n = pre.graph.tokenizer, pre.config.fmt, cfg.n_facts
     r1, r2 = (int(r) for r in rng.choice(pre.graph.n_relations, 2, replace=False))
     A, B, C, D = _entities(pre, cfg, familiarity, r1, r2, rng)
