@@ -25,7 +25,7 @@ from analysis.experiments.mechanism import bridge_inside
 from analysis.experiments.rank_depth import capacity_growth
 from analysis.experiments.two_hop_reuse import ac_gain, template_gain
 from analysis.registry import Ceiling, ClaimMeasure, Result
-from analysis.report import judge_measure
+from analysis.report import judge_measure, questions_per_split
 from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, UNDERPOWERED
 
 MEASURES = [m for e in registry.experiments(include_hidden=True).values() for m in e.claims]
@@ -197,3 +197,13 @@ def test_mech_2_measure_reads_the_inner_layers_of_the_latent_format():
     assert judge_measure(measure, low)[0].outcome == SUPPORTED
     high = [result(s, [0.0, 0.5 + 0.01 * s, 0.1, 0.0]) for s in range(4)]
     assert judge_measure(measure, high)[0].outcome == NOT_SUPPORTED
+
+
+def test_rank_depth_claims_state_their_questions():
+    """Capacity claims count the edits on one matrix; reuse claims the composed questions per split."""
+    rows = [Result("a", None, {"capacity": {"n_facts": 64}, "reuse": {"F": {"n_composed": 8}, "R": {"n_composed": 8}}}),
+            Result("b", None, {"capacity": {"n_facts": 64}, "reuse": {"F": {"n_composed": 6}, "R": {"n_composed": 9}}})]
+    by_id = {m.claim.id: m for m in registry.get("rank_depth").claims}
+    assert {i: questions_per_split(by_id[i], rows) for i in ("RD-1", "RD-2", "RD-3", "RD-4", "RD-5")} == {
+        "RD-1": "edits on one matrix 64", "RD-2": "edits on one matrix 64", "RD-3": "edits on one matrix 64",
+        "RD-4": "F 6, R 8", "RD-5": "F 6, R 8"}
