@@ -108,14 +108,16 @@ def test_bootstrap_default_range_is_unbounded_and_values_must_lie_in_the_range()
             bootstrap_interval([1.0], np.random.default_rng(0), bounds)
 
 
-@pytest.mark.parametrize("summarise,method", [
-    pytest.param(lambda v, c: t_interval(v, confidence=c), "t", id="t"),
-    pytest.param(lambda v, c: bootstrap_interval(v, np.random.default_rng(0), confidence=c), "bootstrap",
-                 id="bootstrap"),
-])
-def test_one_seed_has_unknown_spread_but_keeps_mean_confidence_and_method(summarise, method):
-    s = summarise([0.3], 0.9)
-    assert (s.mean, s.low, s.high, s.n, s.confidence, s.method) == (0.3, -math.inf, math.inf, 1, 0.9, method)
+def test_two_seeds_give_a_finite_interval():
+    t = t_interval([0.2, 0.4])  # t_{0.975, 1} = 12.7062
+    assert t.high - t.mean == pytest.approx(12.706205 * statistics.stdev([0.2, 0.4]) / math.sqrt(2), rel=1e-6)
+    b = bootstrap_interval([0.2, 0.4], np.random.default_rng(0))
+    assert (b.low, b.high) == (pytest.approx(0.2), pytest.approx(0.4))
+
+
+def test_one_seed_t_interval_has_unknown_spread_but_keeps_mean_confidence_and_method():
+    s = t_interval([0.3], confidence=0.9)
+    assert (s.mean, s.low, s.high, s.n, s.confidence, s.method) == (0.3, -math.inf, math.inf, 1, 0.9, "t")
     assert math.isnan(s.std)
 
 

@@ -16,6 +16,8 @@ from toymodels.seeds import numpy_rng
 
 BELOW = Claim("EDGE-1", "the gap is below the margin", "merged - control", "below", 0.05, "a test margin")
 ABOVE = Claim("EDGE-2", "the gap is above the margin", "merged - control", "above", 0.05, "a test margin")
+# irregular per-seed values: two generators' bootstrap intervals of them differ (no ties by luck)
+SPREAD = [0.0113, -0.0271, 0.0042, 0.0187, -0.0129, 0.0305, -0.0068, 0.0221, -0.0193, 0.0011, 0.0097, -0.0034]
 REACHED = CeilingCheck("joint/hops composed", (0.9, 1.0, 0.8), 0.5)
 MISSED = CeilingCheck("joint/hops composed", (0.1, 0.0, 0.2), 0.5)
 
@@ -104,7 +106,7 @@ def test_reasons_say_why_in_words():
 
 
 def test_verdict_json_holds_every_field():
-    values = [0.01, -0.02, 0.0, 0.015, -0.01]
+    values = SPREAD[:5]
     verdict = judge(BELOW, values, np.random.default_rng(4), units=4, ceiling=REACHED)
     stored = json.loads(json.dumps(verdict.as_json()))
     assert stored == {"claim": "EDGE-1", "outcome": SUPPORTED, "reading": SUPPORTED, "units": 4,
@@ -151,7 +153,7 @@ def test_bad_claims_name_the_problem():
 
 def test_default_draws_are_the_claims_own_stream():
     """No global RNG: a verdict without an explicit generator draws from the claim's named stream."""
-    values = [0.01, -0.02, 0.0, 0.015, -0.01, 0.03]
+    values = SPREAD
     assert BOOTSTRAP_SEED == 0
     assert judge(BELOW, values).summary == bootstrap_interval(values, numpy_rng(0, "bootstrap", "EDGE-1"))
     assert claim_rng("EDGE-1", "recipe", "a").random() == numpy_rng(0, "bootstrap", "EDGE-1", "recipe", "a").random()
