@@ -69,6 +69,10 @@ class CeilingCheck:
     values: tuple[float, ...]
     threshold: float
 
+    def __post_init__(self):
+        if not self.values or not np.all(np.isfinite(self.values)):
+            raise ValueError(f"ceiling {self.name}: values={list(self.values)}; need one finite number per seed")
+
     @property
     def mean(self) -> float:
         return float(np.mean(self.values))

@@ -80,6 +80,12 @@ def test_a_ceiling_is_reached_at_its_threshold_by_the_mean_over_seeds():
                                                          "threshold": 0.5, "mean": 0.375, "reached": False}
 
 
+def test_a_ceiling_needs_finite_values():
+    for values, shown in (((), r"\[\]"), ((0.5, float("nan")), r"\[0.5, nan\]"), ((float("inf"),), r"\[inf\]")):
+        with pytest.raises(ValueError, match=rf"^ceiling joint: values={shown}; need one finite number per seed$"):
+            CeilingCheck("joint", values, 0.5)
+
+
 def test_units_must_be_between_one_and_the_seeds():
     for units in (0, 6):
         with pytest.raises(ValueError, match=rf"^units={units}: independent units must be between 1 and the 5 seeds "
