@@ -84,6 +84,8 @@ def test_a_ceiling_needs_finite_values():
     for values, shown in (((), r"\[\]"), ((0.5, float("nan")), r"\[0.5, nan\]"), ((float("inf"),), r"\[inf\]")):
         with pytest.raises(ValueError, match=rf"^ceiling joint: values={shown}; need one finite number per seed$"):
             CeilingCheck("joint", values, 0.5)
+    assert CeilingCheck("joint", (0.0,), 0.5).values == (0.0,)  # one seed at 0 is a legal (missed) ceiling
+    assert CeilingCheck("joint", (0.25, 1.0), 0.5).mean == 0.625
 
 
 def test_units_must_be_between_one_and_the_seeds():
