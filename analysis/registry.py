@@ -22,9 +22,10 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from analysis.errors import UsageError
+from analysis.stats import UNBOUNDED
 from analysis.verdict import Claim
 
 PROFILES = ("quick", "paper")
@@ -51,17 +52,47 @@ FigureFn = Callable[[list[Result]], tuple[Any, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
+class Ceiling:
+    """What a claim is read against: ``per_seed(results)`` is, per seed, the score of the model
+    that should do the task at all (``name`` says which model and metric, e.g. "joint/hops
+    composed accuracy"); when its mean over seeds is under ``threshold`` the claim's verdict is
+    "not testable" (a reuse failure says nothing when nothing that fine-tunes succeeds either)."""
+
+    name: str
+    per_seed: Callable[[list[Result]], Sequence[float]]
+    threshold: float
+
+
+@dataclass(frozen=True)
 class ClaimMeasure:
     """A claim and how to measure it: ``per_seed(results)`` returns one number per seed
     (e.g. merged minus control accuracy, paired by seed); ``figures`` are the figures that
     plot that measure, linked beside it (none: the report says no figure plots it);
     ``detail(results)``, if given, is one line of the numbers behind the measure that the
-    report prints with it (e.g. facts recalled per rank behind a maximum over ranks)."""
+    report prints with it (e.g. facts recalled per rank behind a maximum over ranks).
+
+    ``bounds``: the range the measure can take (:data:`analysis.stats.ACCURACY`,
+    ``DIFFERENCE``, or ``UNBOUNDED``, the default); the CI lies within it. ``ceiling``: see
+    :class:`Ceiling` (none: the report says no ceiling is stated). ``questions(results)``:
+    composed questions per split behind the measure, ``{split: count}`` (none: read from the
+    results' ``splits[*]["n_composed"]``, else the configs). ``recipe(result)``: the name of
+    the fine-tune recipe of a result, where the grid varies it; the report then gives one
+    verdict per recipe and whether the claim holds in all of them (:func:`analysis.verdict.robust`)."""
 
     claim: Claim
     per_seed: Callable[[list[Result]], Sequence[float]]
     figures: tuple[str, ...] = ()
     detail: Callable[[list[Result]], str] | None = None
+    bounds: tuple[float, float] = UNBOUNDED
+    ceiling: Ceiling | None = None
+    questions: Callable[[list[Result]], Mapping[str, int]] | None = None
+    recipe: Callable[[Result], str] | None = None
+
+    def __post_init__(self):
+        lowest, highest = self.bounds
+        if not lowest < self.claim.margin < highest:
+            raise ValueError(f"claim {self.claim.id}: margin {self.claim.margin:g} must lie strictly inside the "
+                             f"measure's bounds {self.bounds}, or the verdict is decided before any data")
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@
 and the config keys). ``write_report`` writes a run header (commit, dates, versions,
 device, compute time and sizes, read from the cached records by
 :func:`analysis.provenance.header_lines`), a summary table of every claim's verdict, the
-theory checks, then one section per claim: the claim, what was measured (per-seed values,
-mean and 95% CI), why its margin is what it is, the verdict and the figures that plot the
-measure. The output is a function of the cache alone (dates and timings are the records'
+theory checks, then one section per claim: the claim, its metric and range, what was
+measured (per-seed values, mean, bootstrap 95% CI over seeds and how many are independent),
+the questions per split, the ceiling, the verdict per fine-tune recipe where the grid varies
+it, why its margin is what it is, the verdict and the figures that plot the measure. The output is a function of the cache alone (dates and timings are the records'
 own, never "now"), so rerunning it on the same cache changes nothing. Missing results or
 figures raise :class:`MissingResultsError` naming the command that makes them.
 """
@@ -19,9 +20,10 @@ from typing import Any, Mapping, Sequence
 
 from analysis.atomic import atomic_write_bytes
 from analysis.cache import MissingResultsError, ResultCache, load_results, run_command
-from analysis.provenance import header_lines
+from analysis.provenance import header_lines, sizes
 from analysis.registry import ClaimMeasure, Experiment, Result
-from analysis.verdict import Verdict, judge
+from analysis.stats import UNBOUNDED, Summary
+from analysis.verdict import MIN_UNITS, SUPPORTED, CeilingCheck, Verdict, claim_rng, judge, robust
 
 NO_FIGURE = "no figure plots this measure"
 
@@ -39,13 +41,57 @@ def draw_figures(experiment: Experiment, results: list[Result], figures_dir: Pat
     return written
 
 
+def independent_units(results: list[Result], n_values: int) -> int:
+    """How many of ``n_values`` per-seed values are independent: seeds that share one base
+    model (``config.base_seed``) are one unit, so at most the number of distinct base seeds."""
+    base_seeds = {getattr(r.config, "base_seed", None) for r in results}
+    return n_values if not base_seeds or None in base_seeds else min(n_values, len(base_seeds))
+
+
+def judge_measure(measure: ClaimMeasure, results: list[Result], *rng_path: str) -> tuple[Verdict, list[float]]:
+    """``(verdict, per-seed values)`` of one claim on ``results``: bootstrap CI within the
+    measure's bounds (draws from :func:`analysis.verdict.claim_rng` of the claim and ``rng_path``),
+    independent units, and the ceiling if the measure has one."""
+    values = [float(v) for v in measure.per_seed(results)]
+    ceiling = None
+    if measure.ceiling is not None:
+        c = measure.ceiling
+        ceiling = CeilingCheck(c.name, tuple(float(v) for v in c.per_seed(results)), c.threshold)
+    rng = claim_rng(measure.claim.id, *rng_path)
+    units = independent_units(results, len(values))
+    return judge(measure.claim, values, rng, measure.bounds, units, ceiling), values
+
+
 def claim_verdicts(experiment: Experiment, results: list[Result]) -> list[tuple[Verdict, list[float]]]:
     """``(verdict, per-seed values)`` for every claim the experiment measures."""
-    rows = []
-    for measure in experiment.claims:
-        values = [float(v) for v in measure.per_seed(results)]
-        rows.append((judge(measure.claim, values), values))
-    return rows
+    return [judge_measure(measure, results) for measure in experiment.claims]
+
+
+def recipe_verdicts(measure: ClaimMeasure, results: list[Result]) -> dict[str, Verdict]:
+    """The claim's verdict within each fine-tune recipe of the grid (``{}``: no recipe axis)."""
+    if measure.recipe is None:
+        return {}
+    groups: dict[str, list[Result]] = {}
+    for r in results:
+        groups.setdefault(measure.recipe(r), []).append(r)
+    return {name: judge_measure(measure, rs, "recipe", name)[0] for name, rs in sorted(groups.items())}
+
+
+def questions_per_split(measure: ClaimMeasure, results: list[Result]) -> str | None:
+    """The composed questions per split behind a claim, e.g. "F 8, H 8, R 8" (a range where
+    results differ), from ``measure.questions``, else the results; None when neither says."""
+    if measure.questions is not None:
+        counts = {split: [n] for split, n in measure.questions(results).items()}
+    else:
+        counts = {}
+        for r in results:
+            for split, scores in (r.result.get("splits") or {}).items():
+                if isinstance(scores, Mapping) and "n_composed" in scores:
+                    counts.setdefault(split, []).append(scores["n_composed"])
+    if not counts:
+        return None
+    span = {s: (min(ns), max(ns)) for s, ns in counts.items()}
+    return ", ".join(f"{s} {lo}" if lo == hi else f"{s} {lo}-{hi}" for s, (lo, hi) in span.items())
 
 
 def _num(x: Any) -> str:
@@ -86,18 +132,57 @@ def _figure_links(experiment: Experiment, names: Sequence[str], profile: str, fi
     return ", ".join(links) or NO_FIGURE
 
 
+def _interval(s: Summary) -> str:
+    return f"[{s.low:.3f}, {s.high:.3f}]"
+
+
+def _range(bounds: tuple[float, float]) -> str:
+    return "unbounded" if bounds == UNBOUNDED else f"[{bounds[0]:g}, {bounds[1]:g}]"
+
+
+def _ceiling(verdict: Verdict) -> str:
+    c = verdict.ceiling
+    if c is None:
+        return "none stated"
+    return f"{c} {'reached' if c.reached else '**not reached**'}"
+
+
+def _recipes(per_recipe: Mapping[str, Verdict]) -> str:
+    if not per_recipe:
+        return "one recipe"
+    held = sum(v.outcome == SUPPORTED for v in per_recipe.values())
+    return "robust" if robust(per_recipe) else f"not robust ({held} of {len(per_recipe)} recipes supported)"
+
+
+def _recipe_lines(per_recipe: Mapping[str, Verdict]) -> list[str]:
+    if not per_recipe:
+        return ["- Recipes: one fine-tune recipe in this grid (no recipe axis), so robustness across recipes "
+                "is not assessed"]
+    lines = ["- Recipes (the claim is robust only if supported under every one): "
+             f"{_recipes(per_recipe)}", "", "  | recipe | effect (mean) | 95% CI | units | verdict |",
+             "  | --- | --- | --- | --- | --- |"]
+    lines += ["  " + _row([name, f"{v.summary.mean:.3f}", _interval(v.summary), v.units, f"**{v.outcome}**"])
+              for name, v in per_recipe.items()]
+    return lines + [""]
+
+
 def _claim_section(experiment: Experiment, measure: ClaimMeasure, verdict: Verdict, values: list[float],
-                   results: list[Result], figures: str, profile: str) -> list[str]:
+                   results: list[Result], figures: str, profile: str, per_recipe: Mapping[str, Verdict]) -> list[str]:
     c, s = verdict.claim, verdict.summary
     detail = [f"- Behind it: {measure.detail(results)}"] if measure.detail is not None else []
+    questions, grid = questions_per_split(measure, results), sizes([r.config for r in results])
     return [
         f'<a id="{anchor(c.id)}"></a>', "",
         f"## {c.id}: {c.statement}", "",
         f"- Experiment: `{experiment.name}` ({profile} profile): {experiment.description}",
-        f"- Measured per seed: {c.quantity} = {', '.join(f'{v:.3f}' for v in values)}",
+        f"- Metric: {c.quantity}; range {_range(measure.bounds)}",
+        f"- Measured per seed: {', '.join(f'{v:.3f}' for v in values)}",
         *detail,
-        f"- Mean {s.mean:.3f}, {100 * s.confidence:g}% CI [{s.low:.3f}, {s.high:.3f}] "
-        f"over n = {s.n} seeds ({s.method}-interval)",
+        f"- Effect: mean {s.mean:.3f}, {100 * s.confidence:g}% bootstrap CI {_interval(s)} over n = {s.n} seeds, "
+        f"{verdict.units} independent (seeds sharing a base model count once)",
+        f"- Questions per split: {questions or 'not recorded per split in the results; the grid: ' + grid}",
+        f"- Ceiling: {_ceiling(verdict)}",
+        *_recipe_lines(per_recipe),
         f"- Claim: the quantity lies {c.direction} {c.margin:g}",
         f"- Why {c.margin:g}: {c.margin_reason}",
         f"- Verdict: **{verdict.outcome}**: {verdict.reason}",
@@ -105,17 +190,20 @@ def _claim_section(experiment: Experiment, measure: ClaimMeasure, verdict: Verdi
     ]
 
 
-def _summary_table(verdicts: Sequence[Verdict]) -> list[str]:
+def _summary_table(rows: Sequence[tuple[Verdict, str, Mapping[str, Verdict]]]) -> list[str]:
     lines = ["## Verdicts", "",
-             "| claim | statement | claimed | verdict | effect (mean) | 95% CI | n seeds | section |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for v in verdicts:
+             "| claim | statement | claimed | verdict | effect (mean) | 95% CI | units (seeds) | questions per split "
+             "| ceiling | recipes | section |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for v, questions, per_recipe in rows:
         c, s = v.claim, v.summary
-        ci = f"[{s.low:.3f}, {s.high:.3f}]" + (" (all seeds equal)" if s.std == 0 else "")
+        ci = _interval(s) + (" (all seeds equal)" if s.low == s.high else "")
         lines.append(_row([c.id, c.statement, f"{c.direction} {c.margin:g}", f"**{v.outcome}**", f"{s.mean:.3f}", ci,
-                           s.n, f"[{c.id}](#{anchor(c.id)})"]))
+                           f"{v.units} ({s.n})", questions or "see section", _ceiling(v), _recipes(per_recipe),
+                           f"[{c.id}](#{anchor(c.id)})"]))
     return lines + ["", "Effect: the claim's measured quantity (its section says what it is and why the margin is "
-                    "what it is), mean over seeds; the claim is that it lies below or above the margin.", ""]
+                    "what it is), mean over seeds; the claim is that it lies below or above the margin. Units: "
+                    "independent seeds (own base model) behind the CI, of all seeds measured.", ""]
 
 
 def build_report(experiments: Mapping[str, Experiment], profile: str, results_dir: Path | str,
@@ -134,13 +222,18 @@ def build_report(experiments: Mapping[str, Experiment], profile: str, results_di
         configs[experiment.name] = [r.config for r in results]
         for measure, (verdict, values) in zip(experiment.claims, claim_verdicts(experiment, results)):
             figures = _figure_links(experiment, measure.figures, profile, figures_dir, report_dir, results_dir)
-            verdicts.append(verdict)
-            sections += _claim_section(experiment, measure, verdict, values, results, figures, profile)
+            per_recipe = recipe_verdicts(measure, results)
+            verdicts.append((verdict, questions_per_split(measure, results), per_recipe))
+            sections += _claim_section(experiment, measure, verdict, values, results, figures, profile, per_recipe)
     lines = ["# lora-limits report", "",
              f"Generated from the result cache (`{Path(results_dir).as_posix()}/`, {profile} profile) "
-             "by `lora-limits reproduce`. Each claim is judged from per-seed measurements: "
-             "supported when the 95% CI lies on the claimed side of the margin, not supported when it "
-             "lies on the other side, inconclusive when it contains the margin.", ""]
+             "by `lora-limits reproduce`. Each claim is judged from per-seed measurements by a percentile "
+             "bootstrap 95% CI over seeds, within the metric's range: **not testable** when the claim's "
+             "ceiling model stays under its threshold; **underpowered** with fewer than "
+             f"{MIN_UNITS} independent seeds (own base model) or a zero-width CI; else **supported** when the "
+             "CI lies on the claimed side of the margin, **not supported** when it lies on the other side, "
+             "**inconclusive** when it contains the margin. A claim is robust only if supported under every "
+             "fine-tune recipe of the grid.", ""]
     lines += header_lines(records, configs, profile, len(theory_rows))
     lines += _summary_table(verdicts) + _theory_section(theory_rows) + sections
     return "\n".join(lines).rstrip() + "\n"

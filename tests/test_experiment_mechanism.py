@@ -10,7 +10,7 @@ from analysis.experiments import mechanism as mech
 from analysis.figures.mechanism import bridge_figure, router_figure
 from analysis.report import claim_verdicts, draw_figures
 from analysis.sweep import run_sweep
-from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from analysis.verdict import OUTCOMES
 from toymodels.presets import tiny_two_hop
 
 EXPERIMENT = registry.get("mechanism")
@@ -54,7 +54,7 @@ def test_figures_and_claims(results, tmp_path):
     written = draw_figures(EXPERIMENT, results, tmp_path, "quick")
     assert {p.name for p in written} >= {f"{n}.png" for n in EXPERIMENT.figures}
     for verdict, values in claim_verdicts(EXPERIMENT, results):
-        assert verdict.outcome in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE) and len(values) == 2
+        assert verdict.outcome in OUTCOMES and len(values) == 2
 
 
 def test_figure_with_missing_data_names_the_command():

@@ -11,7 +11,7 @@ from analysis.experiments import rank_depth as rd
 from analysis.figures.rank_depth import accuracy_figure, capacity_figure
 from analysis.report import claim_verdicts, draw_figures
 from analysis.sweep import run_sweep
-from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from analysis.verdict import OUTCOMES
 from toymodels.capacity import CapacityConfig
 from toymodels.presets import tiny_base
 from toymodels.train import TrainConfig
@@ -98,7 +98,7 @@ def test_claims_give_verdicts_computed_from_the_data(swept):
     rows = claim_verdicts(EXPERIMENT, results)
     assert len(rows) == 6
     for verdict, values in rows:
-        assert verdict.outcome in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE) and len(values) == 2  # one per seed
+        assert verdict.outcome in OUTCOMES and len(values) == 2  # one per seed
     growth = rd.capacity_growth(results)
     by_seed = {s: [r.result for r in results if r.result["seed"] == s] for s in (0, 1)}
     for seed, value in zip((0, 1), growth):  # recompute RD-1 by hand from the records

@@ -12,7 +12,7 @@ from analysis.figures.two_hop import templates_figure
 from analysis.registry import Result
 from analysis.report import claim_verdicts, draw_figures
 from analysis.sweep import run_sweep
-from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, judge
+from analysis.verdict import NOT_SUPPORTED, OUTCOMES, SUPPORTED, judge
 from toymodels.presets import tiny_two_hop
 
 EXPERIMENT = registry.get("two_hop_reuse")
@@ -66,7 +66,7 @@ def test_claims_produce_verdicts_from_the_data(results):
     assert [v.claim.id for v, _ in rows] == ["REUSE-0", "REUSE-0L", "REUSE-1-latent", "REUSE-1-cot", "REUSE-2",
                                              "REUSE-3", "REUSE-4"]
     for verdict, values in rows:
-        assert verdict.outcome in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE) and len(values) == 2
+        assert verdict.outcome in OUTCOMES and len(values) == 2
 
 
 def _planted(results, composed, broadcast):
@@ -87,8 +87,9 @@ def test_reuse_1_verdict_follows_planted_numbers_both_ways(results):
     measure = next(m for m in EXPERIMENT.claims if m.claim.id == "REUSE-1-latent")
     composes = _planted(results, lambda s: 0.9 + 0.01 * s, 0.05)
     fails = _planted(results, lambda s: 0.02 * s, 0.3)
-    assert judge(measure.claim, measure.per_seed(composes)).outcome == NOT_SUPPORTED
-    assert judge(measure.claim, measure.per_seed(fails)).outcome == SUPPORTED
+    # 2 seeds: the verdict is underpowered; its CI still reads one way or the other
+    assert judge(measure.claim, measure.per_seed(composes)).reading == NOT_SUPPORTED
+    assert judge(measure.claim, measure.per_seed(fails)).reading == SUPPORTED
 
 
 def test_figure_with_missing_data_names_the_command(results):

@@ -10,14 +10,17 @@ import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from analysis import provenance, registry
 from analysis.cache import ResultCache, load_results, make_record
 from analysis.experiments.rank_depth import recall_by_rank
-from analysis.registry import ClaimMeasure, Result
-from analysis.report import NO_FIGURE, anchor, build_report, draw_figures, write_report
+from analysis.registry import Ceiling, ClaimMeasure, Result
+from analysis.report import (NO_FIGURE, anchor, build_report, draw_figures, independent_units, questions_per_split,
+                             write_report)
+from analysis.stats import DIFFERENCE
 from analysis.sweep import run_sweep
 from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim
 
@@ -119,11 +122,16 @@ def test_summary_table_lists_every_claim_with_its_sections_verdict(filled):
     assert set(rows) == set(sections) == {"SELFTEST-LOW", "SELFTEST-HIGH", "SELFTEST-EDGE"}
     for claim_id, cells in rows.items():
         assert cells[3] == f"**{sections[claim_id]}**"
-        assert cells[7] == f"[{claim_id}](#{anchor(claim_id)})" and f'<a id="{anchor(claim_id)}"></a>' in text
+        assert cells[10] == f"[{claim_id}](#{anchor(claim_id)})" and f'<a id="{anchor(claim_id)}"></a>' in text
+        assert cells[6:10] == ["4 (4)", "see section", "none stated", "one recipe"]
     assert [sections[k] for k in ("SELFTEST-LOW", "SELFTEST-HIGH", "SELFTEST-EDGE")] == \
         [SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE]
-    claimed, mean, ci, n = rows["SELFTEST-LOW"][2], *rows["SELFTEST-LOW"][4:7]
-    assert claimed == "above 0.25" and f"- Mean {mean}, 95% CI {ci} over n = {n} seeds" in text
+    claimed, mean, ci = rows["SELFTEST-LOW"][2], *rows["SELFTEST-LOW"][4:6]
+    assert claimed == "above 0.25"
+    assert f"- Effect: mean {mean}, 95% bootstrap CI {ci} over n = 4 seeds, 4 independent" in text
+    assert "- Questions per split: not recorded per split in the results; the grid: 8 configs, 4 seeds" in text
+    assert text.count("- Ceiling: none stated") == 3 and text.count("- Metric: measured(top effect) - measured(effect "
+                                                                     "0); range unbounded") == 3
 
 
 def test_rebuilding_on_the_same_cache_is_byte_identical(filled, monkeypatch):
@@ -217,7 +225,73 @@ def test_summary_flags_a_zero_width_interval(filled):
     same = ClaimMeasure(dataclasses.replace(measure.claim, id="SELFTEST-SAME"), lambda rs: [0.5, 0.5, 0.5])
     text = build_report({"_selftest": dataclasses.replace(SELFTEST, claims=(same,))}, "quick", results, figures,
                         figures, THEORY)
-    assert "| [0.500, 0.500] (all seeds equal) | 3 |" in text
+    assert "| **underpowered** | 0.500 | [0.500, 0.500] (all seeds equal) | 3 (3) |" in text
+    assert "- Verdict: **underpowered**: all 3 seeds gave the same value: zero-width CI" in text
+
+
+def _selftest_with(**fields) -> dict:
+    """The self-test claim (gap ~0.50, CI ~[0.46, 0.54], 4 seeds) with extra ClaimMeasure fields."""
+    return {"_selftest": dataclasses.replace(SELFTEST, claims=(dataclasses.replace(SELFTEST.claims[0], **fields),))}
+
+
+def test_a_missed_ceiling_reads_not_testable_with_its_number(filled):
+    results, figures = filled
+    ceiling = Ceiling("the top effect's measured value", lambda rs: [r.result["measured"] for r in rs
+                                                                     if r.config.effect == 0.5], 0.9)
+    text = build_report(_selftest_with(ceiling=ceiling), "quick", results, figures, figures, THEORY)
+    top = sum(r.result["measured"] for r in load_results(SELFTEST.name, SELFTEST.configs("quick"), results, "quick")
+              if r.config.effect == 0.5) / 4
+    assert top < 0.9
+    shown = f"the top effect's measured value: {top:.3f} (threshold 0.9) **not reached**"
+    assert "| **not testable** | " in text and f"| {shown} |" in text and f"- Ceiling: {shown}" in text
+    reached = build_report(_selftest_with(ceiling=dataclasses.replace(ceiling, threshold=0.25)), "quick", results,
+                           figures, figures, THEORY)
+    assert "- Verdict: **supported**" in reached and f"{top:.3f} (threshold 0.25) reached" in reached
+
+
+def test_recipes_give_a_verdict_each_and_robust_only_if_all_hold(filled):
+    results, figures = filled
+    one = build_report(_selftest_with(recipe=lambda r: "fixed_300"), "quick", results, figures, figures, THEORY)
+    assert "| robust |" in one and "- Recipes (the claim is robust only if supported under every one): robust" in one
+    assert "  | fixed_300 | 0.50" in one and "| 4 | **supported** |" in one
+    # two recipes of 2 seeds each: each is underpowered, so the claim is not robust
+    two = build_report(_selftest_with(recipe=lambda r: f"recipe_{r.config.seed % 2}"), "quick", results, figures,
+                       figures, THEORY)
+    assert "| not robust (0 of 2 recipes supported) |" in two
+    assert two.count("| 2 | **underpowered** |") == 2 and "  | recipe_0 |" in two and "  | recipe_1 |" in two
+    assert "- Verdict: **supported**" in two  # the pooled verdict over all 4 seeds stands beside it
+
+
+def test_metric_range_bounds_the_interval_in_the_report(filled):
+    results, figures = filled
+    text = build_report(_selftest_with(bounds=DIFFERENCE), "quick", results, figures, figures, THEORY)
+    assert "; range [-1, 1]" in text
+    with pytest.raises(ValueError, match=r"^claim SELFTEST-1: margin 0.25 must lie strictly inside the measure's "
+                                         r"bounds \(0.5, 1.0\), or the verdict is decided before any data$"):
+        dataclasses.replace(SELFTEST.claims[0], bounds=(0.5, 1.0))
+
+
+def _result(seed, base_seed=None, splits=None):
+    config = SimpleNamespace(seed=seed) if base_seed is None else SimpleNamespace(seed=seed, base_seed=base_seed)
+    return Result(str(seed), config, {"splits": splits} if splits is not None else {})
+
+
+def test_independent_units_count_base_models_not_seeds():
+    assert independent_units([_result(s) for s in range(4)], 4) == 4  # no base_seed: every seed its own
+    assert independent_units([], 3) == 3
+    assert independent_units([_result(s, 0) for s in range(4)], 4) == 1  # one shared base model
+    assert independent_units([_result(s, s % 2) for s in range(4)], 4) == 2
+    assert independent_units([_result(s, s) for s in range(4)], 3) == 3  # never more than the values
+
+
+def test_questions_per_split_from_the_results_or_the_measure():
+    measure = SELFTEST.claims[0]
+    results = [_result(0, 0, {"F": {"n_composed": 32}, "R": {"n_composed": 32}}),
+               _result(1, 1, {"F": {"n_composed": 30}, "R": {"n_composed": 32}})]
+    assert questions_per_split(measure, results) == "F 30-32, R 32"
+    assert questions_per_split(measure, [_result(0)]) is None
+    given = dataclasses.replace(measure, questions=lambda rs: {"edits": 64})
+    assert questions_per_split(given, results) == "edits 64"
 
 
 def test_sizes_name_configs_seeds_questions_and_splits():

@@ -1,5 +1,6 @@
-"""Verdicts come from the data: the same claim flips between supported, inconclusive and
-not supported as synthetic per-seed results move; intervals match independent oracles."""
+"""Verdicts come from the data: the same claim flips between supported, inconclusive,
+not supported and underpowered as synthetic per-seed results move; the figures' t-intervals
+match independent oracles."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,7 @@ from analysis.registry import ClaimMeasure
 from analysis.report import build_report, draw_figures
 from analysis.stats import bootstrap_interval, mean_curve, paired_differences, t_interval
 from analysis.sweep import run_sweep
-from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, decide, judge
+from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, UNDERPOWERED, Claim, judge
 
 # "merged accuracy on composed questions is no better than the control", per seed:
 NO_BETTER = Claim("REUSE-TEST", "merged is no better than the control on composed questions",
@@ -34,15 +35,14 @@ def _per_seed(mean: float, spread: float, n: int = 6) -> list[float]:
     pytest.param(0.00, 0.50, INCONCLUSIVE, id="noisy -> inconclusive"),
 ])
 def test_verdict_flips_with_the_data(mean, spread, outcome):
-    assert judge(NO_BETTER, _per_seed(mean, spread)).outcome == outcome
+    assert judge(NO_BETTER, _per_seed(mean, spread), np.random.default_rng(0)).outcome == outcome
 
 
 @pytest.mark.parametrize("mean,outcome", [pytest.param(0.3, SUPPORTED, id="above"),
                                           pytest.param(-0.3, NOT_SUPPORTED, id="below")])
 def test_direction_above_mirrors_below(mean, outcome):
     claim = dataclasses.replace(NO_BETTER, direction="above")
-    assert judge(claim, _per_seed(mean, 0.02)).outcome == outcome
-    assert judge(claim, _per_seed(mean, 0.02), method="bootstrap", rng=np.random.default_rng(1)).outcome == outcome
+    assert judge(claim, _per_seed(mean, 0.02), np.random.default_rng(1)).outcome == outcome
 
 
 def test_t_interval_matches_textbook_values():
@@ -68,9 +68,11 @@ def test_bootstrap_is_reproducible_and_close_to_t():
     assert a.low == pytest.approx(t.low, abs=0.01) and a.high == pytest.approx(t.high, abs=0.01)
 
 
-def test_one_seed_is_always_inconclusive():
-    s = t_interval([0.9])
-    assert (s.low, s.high) == (-math.inf, math.inf) and decide(NO_BETTER, s).outcome == INCONCLUSIVE
+def test_one_or_two_seeds_are_underpowered_however_clear():
+    for values in ([0.9], [0.9, 0.8]):
+        verdict = judge(NO_BETTER, values, np.random.default_rng(0))
+        assert verdict.outcome == UNDERPOWERED and verdict.units == len(values)
+    assert judge(NO_BETTER, [0.9, 0.8, 0.85], np.random.default_rng(0)).outcome == NOT_SUPPORTED
 
 
 def test_bad_inputs_raise():
@@ -129,11 +131,12 @@ def test_report_with_missing_data_names_the_command(filled, tmp_path):
         build_report(_with_margin(0.25), "quick", results, figures, figures, None)
 
 
-def test_zero_width_interval_is_flagged_in_the_reason():
-    """Identical per-seed values give a zero-width CI; the verdict says so instead of
-    presenting it as certainty."""
+def test_zero_width_interval_is_underpowered_not_certain():
+    """Identical per-seed values give a zero-width CI: no spread was measured, so the verdict
+    is underpowered (issue 12: REUSE-0, MECH-2, RD-2, RD-4 read decisive on one shared base)."""
     claim = Claim("Z-1", "s", "q", "below", 0.5, "r")
-    same = judge(claim, [0.375, 0.375])
-    assert same.outcome == SUPPORTED and "zero-width CI" in same.reason and "all 2 seeds" in same.reason
-    spread = judge(claim, [0.30, 0.32, 0.31])
-    assert "zero-width" not in spread.reason
+    same = judge(claim, [0.375, 0.375, 0.375, 0.375], np.random.default_rng(0))
+    assert (same.outcome, same.reading) == (UNDERPOWERED, SUPPORTED)
+    assert "zero-width CI" in same.reason and "all 4 seeds" in same.reason
+    spread = judge(claim, [0.30, 0.32, 0.31], np.random.default_rng(0))
+    assert spread.outcome == SUPPORTED and "zero-width" not in spread.reason

@@ -34,6 +34,7 @@ import torch
 
 from analysis.progress import current
 from analysis.registry import ClaimMeasure, Experiment, Result, register
+from analysis.stats import ACCURACY
 from analysis.verdict import Claim
 from toymodels.config import Config
 from toymodels.pipeline import LIBRARIES, PipelineConfig, train_lora
@@ -238,6 +239,6 @@ EXPERIMENT = register(Experiment(
                            "a convention: 0.25 is 2 of a split's 8 composed prompts with B as the logit lens's "
                            "top-1 entity at some inner layer, far above chance (1 / #entity tokens, under 0.01)"),
                      bridge_inside,
-                     ("mechanism_bridge",)),
+                     ("mechanism_bridge",), bounds=ACCURACY),
     ),
 ))

@@ -38,6 +38,7 @@ from analysis.experiments import base_model
 from analysis.figures.rank_depth import accuracy_figure, capacity_figure
 from analysis.progress import current
 from analysis.registry import ClaimMeasure, Experiment, Result, register
+from analysis.stats import ACCURACY, DIFFERENCE
 from analysis.verdict import Claim
 from toymodels.capacity import CapacityConfig, measure_capacity
 from toymodels.config import Config
@@ -225,6 +226,20 @@ def reuse_rank_gain(results: list[Result]) -> list[float]:
     return values
 
 
+def capacity_edits(results: list[Result]) -> dict[str, int]:
+    """The report's "questions per split" of the capacity claims: the edits on one matrix."""
+    return {"edits on one matrix": max(r.result["capacity"]["n_facts"] for r in results)}
+
+
+def reuse_questions(results: list[Result]) -> dict[str, int]:
+    """Composed questions per familiarity split of the reuse claims (the smallest over results)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        for fam, split in r.result["reuse"].items():
+            counts[fam] = min(counts.get(fam, split["n_composed"]), split["n_composed"])
+    return counts
+
+
 def _claims() -> tuple[ClaimMeasure, ...]:
     cap, acc = ("rank_depth_capacity",), ("rank_depth_accuracy",)
     return (
@@ -233,38 +248,38 @@ def _claims() -> tuple[ClaimMeasure, ...]:
                            "min over depths of the base's held-out two-hop exact match", "above", 0.9,
                            "0.9 is the bar the presets' base recipes were built to clear (presets.quick_base: "
                            ">= 90% exact match on held-out chains), a convention for 'composes'"),
-                     base_composes, acc),
+                     base_composes, acc, bounds=ACCURACY),
         ClaimMeasure(Claim("RD-1", "single-adapter capacity on one matrix grows with LoRA rank",
                            "(facts recalled at max rank - at rank 1) / N, mean over depths", "above", 0.1,
                            "a convention: 0.1 of N is 6.4 of the 64 edits more at the largest rank than at rank 1, "
                            "several times the metric's resolution of one edit (1/64)"),
-                     capacity_growth, cap),
+                     capacity_growth, cap, bounds=DIFFERENCE, questions=capacity_edits),
         ClaimMeasure(Claim("RD-2", "a rank-r adapter on one matrix recalls at most min(r, N) facts "
                            "(RANK-1's exact-storage line read as an argmax-recall bound)",
                            "max over ranks, depths of (facts recalled - min(r, N)) / N", "below", 0.05,
                            "a convention: 0.05 of N is about 3 of the 64 edits above the line min(r, N), room for "
                            "a few stray recalls before the bound counts as broken"),
-                     excess_over_bound, cap, detail=recall_by_rank),
+                     excess_over_bound, cap, detail=recall_by_rank, bounds=DIFFERENCE, questions=capacity_edits),
         ClaimMeasure(Claim("RD-3", "the Eckart-Young truncation of the required changes predicts how many "
                            "facts the trained rank-r adapter recalls (within 10% of N)",
                            "mean over ranks, depths of |recalled (trained) - recalled (EY)| / N", "below", 0.1,
                            "the claim's own tolerance, a convention: 0.1 of N is 6.4 of the 64 edits, against a "
                            "metric that resolves single edits (1/64)"),
-                     construction_gap, cap),
+                     construction_gap, cap, bounds=ACCURACY, questions=capacity_edits),
         ClaimMeasure(Claim("RD-4", "merging or routing the {AB, BC} library does not reach composition at "
                            "any rank or depth (fewer than half the composed questions answered)",
                            "max over ranks, depths of the best method's composed accuracy (hops library, "
                            "mean over familiarities)", "below", 0.5,
                            "0.5 is the claim's convention for reaching composition: half the composed questions, "
                            "midway between none and the base model's own >= 0.9 on held-out chains"),
-                     best_hops_reuse, acc),
+                     best_hops_reuse, acc, bounds=ACCURACY, questions=reuse_questions),
         ClaimMeasure(Claim("RD-5", "rank is not the bottleneck of reuse: raising the rank from the smallest "
                            "to the largest adds less than 0.1 composed accuracy",
                            "best reuse composed accuracy at max rank - at rank 1, mean over depths and "
                            "libraries", "below", 0.1,
                            "a convention: 0.1 is just under one composed question of a split's 8 (0.125); a rank "
                            "gain smaller than that, averaged over depths and libraries, does not count"),
-                     reuse_rank_gain, acc),
+                     reuse_rank_gain, acc, bounds=DIFFERENCE, questions=reuse_questions),
     )
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from analysis.registry import ClaimMeasure, Experiment, Result, register
-from analysis.stats import paired_differences
+from analysis.stats import ACCURACY, DIFFERENCE, paired_differences
 from analysis.verdict import Claim
 from toymodels.config import Config
 from toymodels.pipeline import PipelineConfig, run_two_hop
@@ -195,13 +195,13 @@ def _claims() -> tuple[ClaimMeasure, ...]:
         "(precondition of the reuse test)", "base exact match on held-out chains (worse format)", "above", 0.9,
         "0.9 is the bar the base recipe was built to clear (presets.quick_base: >= 90% exact match on held-out "
         "chains), a convention for 'composes' far above chance (1 / #entities)"),
-        base_composes),  # no figure: two_hop_methods' "base" bar is the NEW composed questions, not these
+        base_composes, bounds=ACCURACY),  # no figure: two_hop_methods' "base" bar is the NEW composed questions, not these
         ClaimMeasure(Claim(
             "REUSE-0L", "the one-hop experts keep the base model's ability to compose familiar chains (the edits "
             "are local; precondition)", "worse of AB, BC: exact match on held-out familiar chains", "above", 0.8,
             "a convention: 0.8 lets an expert lose about 0.1 of the base's ~0.9 held-out accuracy (about one "
             "chain in ten) before its edit counts as not local"),
-            experts_retain)]  # no figure plots the experts' held-out accuracy
+            experts_retain, bounds=ACCURACY)]  # no figure plots the experts' held-out accuracy
     for fmt in FORMATS:
         rows.append(ClaimMeasure(Claim(
             f"REUSE-1-{fmt}", f"no data-free merge or routing of the one-hop experts {{AB, BC}} answers the "
@@ -210,25 +210,25 @@ def _claims() -> tuple[ClaimMeasure, ...]:
             "mean over F/H/R", "below", MARGIN,
             f"a convention: {MARGIN:g} is just under one composed question of a split's 8 (0.125); an excess over "
             "the broadcast control smaller than that, averaged over F/H/R, is not counted as composition"),
-            hops_beyond_broadcast(fmt), bars))
+            hops_beyond_broadcast(fmt), bars, bounds=DIFFERENCE))
     rows += [
         ClaimMeasure(Claim("REUSE-2", "including the target-task expert AC is necessary: reuse with AC answers "
                            "far more composed questions than {AB, BC} alone",
                            "with_AC - hops composed accuracy (mean over data-free methods, F/H/R, formats)",
                            "above", MARGIN, f"a convention for 'far more': {MARGIN:g} is just under one "
                            "composed question of a split's 8 (0.125), averaged over methods, splits and formats"),
-                     ac_gain, lib),
+                     ac_gain, lib, bounds=DIFFERENCE),
         ClaimMeasure(Claim("REUSE-3", "unfamiliar entities (F) compose worse than familiar ones (R)",
                            "R - F composed accuracy of with_AC reuse (mean over data-free methods, formats)",
                            "above", 0.05, "a convention: 0.05 is about one composed question in 20, under one "
                            "question of a split's 8 (0.125), so a gap of one question per split counts"),
-                     familiarity_gap),  # no figure: two_hop_methods shows hops, not with_AC, per split
+                     familiarity_gap, bounds=DIFFERENCE),  # no figure: two_hop_methods shows hops, not with_AC, per split
         ClaimMeasure(Claim("REUSE-4", "shared templates (two-hop examples over other entities in the AB and BC "
                            "data) raise reuse accuracy of {AB, BC}",
                            "shared - main composed accuracy of hops (mean over data-free methods, F/H/R, formats)",
                            "above", 0.05, "a convention: 0.05 is about one more composed question of the 24 a "
                            "format asks per seed (8 per split x F/H/R; 1/24 = 0.042), averaged over methods"),
-                     template_gain, tmpl),
+                     template_gain, tmpl, bounds=DIFFERENCE),
     ]
     return tuple(rows)
 

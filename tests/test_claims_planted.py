@@ -1,0 +1,209 @@
+"""Every registered claim's verdict flips with planted data (issue 12, item 6).
+
+Generic part, for EVERY claim in the registry (new claims join automatically): per-seed values
+planted on the claimed side of the margin give "supported", the same values reflected about
+the margin give "not supported"; where the metric's range is symmetric, flipping the measure's
+sign flips the verdict; two seeds, one shared base model, or a zero-width interval give
+"underpowered"; a ceiling under its threshold gives "not testable". The numbers go through
+the report's own path (:func:`analysis.report.judge_measure`: the claim, its bounds, its
+ceiling, the units), with the claim's ``per_seed`` replaced by the planted values.
+
+Then a few ``per_seed`` functions on small hand-made result dicts, where a sign error in the
+measure itself would hide (REUSE-2's with_AC - hops was such a gap): swapping the two sides of
+the measure negates it and flips the verdict.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from analysis import registry
+from analysis.experiments.mechanism import bridge_inside
+from analysis.experiments.rank_depth import capacity_growth
+from analysis.experiments.two_hop_reuse import ac_gain, template_gain
+from analysis.registry import Ceiling, ClaimMeasure, Result
+from analysis.report import judge_measure, questions_per_split
+from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, UNDERPOWERED
+
+MEASURES = [m for e in registry.experiments(include_hidden=True).values() for m in e.claims]
+IDS = [m.claim.id for m in MEASURES]
+NOISE = np.array([0.9, -1.3, 0.4, 1.6, -0.2, -1.4])  # 6 seeds, zero mean, all within +-2
+
+
+def _step(measure: ClaimMeasure) -> float:
+    """How far from the margin to plant: 0.05, or less where the metric's range ends sooner."""
+    lowest, highest = measure.bounds
+    margin = measure.claim.margin
+    return min(0.05, (margin - lowest) / 2, (highest - margin) / 2)
+
+
+def _claimed_side(measure: ClaimMeasure) -> float:
+    return -1.0 if measure.claim.direction == "below" else 1.0
+
+
+def _planted(measure: ClaimMeasure, values, base_seeds=None, ceiling=None):
+    """The report's verdict on planted per-seed ``values`` (one config per seed)."""
+    configs = [SimpleNamespace(seed=s) if base_seeds is None else SimpleNamespace(seed=s, base_seed=base_seeds[s])
+               for s in range(len(values))]
+    results = [Result(str(s), c, {}) for s, c in enumerate(configs)]
+    fields = {"per_seed": lambda rs: list(values)}
+    if ceiling is not None:
+        threshold = measure.ceiling.threshold if measure.ceiling is not None else 0.5
+        fields["ceiling"] = Ceiling("planted ceiling", lambda rs: [threshold + ceiling] * len(values), threshold)
+    return judge_measure(dataclasses.replace(measure, **fields), results)[0]
+
+
+def _values(measure: ClaimMeasure, centre: float) -> list[float]:
+    return list(centre + _step(measure) / 10 * NOISE)
+
+
+def test_every_registered_experiment_with_claims_is_covered():
+    assert len(MEASURES) >= 16 and len(set(IDS)) == len(IDS)
+    assert {"REUSE-2", "REUSE-4", "RD-1", "MECH-2", "SELFTEST-1"} <= set(IDS)
+
+
+@pytest.mark.parametrize("measure", MEASURES, ids=IDS)
+def test_claimed_side_is_supported_and_its_mirror_image_is_not(measure):
+    margin, side = measure.claim.margin, _claimed_side(measure)
+    claimed = _values(measure, margin + side * _step(measure))
+    mirrored = [2 * margin - v for v in claimed]
+    assert _planted(measure, claimed).outcome == SUPPORTED
+    assert _planted(measure, mirrored).outcome == NOT_SUPPORTED
+
+
+SYMMETRIC = [m for m in MEASURES if m.bounds[0] == -m.bounds[1]]
+
+
+@pytest.mark.parametrize("measure", SYMMETRIC, ids=[m.claim.id for m in SYMMETRIC])
+def test_flipping_the_sign_of_the_measure_flips_the_verdict(measure):
+    """Values of size |margin| + step on the claimed side: their negatives lie on the other side."""
+    side = _claimed_side(measure)
+    values = _values(measure, side * (abs(measure.claim.margin) + 0.05))
+    assert _planted(measure, values).outcome == SUPPORTED
+    assert _planted(measure, [-v for v in values]).outcome == NOT_SUPPORTED
+
+
+@pytest.mark.parametrize("measure", MEASURES, ids=IDS)
+def test_too_few_independent_units_or_no_spread_is_underpowered(measure):
+    claimed = _values(measure, measure.claim.margin + _claimed_side(measure) * _step(measure))
+    assert _planted(measure, claimed[:2]).outcome == UNDERPOWERED
+    assert _planted(measure, claimed, base_seeds=[0, 0, 0, 1, 1, 1]).outcome == UNDERPOWERED
+    assert _planted(measure, claimed, base_seeds=[0, 1, 2, 0, 1, 2]).outcome == SUPPORTED
+    assert _planted(measure, [claimed[0]] * 6).outcome == UNDERPOWERED
+
+
+@pytest.mark.parametrize("measure", MEASURES, ids=IDS)
+def test_a_ceiling_under_its_threshold_makes_the_claim_not_testable(measure):
+    """The claim's own ceiling threshold where it has one, else a planted one."""
+    claimed = _values(measure, measure.claim.margin + _claimed_side(measure) * _step(measure))
+    assert _planted(measure, claimed, ceiling=-0.01).outcome == NOT_TESTABLE
+    assert _planted(measure, claimed, ceiling=+0.01).outcome == SUPPORTED
+
+
+# --- per_seed functions on hand-made results ---------------------------------------------------
+
+REUSE = {m.claim.id: m for m in registry.get("two_hop_reuse").claims}
+
+
+def _two_hop(seed: int, scores: dict[str, float], condition: str = "main", fmt: str = "latent") -> Result:
+    """One two_hop_reuse result: each model's composed accuracy, the same on F, H and R."""
+    config = SimpleNamespace(seed=seed, fmt=fmt, condition=condition,
+                             pipeline=SimpleNamespace(methods=("average", "ties", "joint")))
+    models = {name: {"composed": acc, "broadcast": {"composed": 0.0}} for name, acc in scores.items()}
+    return Result(f"{seed}-{condition}-{fmt}", config, {"splits": {f: {"models": models} for f in "FHR"}})
+
+
+def _libraries(with_ac: float, hops: float) -> dict[str, float]:
+    return {"average/with_AC": with_ac, "ties/with_AC": with_ac, "average/hops": hops, "ties/hops": hops,
+            "joint/with_AC": 0.0, "joint/hops": 1.0}  # joint is not data-free: left out of the measure
+
+
+def test_reuse_2_measure_is_with_ac_minus_hops_and_its_sign_flip_flips_the_verdict():
+    def results(swap: bool):
+        out = []
+        for s in range(4):
+            with_ac, hops = 0.6 + 0.01 * s, 0.1  # seeds differ, so the interval has width
+            out += [_two_hop(s, _libraries(*((hops, with_ac) if swap else (with_ac, hops))), fmt=fmt)
+                    for fmt in ("latent", "cot")]
+        return out
+
+    gain, loss = ac_gain(results(False)), ac_gain(results(True))
+    np.testing.assert_allclose(gain, [0.5 + 0.01 * s for s in range(4)], atol=1e-12)
+    np.testing.assert_allclose(loss, [-g for g in gain], atol=1e-12)
+    measure = REUSE["REUSE-2"]
+    assert measure.per_seed is ac_gain
+    assert judge_measure(measure, results(False))[0].outcome == SUPPORTED
+    assert judge_measure(measure, results(True))[0].outcome == NOT_SUPPORTED
+
+
+def test_reuse_2_gain_is_per_seed_not_pooled():
+    """Seed s gains 0.1 * s: the measure keeps the seeds apart, in seed order."""
+    rs = [_two_hop(s, {"average/hops": 0.2, "ties/hops": 0.2, "average/with_AC": 0.2 + 0.1 * s,
+                       "ties/with_AC": 0.2 + 0.1 * s}) for s in (2, 0, 1)]
+    np.testing.assert_allclose(ac_gain(rs), [0.0, 0.1, 0.2], atol=1e-12)
+
+
+def test_reuse_4_measure_is_shared_minus_main_and_its_sign_flip_flips_the_verdict():
+    def results(shared, main):
+        return [_two_hop(s, {"average/hops": acc + 0.01 * s, "ties/hops": acc}, condition)
+                for s in range(4) for condition, acc in (("shared", shared), ("main", main))]
+
+    up, down = template_gain(results(0.5, 0.2)), template_gain(results(0.2, 0.5))
+    np.testing.assert_allclose(up, [0.3] * 4, atol=1e-12)
+    np.testing.assert_allclose(down, [-0.3] * 4, atol=1e-12)
+    measure = REUSE["REUSE-4"]
+    assert measure.per_seed is template_gain
+    def fifth(shared, main):  # a fifth seed whose gain is 0.325, not 0.3, so the interval has width
+        return [_two_hop(9, {"average/hops": shared + 0.05, "ties/hops": shared}, "shared"),
+                _two_hop(9, {"average/hops": main + 0.05, "ties/hops": main})]
+
+    assert judge_measure(measure, results(0.5, 0.2) + fifth(0.525, 0.2))[0].outcome == SUPPORTED
+    assert judge_measure(measure, results(0.2, 0.5) + fifth(0.2, 0.525))[0].outcome == NOT_SUPPORTED
+
+
+def _capacity(seed: int, depth: int, rank: int, recalled: int) -> Result:
+    return Result(f"{seed}{depth}{rank}", None, {"seed": seed, "depth": depth, "rank": rank,
+                                                 "capacity": {"recalled_trained": recalled, "n_facts": 64}})
+
+
+def test_rd_1_measure_is_largest_minus_smallest_rank_and_its_sign_flip_flips_the_verdict():
+    def results(at_1, at_64):
+        return [_capacity(s, d, r, n + s) for s in range(4) for d in (1, 2) for r, n in ((1, at_1), (64, at_64))]
+
+    grows, shrinks = capacity_growth(results(2, 50)), capacity_growth(results(50, 2))
+    np.testing.assert_allclose(grows, [48 / 64] * 4)
+    np.testing.assert_allclose(shrinks, [-48 / 64] * 4)
+    measure = next(m for m in registry.get("rank_depth").claims if m.claim.id == "RD-1")
+    assert measure.per_seed is capacity_growth
+    spread = [_capacity(7, 1, 1, 2), _capacity(7, 1, 64, 40)]  # a fifth seed grows by 38, not 48
+    assert judge_measure(measure, results(2, 50) + spread)[0].outcome == SUPPORTED
+    flipped = [_capacity(7, 1, 1, 40), _capacity(7, 1, 64, 2)]
+    assert judge_measure(measure, results(50, 2) + flipped)[0].outcome == NOT_SUPPORTED
+
+
+def test_mech_2_measure_reads_the_inner_layers_of_the_latent_format():
+    """Max over inner layers (first and last left out) of the bridge's logit-lens share, latent only."""
+    def result(seed, shares, fmt="latent"):
+        config = SimpleNamespace(seed=seed, fmt=fmt)
+        return Result(f"{seed}{fmt}", config, {"models": {"average/hops": {"lens_bridge_top1": shares}}})
+
+    low = [result(s, [0.9, 0.05 + 0.01 * s, 0.0, 0.9]) for s in range(4)] + [result(0, [0.0, 1.0, 1.0, 0.0], "cot")]
+    np.testing.assert_allclose(bridge_inside(low), [0.05, 0.06, 0.07, 0.08])
+    measure = next(m for m in registry.get("mechanism").claims if m.claim.id == "MECH-2")
+    assert measure.per_seed is bridge_inside
+    assert judge_measure(measure, low)[0].outcome == SUPPORTED
+    high = [result(s, [0.0, 0.5 + 0.01 * s, 0.1, 0.0]) for s in range(4)]
+    assert judge_measure(measure, high)[0].outcome == NOT_SUPPORTED
+
+
+def test_rank_depth_claims_state_their_questions():
+    """Capacity claims count the edits on one matrix; reuse claims the composed questions per split."""
+    rows = [Result("a", None, {"capacity": {"n_facts": 64}, "reuse": {"F": {"n_composed": 8}, "R": {"n_composed": 8}}}),
+            Result("b", None, {"capacity": {"n_facts": 64}, "reuse": {"F": {"n_composed": 6}, "R": {"n_composed": 9}}})]
+    by_id = {m.claim.id: m for m in registry.get("rank_depth").claims}
+    assert {i: questions_per_split(by_id[i], rows) for i in ("RD-1", "RD-2", "RD-3", "RD-4", "RD-5")} == {
+        "RD-1": "edits on one matrix 64", "RD-2": "edits on one matrix 64", "RD-3": "edits on one matrix 64",
+        "RD-4": "F 6, R 8", "RD-5": "F 6, R 8"}
