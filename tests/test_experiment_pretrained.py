@@ -283,3 +283,31 @@ def test_smollm2_end_to_end_small(tmp_path):
     assert out["familiarity"]["exact"] > 0.5  # SmolLM2 knows most WORLD facts with these templates
     assert out["r_split"]["countries"] == 1 and out["table"]["base"]["R"] is not None
     assert out["table"]["base"]["R"]["one_hop"] == 1.0  # R holds facts the base answers
+
+
+def test_reproduce_only_writes_its_report_and_figures_without_theory(tiny_folder, tmp_path, monkeypatch, capsys):
+    """``make pretrained``'s command: ``reproduce --only pretrained_two_hop --figures DIR`` runs
+    that experiment (in the quick profile, which plain reproduce skips), never the theory, and
+    writes DIR/report.md beside the figures and their sidecars; a wrong name is one line, exit 2."""
+    from analysis.commands import theory
+
+    def no_theory(*a):
+        raise AssertionError("reproduce --only ran the theory checks")
+
+    tiny = exp.PretrainedRunConfig(protocol=tiny_protocol(methods=("average", "oracle")), model=str(tiny_folder))
+    monkeypatch.setitem(registry._REGISTRY, "pretrained_two_hop",
+                        dataclasses.replace(registry.get("pretrained_two_hop"), grid=lambda profile: [tiny]))
+    monkeypatch.setattr(theory, "check_theory", no_theory)
+    fig = tmp_path / "fig" / "pretrained"
+    argv = ["reproduce", "--only", "pretrained_two_hop", "--quiet", "--jobs", "1", "--results", str(tmp_path / "res"),
+            "--figures", str(fig)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "stage 1/1: pretrained_two_hop" in out and "rank_depth" not in out
+    report = (fig / "report.md").read_text()
+    assert "Not run for this report (`reproduce --only`)" in report
+    assert (fig / "pretrained_two_hop.png").stat().st_size > 0 and (fig / "pretrained_two_hop.json").is_file()
+    assert not (tmp_path / "res" / "rank_depth").exists()
+    assert main([*argv[:2], "pretrained_two_hopp", *argv[3:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--only pretrained_two_hopp: no such experiment" in err
