@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import UsageError
+from analysis.experiments.pretrained_claims import claims
 from analysis.figures.pretrained import pretrained_figure
 from analysis.registry import Experiment, Result, register
 from analysis.tables import print_table
@@ -58,8 +59,11 @@ class PretrainedRunConfig(Config):
             resolve_source(self.model)  # one-line FileNotFoundError / ValueError for a bad path
 
 
+SEEDS = {"quick": (0, 1), "paper": (0, 1, 2)}  # each an independent draw of entities, controls and LoRA inits
+
+
 def grid(profile: str) -> list[PretrainedRunConfig]:
-    return [PretrainedRunConfig(protocol=quick() if profile == "quick" else paper())]
+    return [PretrainedRunConfig(protocol=quick() if profile == "quick" else paper(), seed=s) for s in SEEDS[profile]]
 
 
 def check_available(model: str | None) -> None:
@@ -116,8 +120,10 @@ def summarize(protocol: dict) -> dict:
 
     ``table[model][fam]``: ``composed`` = exact match on the two-hop questions no expert
     trained (``two_hop_unseen``), ``logprob`` = their mean answer log-probability, ``one_hop``
-    = mean exact match over the AB and BC facts; ``None`` where the split is empty (an R
-    split with no known facts). ``broadcast[model][fam][expert]`` = mean over relations of
+    = mean exact match over the AB and BC facts, and the shared metrics of
+    :mod:`toymodels.pretrained_metrics` (``specificity``, ``conditional``; None in results
+    cached before they existed); ``None`` where the split is empty (an R split with no
+    known facts). ``broadcast[model][fam][expert]`` = mean over relations of
     the rate at which controls get that expert's answers; ``chance[fam][expert]`` likewise."""
     table, broadcast, chance = {}, {}, {}
     for name in model_names(protocol):
@@ -126,9 +132,11 @@ def summarize(protocol: dict) -> dict:
         for fam in FAMILIARITIES:
             composed = scores.get(f"{fam}/two_hop_unseen")
             hops = [scores[s]["exact"] for s in (f"{fam}/one_hop_AB", f"{fam}/one_hop_BC") if s in scores]
+            metrics = protocol.get("metrics", {}).get(name, {}).get(fam, {})
             table[name][fam] = None if composed is None else {
                 "composed": composed["exact"], "logprob": composed["logprob"],
-                "one_hop": float(np.mean(hops)) if hops else None}
+                "one_hop": float(np.mean(hops)) if hops else None,
+                "specificity": metrics.get("specificity"), "conditional": metrics.get("conditional")}
         casts = protocol["broadcast"].get(name, {})
         broadcast[name] = {fam: {e: _mean([v for k, v in casts.items() if k.startswith(f"{fam}/{e}/")])
                                  for e in ("BC", "AC")} for fam in FAMILIARITIES}
@@ -198,6 +206,7 @@ EXPERIMENT = register(Experiment(
     grid=grid,
     run=run,
     figures={"pretrained_two_hop": pretrained_figure},
+    claims=claims(),
     reproduce_profiles=("paper",),
     preflight=preflight,
     summary=print_all,
