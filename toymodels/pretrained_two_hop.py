@@ -39,6 +39,7 @@ from toymodels.config import Config
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
 from toymodels import presets
+from toymodels.peft_backend import train_lora_peft
 from toymodels.pretrained import LogitsLM
 from toymodels.pretrained_metrics import encode_wrong, score_rows, split_metrics, split_probes
 from toymodels.progress import Progress, open_bar
@@ -51,7 +52,7 @@ from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, answer_score
                                      encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
 from toymodels.train import TrainConfig, recipe
 
-__all__ = ["LIBRARIES", "PretrainedTwoHopConfig", "draw_chains", "paper", "quick", "run_pretrained_two_hop"]
+__all__ = ["LIBRARIES", "LORA_BACKENDS", "PretrainedTwoHopConfig", "draw_chains", "paper", "quick", "run_pretrained_two_hop"]
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,11 @@ def _oracle(per: list[tuple[dict, dict, dict]], sets: dict, controls: list[Contr
             {name: per[i][1][name] for name, i in picked.items()}, metrics)
 
 
+LORA_BACKENDS = ("ours", "peft")  # who trains the LoRAs: our LoRALinear, or PEFT (toymodels.peft_backend)
+
+
 def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tokenizer, seed: int = 0,
-                           device: str = "cpu", progress: Progress | None = None) -> dict:
+                           device: str = "cpu", progress: Progress | None = None, lora_backend: str = "ours") -> dict:
     """The whole protocol on ``hf_model`` (its weights are left unchanged; it is moved to
     ``device``); see the module docstring. Returns ``{"config", "key", "seed", "chains",
     "familiarity": {"facts", "exact", "known"}, "r_split": {"known_only", "countries",
@@ -167,7 +171,11 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     "experts": {name: training summary}, "models": {model: {eval set: {"exact", "logprob"}}},
     "broadcast": {model: {control name: rate}}, "metrics": {model: {familiarity: metrics}}}``
     (:mod:`toymodels.pretrained_metrics`). ``progress`` (toymodels/progress.py) gets a bar
-    over the LoRAs trained and models scored, and one per LoRA over its steps."""
+    over the LoRAs trained and models scored, and one per LoRA over its steps. ``lora_backend``
+    (:data:`LORA_BACKENDS`): ``"peft"`` trains every LoRA with PEFT's ``get_peft_model`` on the
+    same data, seeds and inits, then reuses them as our adapters."""
+    if lora_backend not in LORA_BACKENDS:
+        raise ValueError(f"lora_backend={lora_backend!r}: must be one of {', '.join(LORA_BACKENDS)}")
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     fact_pairs = known_fact_pairs(cfg.familiarity_facts)
     bar = open_bar(progress, "base model familiarity", 1)
@@ -184,7 +192,7 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     wrong_rows = encode_wrong(probes, tokenizer)
     train_sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in expert_pairs(chains).items()}
     r_chains = [c for c in chains if c.familiarity == "R"]
-    out = {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed,
+    out = {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed, "lora_backend": lora_backend,
            "chains": [dataclasses.asdict(c) for c in chains],
            "familiarity": {"facts": len(fact_pairs), "exact": fact_exact.float().mean().item(), "known": len(known)},
            "r_split": {"known_only": cfg.r_known_only, "requested": cfg.task.n_countries,
@@ -201,7 +209,8 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     family = TaskFamily(experts=train_sets, libraries=LIBRARIES, shots=train_sets["AC"][:cfg.reuse.lorahub_shots],
                         score=score_one, oracle=lambda per, members: _oracle(per, sets, controls))
     rng, gen = generators(seed, "pretrained", "protocol")
-    done = run_protocol(family, Backend(lm, roles, device), cfg, rng, gen, joint=cfg.joint,
+    trainer = train_lora_peft if lora_backend == "peft" else None
+    done = run_protocol(family, Backend(lm, roles, device, trainer), cfg, rng, gen, joint=cfg.joint,
                         summary=functools.partial(train_summary, curves=False, digits=2), progress=progress)
     models = done["models"]
     return {**out, "experts": done["experts"], "models": {name: s[0] for name, s in models.items()},

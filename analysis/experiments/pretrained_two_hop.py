@@ -34,7 +34,7 @@ from analysis.figures.pretrained import pretrained_figure
 from analysis.registry import Experiment, Result, register
 from analysis.tables import print_table
 from toymodels.config import Config
-from toymodels.pretrained_two_hop import LIBRARIES, PretrainedTwoHopConfig, paper, quick
+from toymodels.pretrained_two_hop import LIBRARIES, LORA_BACKENDS, PretrainedTwoHopConfig, paper, quick
 from toymodels.tasks.natural import FAMILIARITIES
 
 INSTALL = "make install-pretrained"
@@ -44,13 +44,17 @@ SOURCE_HELP = "a .gguf file or a local Hugging Face model folder; default (none)
 @dataclass(frozen=True)
 class PretrainedRunConfig(Config):
     """``protocol``: the protocol config; ``model``: where the weights come from (module
-    docstring); ``seed``: draws the chains, controls and LoRA inits."""
+    docstring); ``seed``: draws the chains, controls and LoRA inits; ``lora_backend``: who
+    trains the LoRAs, ``ours`` or ``peft`` (PEFT's get_peft_model, the cross-check)."""
 
     protocol: PretrainedTwoHopConfig = field(default_factory=quick)
     model: str | None = None
     seed: int = 0
+    lora_backend: str = "ours"
 
     def __post_init__(self):
+        if self.lora_backend not in LORA_BACKENDS:
+            raise ValueError(f"lora_backend={self.lora_backend!r}: must be one of {', '.join(LORA_BACKENDS)}")
         if self.model is not None:
             if not self.model.strip():
                 raise ValueError(f"model={self.model!r}: give {SOURCE_HELP}")
@@ -160,8 +164,8 @@ def run(config: PretrainedRunConfig, device: str, results: Path | str) -> dict:
 
     model, tokenizer = load_causal_lm(config.model, Path(results) / "pretrained")
     protocol = run_pretrained_two_hop(config.protocol, model, tokenizer, seed=config.seed, device=device,
-                                      progress=current())
-    return {"model": model_label(config.model), "seed": config.seed,
+                                      progress=current(), lora_backend=config.lora_backend)
+    return {"model": model_label(config.model), "seed": config.seed, "lora_backend": config.lora_backend,
             "familiarity": protocol["familiarity"], "r_split": protocol["r_split"],
             **summarize(protocol), "protocol": protocol}
 
