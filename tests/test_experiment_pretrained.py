@@ -312,6 +312,12 @@ def test_reproduce_only_writes_its_report_and_figures_without_theory(tiny_folder
     for claim in ("PRE-1-F-logprob", "PRE-1-H-exact", "PRE-1-R-logprob", "PRE-2", "PRE-3"):
         assert f"{claim}:" in out and claim in report
     assert "underpowered: 2 seed(s), fewer than 3 independent units" in report
+    saved = sorted((tmp_path / "res" / "pretrained" / "adapters").glob("*/*"))  # 2 seeds x AB, BC, AC
+    assert [p.name for p in saved] == ["AB", "AC", "BC"] * 2 and all(str(p) in report for p in saved)
+    assert main(["inspect", *map(str, saved[:3]), "--base", str(tiny_folder), "--json", "--no-figures"]) == 0
+    inspected = json.loads(capsys.readouterr().out)
+    summary = inspected["summary"]["adapters"]
+    assert len(summary) == 3 and all(a["modules"] == 4 and a["rank"] == [2] for a in summary.values())  # q, down x 2
     assert (fig / "pretrained_two_hop.png").stat().st_size > 0 and (fig / "pretrained_two_hop.json").is_file()
     assert not (tmp_path / "res" / "rank_depth").exists()
     assert main([*argv[:2], "pretrained_two_hopp", *argv[3:]]) == 2

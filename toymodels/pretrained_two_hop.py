@@ -43,7 +43,7 @@ from toymodels.peft_backend import train_lora_peft
 from toymodels.pretrained import LogitsLM
 from toymodels.pretrained_metrics import encode_wrong, score_rows, split_metrics, split_probes
 from toymodels.progress import Progress, open_bar
-from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
+from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_lora, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
 from toymodels.seeds import generators, numpy_rng
@@ -84,16 +84,17 @@ class PretrainedTwoHopConfig(Config):
 
 
 def quick() -> PretrainedTwoHopConfig:
-    """SmolLM2-135M on 2 CPU cores, sized from a measured config (README, "pretrained"):
-    6 countries x 3 cities per familiarity, capital and language, one city per country in
-    AC, so 24 held-out composed questions per split (R: fewer where the base knows fewer
-    facts; the report says how many); at most 25 steps per LoRA; average, TIES and Arrow
-    (no oracle: it scores every adapter); no other-subject controls (specificity measures
-    broadcast on the true prompts, one wrong answer per question)."""
+    """SmolLM2-135M on 2 CPU cores, sized from measured unit costs (README, "pretrained":
+    ~0.1 s per scored row and ~5 s per LoRA step at batch 8, idle): 6 countries x 3 cities
+    per familiarity, capital and language, one city per country in AC, so 24 held-out
+    composed questions per split (R: fewer where the base knows fewer facts; the report
+    says how many); 10 steps per LoRA at batch 8, evaluated once at the end; average and
+    Arrow; no other-subject controls (specificity measures broadcast on the true prompts,
+    one wrong answer per question). About 10 minutes per seed."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=6, cities_per_country=3, ac_frac=0.34),
-        finetune=presets.pretrained_finetune(steps=25),
-        methods=("average", "ties", "arrow"), r_known_only=True, n_control=0, n_wrong=1)
+        finetune=presets.pretrained_finetune(steps=10, batch_size=8, eval_every=10),
+        methods=("average", "arrow"), r_known_only=True, n_control=0, n_wrong=1)
 
 
 def paper() -> PretrainedTwoHopConfig:
@@ -159,11 +160,19 @@ def _oracle(per: list[tuple[dict, dict, dict]], sets: dict, controls: list[Contr
             {name: per[i][1][name] for name, i in picked.items()}, metrics)
 
 
+def _keep_experts(trainer, experts: dict, kept: dict, backend, data, *args, **kw):
+    """``trainer(...)``, keeping the adapter in ``kept`` when ``data`` is an expert's own set."""
+    adapter, result = trainer(backend, data, *args, **kw)
+    kept.update({name: adapter for name, ex in experts.items() if ex is data})
+    return adapter, result
+
+
 LORA_BACKENDS = ("ours", "peft")  # who trains the LoRAs: our LoRALinear, or PEFT (toymodels.peft_backend)
 
 
 def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tokenizer, seed: int = 0,
-                           device: str = "cpu", progress: Progress | None = None, lora_backend: str = "ours") -> dict:
+                           device: str = "cpu", progress: Progress | None = None, lora_backend: str = "ours",
+                           adapters: dict | None = None) -> dict:
     """The whole protocol on ``hf_model`` (its weights are left unchanged; it is moved to
     ``device``); see the module docstring. Returns ``{"config", "key", "seed", "chains",
     "familiarity": {"facts", "exact", "known"}, "r_split": {"known_only", "countries",
@@ -173,7 +182,9 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     (:mod:`toymodels.pretrained_metrics`). ``progress`` (toymodels/progress.py) gets a bar
     over the LoRAs trained and models scored, and one per LoRA over its steps. ``lora_backend``
     (:data:`LORA_BACKENDS`): ``"peft"`` trains every LoRA with PEFT's ``get_peft_model`` on the
-    same data, seeds and inits, then reuses them as our adapters."""
+    same data, seeds and inits, then reuses them as our adapters. ``adapters``, if given, is
+    filled with each expert's trained :class:`toymodels.adapters.Adapter` by name (AB, BC, AC),
+    for the caller to save."""
     if lora_backend not in LORA_BACKENDS:
         raise ValueError(f"lora_backend={lora_backend!r}: must be one of {', '.join(LORA_BACKENDS)}")
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
@@ -209,7 +220,9 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     family = TaskFamily(experts=train_sets, libraries=LIBRARIES, shots=train_sets["AC"][:cfg.reuse.lorahub_shots],
                         score=score_one, oracle=lambda per, members: _oracle(per, sets, controls))
     rng, gen = generators(seed, "pretrained", "protocol")
-    trainer = train_lora_peft if lora_backend == "peft" else None
+    trainer = train_lora_peft if lora_backend == "peft" else train_lora
+    if adapters is not None:
+        trainer = functools.partial(_keep_experts, trainer, train_sets, adapters)
     done = run_protocol(family, Backend(lm, roles, device, trainer), cfg, rng, gen, joint=cfg.joint,
                         summary=functools.partial(train_summary, curves=False, digits=2), progress=progress)
     models = done["models"]

@@ -91,7 +91,10 @@ def detail(fam: str | None) -> Callable[[list[Result]], str]:
         ceil = ", ".join(f"{f} {np.mean(v):.2f}" for f, v in ceiling.items() if v) or "none"
         power = (f"underpowered: {len(results)} seed(s), fewer than {MIN_UNITS} independent units"
                  if len(results) < MIN_UNITS else f"{len(results)} seeds")
-        return f"{power}; composed questions per split and seed: {n}; ceiling joint/hops composed exact: {ceil}"
+        saved = [p for r in results for p in (r.result.get("adapters") or {}).values()]
+        where = (f"; expert adapters (PEFT format; `lora-limits inspect DIR ...`): {', '.join(saved)}"
+                 if saved else "")
+        return f"{power}; composed questions per split and seed: {n}; ceiling joint/hops composed exact: {ceil}{where}"
     return line
 
 

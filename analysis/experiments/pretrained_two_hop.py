@@ -163,11 +163,38 @@ def run(config: PretrainedRunConfig, device: str, results: Path | str) -> dict:
     from toymodels.pretrained_two_hop import run_pretrained_two_hop
 
     model, tokenizer = load_causal_lm(config.model, Path(results) / "pretrained")
+    adapters: dict = {}
     protocol = run_pretrained_two_hop(config.protocol, model, tokenizer, seed=config.seed, device=device,
-                                      progress=current(), lora_backend=config.lora_backend)
+                                      progress=current(), lora_backend=config.lora_backend, adapters=adapters)
+    saved = save_experts(adapters, model, Path(results) / "pretrained" / "adapters" / config.key(),
+                         model_label(config.model))
     return {"model": model_label(config.model), "seed": config.seed, "lora_backend": config.lora_backend,
+            "adapters": {name: str(path) for name, path in saved.items()},
             "familiarity": protocol["familiarity"], "r_split": protocol["r_split"],
             **summarize(protocol), "protocol": protocol}
+
+
+def save_experts(adapters: dict, model, folder: Path, label: str) -> dict[str, Path]:
+    """Each expert's adapter as a PEFT folder ``folder/<name>`` (``lora-limits inspect`` and
+    ``peft.PeftModel.from_pretrained`` read it), written to a temporary folder renamed into
+    place, so a killed run leaves no half-written adapter."""
+    import shutil
+    import tempfile
+
+    from toymodels.adapters import peft_fan_in_fan_out, peft_task_type, save_adapter
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        for name, adapter in adapters.items():
+            save_adapter(adapter, tmp / name, base_model_name_or_path=label, task_type=peft_task_type(model),
+                         fan_in_fan_out=peft_fan_in_fan_out(model, adapter))
+        shutil.rmtree(folder, ignore_errors=True)  # a rerun (--force) replaces the old adapters
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {name: folder / name for name in adapters}
 
 
 # --- terminal tables ------------------------------------------------------------------------
