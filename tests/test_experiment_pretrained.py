@@ -99,6 +99,9 @@ def test_cli_run_caches_prints_tables_and_draws(tiny_folder, tmp_path, capsys):
     assert sidecar["data"]["familiarities"] == ["F", "H"]
     panel = sidecar["data"]["panels"]["hops"]["F"]
     assert len(panel["composed"]) == len(panel["models"]) == len(panel["broadcast_BC"])
+    spec = sidecar["data"]["specificity"]["F"]  # one composed question per split: no wrong answer, NaN
+    assert spec["models"] == panel["models"][:1] + spec["models"][1:] and len(spec["logprob_margin"]) == len(spec["models"])
+    assert "spec" in text and "cond" in text
     assert (tmp_path / "fig" / "pretrained_two_hop.png").stat().st_size > 0
     assert main(argv) == 0 and "2 cached, 0 computed" in capsys.readouterr().out
 

