@@ -82,7 +82,9 @@ def test_run_on_tiny_llama_returns_the_table(tiny_folder, tmp_path):
             assert 0 <= out["broadcast"]["arrow/hops"][fam][e] <= 1
             assert 0 < out["chance"][fam][e] < 1
     assert out["chance"]["R"] == {"BC": None, "AC": None}
-    assert not (tmp_path / "pretrained").exists()  # an HF folder needs no conversion
+    saved = tmp_path / "pretrained" / "adapters"  # an HF folder needs no conversion: only the adapters are written
+    assert [p.name for p in (tmp_path / "pretrained").iterdir()] == ["adapters"]
+    assert sorted(out["adapters"]) == ["AB", "AC", "BC"] and all(str(saved) in v for v in out["adapters"].values())
 
 
 def test_cli_run_caches_prints_tables_and_draws(tiny_folder, tmp_path, capsys):

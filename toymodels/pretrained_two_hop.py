@@ -84,13 +84,13 @@ class PretrainedTwoHopConfig(Config):
 
 
 def quick() -> PretrainedTwoHopConfig:
-    """SmolLM2-135M on 2 CPU cores, sized from measured unit costs (README, "pretrained":
-    ~0.1 s per scored row and ~5 s per LoRA step at batch 8, idle): 6 countries x 3 cities
+    """SmolLM2-135M on 2 CPU cores (README: ~2,700 CPU-seconds per seed, measured unit costs
+    extrapolated; over the 20-minute target for two seeds): 6 countries x 3 cities
     per familiarity, capital and language, one city per country in AC, so 24 held-out
     composed questions per split (R: fewer where the base knows fewer facts; the report
     says how many); 10 steps per LoRA at batch 8, evaluated once at the end; average and
     Arrow; no other-subject controls (specificity measures broadcast on the true prompts,
-    one wrong answer per question). About 10 minutes per seed."""
+    one wrong answer per question)."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=6, cities_per_country=3, ac_frac=0.34),
         finetune=presets.pretrained_finetune(steps=10, batch_size=8, eval_every=10),

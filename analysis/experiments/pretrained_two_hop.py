@@ -15,7 +15,7 @@ by ``make install-pretrained``), or a ``.gguf`` file, or a local Hugging Face mo
 ``<results>/pretrained/``, ``results`` being the folder the sweep passes to ``run``
 (``--results``).
 
-``reproduce_profiles = ("paper",)``: the quick profile takes ~20 minutes of 2 CPU cores,
+``reproduce_profiles = ("paper",)``: the quick profile takes ~45 minutes of 2 CPU cores,
 too long for the default ``lora-limits reproduce``; ``make pretrained`` (``reproduce --only
 pretrained_two_hop``) or ``lora-limits run pretrained_two_hop`` runs it on demand,
 ``reproduce --profile paper`` includes it.

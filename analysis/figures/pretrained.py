@@ -82,6 +82,8 @@ def _specificity_panel(ax, rows: list[dict], models: list[str], fams: list[str])
         ax.bar(x + (i - (len(fams) - 1) / 2) * width, vals, width, **bar_style(FAM_COLORS[fam], FAM_HATCHES[fam]))
         panel[fam] = {"models": models, "logprob_margin": vals}
     ax.axhline(0, color=COLORS["control"], linestyle=DASHED, linewidth=0.8)
+    if is_empty([v for f in panel.values() for v in f["logprob_margin"]]):
+        note_empty(ax, "no margin to show: every margin is 0, or no split\nhas two composed answers of one relation to compare")
     ax.set_xticks(x, models, rotation=60, ha="right", fontsize=6)
     ax.set_ylabel("log P(right) - log P(wrong), nats")
     ax.set_title("specificity on the composed prompts")
