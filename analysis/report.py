@@ -108,6 +108,8 @@ def anchor(claim_id: str) -> str:
 
 
 def _theory_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:  # reproduce --only
+        return ["## Theory checks", "", "Not run for this report (`reproduce --only`); `lora-limits theory` runs them.", ""]
     lines = ["## Theory checks", "", "| ID | statement | predicted | measured | tolerance | status |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:

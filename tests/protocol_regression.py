@@ -11,7 +11,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 FIXTURE = Path(__file__).parent / "fixtures" / "protocol_regression.json"
@@ -50,10 +49,10 @@ def pretrained_run() -> dict:
     from tests.test_pretrained import word_tokenizer
     from toymodels.lora import LoRAConfig
     from toymodels.pretrained import tiny_llama
-    from toymodels.pretrained_two_hop import PretrainedTwoHopConfig, run_pretrained_two_hop
+    from toymodels.pretrained_two_hop import PretrainedTwoHopConfig, draw_chains, run_pretrained_two_hop
     from toymodels.scoring import ReuseOptions
     from toymodels.tasks import natural
-    from toymodels.tasks.natural import NaturalConfig, eval_pairs, expert_pairs, make_chains
+    from toymodels.tasks.natural import NaturalConfig, eval_pairs, expert_pairs
     from toymodels.train import TrainConfig
 
     cfg = PretrainedTwoHopConfig(
@@ -62,7 +61,7 @@ def pretrained_run() -> dict:
         finetune=TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=0, eval_every=1, weight_decay=0.0,
                              target_acc=1.0, target_set="facts"),
         methods=PRETRAINED_METHODS, reuse=ReuseOptions(lorahub_budget=3), familiarity_facts=2, n_control=3)
-    chains = make_chains(cfg.task, np.random.default_rng(0))
+    chains = draw_chains(cfg.task, 0)
     pairs = [p for ps in [*expert_pairs(chains).values(), *eval_pairs(chains).values()] for p in ps]
     words = {w for p, a in pairs + natural.known_fact_pairs(2) for w in (p + a).split()}
     model = tiny_llama(torch.Generator().manual_seed(0), vocab=len(words) + 1)

@@ -144,9 +144,11 @@ def _validate_reproduce(args) -> str | None:
     from analysis.commands.run import parse_jobs, preflight
 
     parse_jobs(args.jobs)
+    for name in args.only:
+        registry.get(name)  # an unknown experiment fails here
     for experiment in registry.experiments().values():
         configs = experiment.configs(args.profile)
-        if args.profile in experiment.reproduce_profiles:
+        if experiment.name in args.only if args.only else args.profile in experiment.reproduce_profiles:
             try:
                 preflight(experiment, configs)
             except Exception as exc:  # noqa: BLE001  (a missing optional extra)
@@ -237,12 +239,13 @@ def test_example(where, words, in_tmp, monkeypatch):
         monkeypatch.setattr(registry, "experiments", lambda include_hidden=False: {"_selftest": selftest})
         real_check = theory.check_theory
         monkeypatch.setattr(theory, "check_theory", lambda ids, *rest: real_check(["MERGE-1"], *rest))
+        argv = ["_selftest" if word in args.only else word for word in argv]  # --only NAME runs _selftest
     if verb != "reproduce" and tuple(argv) in _EXECUTED:  # e.g. two real experiments mapped to one _selftest run
         pytest.skip(f"validated; executes as `lora-limits {shlex.join(argv)}`, run for {_EXECUTED[tuple(argv)]}")
     _EXECUTED[tuple(argv)] = where
     assert main(argv) == 0, f"{where}: `lora-limits {shlex.join(argv)}` failed"
     if verb == "reproduce":
-        assert (in_tmp / "figures" / "report.md").is_file()
+        assert (in_tmp / args.figures / "report.md").is_file()
 
 
 def test_inline_readme_commands_are_valid():

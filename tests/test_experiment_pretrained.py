@@ -27,7 +27,7 @@ transformers = pytest.importorskip("transformers")
 
 from analysis.experiments import pretrained_two_hop as exp  # noqa: E402
 from toymodels.pretrained import llama_role_map, tiny_llama  # noqa: E402
-from toymodels.pretrained_two_hop import PretrainedTwoHopConfig, quick  # noqa: E402
+from toymodels.pretrained_two_hop import PretrainedTwoHopConfig, draw_chains, quick  # noqa: E402
 
 
 def tiny_protocol(**change) -> PretrainedTwoHopConfig:
@@ -39,13 +39,14 @@ def tiny_protocol(**change) -> PretrainedTwoHopConfig:
     return dataclasses.replace(cfg, **change)
 
 
-def save_tiny_model(folder, seed: int = 0):
+def save_tiny_model(folder, seeds: tuple[int, ...] = (0, 1)):
     """A tiny random Llama + a word tokenizer that covers every word the tests' protocols
-    use with ``seed`` (WORLD names, templates, the fictional names of their chains)."""
+    use with run seeds ``seeds`` (WORLD names, templates, the fictional names of their chains)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    tasks = [tiny_protocol().task, dataclasses.replace(quick().task, n_countries=1)]  # the tests' tasks
-    chains = [c for t in tasks for c in make_chains(t, np.random.default_rng(seed))]  # R is drawn last
+    tasks = [tiny_protocol().task, dataclasses.replace(quick().task, n_countries=1),
+             NaturalConfig(n_countries=2, cities_per_country=2, relations2=("capital",))]  # the tests' tasks
+    chains = [c for t in tasks for s in seeds for c in draw_chains(t, s)]
     text = [*natural.TEMPLATES.values(), *(n for row in natural.WORLD for n in (*row[:3], *row[3])),
             *(n for c in chains for n in (c.city, c.country, c.answer))]
     words = sorted({w for t in text for w in t.split()})
@@ -81,7 +82,9 @@ def test_run_on_tiny_llama_returns_the_table(tiny_folder, tmp_path):
             assert 0 <= out["broadcast"]["arrow/hops"][fam][e] <= 1
             assert 0 < out["chance"][fam][e] < 1
     assert out["chance"]["R"] == {"BC": None, "AC": None}
-    assert not (tmp_path / "pretrained").exists()  # an HF folder needs no conversion
+    saved = tmp_path / "pretrained" / "adapters"  # an HF folder needs no conversion: only the adapters are written
+    assert [p.name for p in (tmp_path / "pretrained").iterdir()] == ["adapters"]
+    assert sorted(out["adapters"]) == ["AB", "AC", "BC"] and all(str(saved) in v for v in out["adapters"].values())
 
 
 def test_cli_run_caches_prints_tables_and_draws(tiny_folder, tmp_path, capsys):
@@ -92,14 +95,17 @@ def test_cli_run_caches_prints_tables_and_draws(tiny_folder, tmp_path, capsys):
             "--set", "protocol.task.n_countries=1", "--set", "protocol.n_control=2"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "1 computed" in text and "F acc" in text and "average/with_AC" in text
+    assert "2 configs, 0 cached, 2 computed" in text and "F acc" in text and "average/with_AC" in text
     assert "base one-hop familiarity" in text and "R split: 0 of 1 countries" in text and "chance" in text
     sidecar = json.loads((tmp_path / "fig" / "pretrained_two_hop.json").read_text())
     assert sidecar["data"]["familiarities"] == ["F", "H"]
     panel = sidecar["data"]["panels"]["hops"]["F"]
     assert len(panel["composed"]) == len(panel["models"]) == len(panel["broadcast_BC"])
+    spec = sidecar["data"]["specificity"]["F"]  # one composed question per split: no wrong answer, NaN
+    assert spec["models"] == panel["models"][:1] + spec["models"][1:] and len(spec["logprob_margin"]) == len(spec["models"])
+    assert "spec" in text and "cond" in text
     assert (tmp_path / "fig" / "pretrained_two_hop.png").stat().st_size > 0
-    assert main(argv) == 0 and "1 cached, 0 computed" in capsys.readouterr().out
+    assert main(argv) == 0 and "2 cached, 0 computed" in capsys.readouterr().out
 
 
 def test_reproduce_runs_it_in_paper_only(monkeypatch, tmp_path):
@@ -146,7 +152,7 @@ def test_reproduce_paper_without_smollm2_fails_up_front(monkeypatch, capsys, tmp
 def test_list_shows_it(capsys, tmp_path):
     assert main(["list", "--results", str(tmp_path)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pretrained_two_hop"))
-    assert "0/1" in row and "paper profile only" in row
+    assert "0/2" in row and "paper profile only" in row
 
 
 @pytest.mark.parametrize("missing", [pytest.param("transformers", id="transformers"),
@@ -284,3 +290,42 @@ def test_smollm2_end_to_end_small(tmp_path):
     assert out["familiarity"]["exact"] > 0.5  # SmolLM2 knows most WORLD facts with these templates
     assert out["r_split"]["countries"] == 1 and out["table"]["base"]["R"] is not None
     assert out["table"]["base"]["R"]["one_hop"] == 1.0  # R holds facts the base answers
+
+
+def test_reproduce_only_writes_its_report_and_figures_without_theory(tiny_folder, tmp_path, monkeypatch, capsys):
+    """``make pretrained``'s command: ``reproduce --only pretrained_two_hop --figures DIR`` runs
+    that experiment (in the quick profile, which plain reproduce skips), never the theory, and
+    writes DIR/report.md beside the figures and their sidecars; a wrong name is one line, exit 2."""
+    from analysis.commands import theory
+
+    def no_theory(*a):
+        raise AssertionError("reproduce --only ran the theory checks")
+
+    task = NaturalConfig(n_countries=2, cities_per_country=2, relations2=("capital",))  # wrong answers to draw
+    tiny = [exp.PretrainedRunConfig(protocol=tiny_protocol(methods=("average", "oracle"), task=task), model=str(tiny_folder),
+                                    seed=s) for s in (0, 1)]  # R from WORLD unfiltered: a random model knows nothing
+    monkeypatch.setitem(registry._REGISTRY, "pretrained_two_hop",
+                        dataclasses.replace(registry.get("pretrained_two_hop"), grid=lambda profile: tiny))
+    monkeypatch.setattr(theory, "check_theory", no_theory)
+    fig = tmp_path / "fig" / "pretrained"
+    argv = ["reproduce", "--only", "pretrained_two_hop", "--quiet", "--jobs", "1", "--results", str(tmp_path / "res"),
+            "--figures", str(fig)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "stage 1/1: pretrained_two_hop" in out and "rank_depth" not in out
+    report = (fig / "report.md").read_text()
+    assert "Not run for this report (`reproduce --only`)" in report
+    for claim in ("PRE-1-F-logprob", "PRE-1-H-exact", "PRE-1-R-logprob", "PRE-2", "PRE-3"):
+        assert f"{claim}:" in out and claim in report
+    assert "underpowered: 2 seed(s), fewer than 3 independent units" in report
+    saved = sorted((tmp_path / "res" / "pretrained" / "adapters").glob("*/*"))  # 2 seeds x AB, BC, AC
+    assert [p.name for p in saved] == ["AB", "AC", "BC"] * 2 and all(str(p) in report for p in saved)
+    assert main(["inspect", *map(str, saved[:3]), "--base", str(tiny_folder), "--json", "--no-figures"]) == 0
+    inspected = json.loads(capsys.readouterr().out)
+    summary = inspected["summary"]["adapters"]
+    assert len(summary) == 3 and all(a["modules"] == 4 and a["rank"] == [2] for a in summary.values())  # q, down x 2
+    assert (fig / "pretrained_two_hop.png").stat().st_size > 0 and (fig / "pretrained_two_hop.json").is_file()
+    assert not (tmp_path / "res" / "rank_depth").exists()
+    assert main([*argv[:2], "pretrained_two_hopp", *argv[3:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--only pretrained_two_hopp: no such experiment" in err

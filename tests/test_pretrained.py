@@ -223,7 +223,7 @@ def test_smollm2_gguf_converts_once_and_knows_paris(tmp_path, monkeypatch):
 
 def test_pretrained_two_hop_runs_end_to_end_on_tiny_llama():
     """Structure of the protocol's result on a tiny random Llama (numbers are meaningless)."""
-    from toymodels.pretrained_two_hop import PretrainedTwoHopConfig, run_pretrained_two_hop
+    from toymodels.pretrained_two_hop import PretrainedTwoHopConfig, draw_chains, run_pretrained_two_hop
     from toymodels.lora import LoRAConfig
     from toymodels.scoring import ReuseOptions
     from toymodels.train import TrainConfig
@@ -234,7 +234,7 @@ def test_pretrained_two_hop_runs_end_to_end_on_tiny_llama():
         finetune=TrainConfig(steps=2, batch_size=4, warmup_steps=0, eval_every=1, weight_decay=0.0),
         methods=("average", "arrow", "oracle", "lorahub"), reuse=ReuseOptions(lorahub_budget=2),
         familiarity_facts=1)
-    chains = make_chains(cfg.task, np.random.default_rng(0))
+    chains = draw_chains(cfg.task, 0)
     pairs = [p for ps in [*expert_pairs(chains).values(), *eval_pairs(chains).values()] for p in ps]
     words = {w for p, a in pairs + natural.known_fact_pairs(1) for w in (p + a).split()}
     model = tiny_llama(torch.Generator().manual_seed(0), vocab=len(words) + 1)
@@ -248,4 +248,11 @@ def test_pretrained_two_hop_runs_end_to_end_on_tiny_llama():
         assert set(scores) == set(eval_pairs(chains))
         assert all(0 <= s["exact"] <= 1 and s["logprob"] <= 0 for s in scores.values())
     assert out["models"]["oracle/with_AC"]["F/one_hop_AB"]["adapter"] in (0, 1, 2)
+    assert set(out["metrics"]) == want and out["questions"]["F"] == {"composed": 1, "wrong": 0}
+    for name, per_fam in out["metrics"].items():  # one composed question per split: no wrong answer to draw
+        for fam, m in per_fam.items():
+            assert m["composed"] == out["models"][name][f"{fam}/two_hop_unseen"]["exact"]
+            assert m["composed_logprob"] == out["models"][name][f"{fam}/two_hop_unseen"]["logprob"]
+            assert m["specificity"] is None and 0 <= m["conditional"]["n"] <= 1
+    assert out["metrics"]["oracle/with_AC"]["F"]["adapter"] in (0, 1, 2)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # base untouched

@@ -14,7 +14,13 @@ section 2, "Full-scale runs"; data from :mod:`toymodels.tasks.natural`).
    every familiarity F / H / R: exact match and mean answer log-probability;
 4. the broadcast control (T2 in natural language, ``natural.broadcast_controls``): per
    familiarity, how often each model answers the BC / AC experts' answers C to questions
-   of the same template about other real subjects, beside a chance reference.
+   of the same template about other real subjects, beside a chance reference;
+5. per familiarity, the shared metrics of :mod:`toymodels.pretrained_metrics` (composed,
+   composed_logprob, specificity on the same prompts, conditional composition).
+
+Randomness (``toymodels.seeds``): the chains, the controls and the wrong answers of the
+specificity metric each draw from their own stream under the run seed; the protocol's LoRA
+inits, batch orders and LoraHub from another, so a seed is an independent draw of all of them.
 
 ``oracle`` is task-level oracle selection: per eval set, the best single adapter of the
 library (one-hot routing); its broadcast rates use the adapter it picks for that
@@ -26,7 +32,6 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,17 +39,20 @@ from toymodels.config import Config
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
 from toymodels import presets
+from toymodels.peft_backend import train_lora_peft
 from toymodels.pretrained import LogitsLM
+from toymodels.pretrained_metrics import encode_wrong, score_rows, split_metrics, split_probes
 from toymodels.progress import Progress, open_bar
-from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
+from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_lora, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
+from toymodels.seeds import generators, numpy_rng
 from toymodels.tasks import Examples
 from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, answer_scores, broadcast_controls,
                                      encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
 from toymodels.train import TrainConfig, recipe
 
-__all__ = ["LIBRARIES", "PretrainedTwoHopConfig", "paper", "quick", "run_pretrained_two_hop"]
+__all__ = ["LIBRARIES", "LORA_BACKENDS", "PretrainedTwoHopConfig", "draw_chains", "paper", "quick", "run_pretrained_two_hop"]
 
 
 @dataclass(frozen=True)
@@ -60,10 +68,13 @@ class PretrainedTwoHopConfig(Config):
     # bare config keeps its chains whatever the model; quick() and paper() turn it on.
     r_known_only: bool = False
     n_control: int = 8  # broadcast-control questions per familiarity, relation and expert (0: none)
+    n_wrong: int = 2  # wrong answers per composed question for the specificity metric
 
     def __post_init__(self):
         if not isinstance(self.n_control, int) or self.n_control < 0:
             raise ValueError(f"n_control={self.n_control!r}: must be an integer >= 0")
+        if not isinstance(self.n_wrong, int) or self.n_wrong < 1:
+            raise ValueError(f"n_wrong={self.n_wrong!r}: must be an integer >= 1")
         if self.familiarity_facts is not None and not 1 <= self.familiarity_facts <= len(WORLD):
             raise ValueError(f"familiarity_facts={self.familiarity_facts!r}: must be None or in [1, {len(WORLD)}]")
         if bad := [m for m in self.methods if m not in METHODS]:
@@ -73,15 +84,17 @@ class PretrainedTwoHopConfig(Config):
 
 
 def quick() -> PretrainedTwoHopConfig:
-    """SmolLM2-135M on 2 CPU cores: an estimated 5-8 min (per-step timings: ~1.4 s per LoRA
-    step at batch 16, ~10 s to score one model on its ~30 eval and ~100 control rows, x 5
-    LoRAs x 25 steps and ~23 scored models; not yet a timed full run). 2 countries x 2
-    cities per familiarity, capital only (AB 12, BC 6, AC 6 sentences), at most 25 steps per
-    LoRA, 8 control questions per familiarity and expert; R from facts the base answers."""
+    """SmolLM2-135M on 2 CPU cores (README: ~2,700 CPU-seconds per seed, measured unit costs
+    extrapolated; over the 20-minute target for two seeds): 6 countries x 3 cities
+    per familiarity, capital and language, one city per country in AC, so 24 held-out
+    composed questions per split (R: fewer where the base knows fewer facts; the report
+    says how many); 10 steps per LoRA at batch 8, evaluated once at the end; average and
+    Arrow; no other-subject controls (specificity measures broadcast on the true prompts,
+    one wrong answer per question)."""
     return PretrainedTwoHopConfig(
-        task=NaturalConfig(n_countries=2, cities_per_country=2, relations2=("capital",)),
-        finetune=presets.pretrained_finetune(steps=25),
-        methods=("average", "sum", "ties", "svd", "factor_average", "arrow", "oracle"), r_known_only=True)
+        task=NaturalConfig(n_countries=6, cities_per_country=3, ac_frac=0.34),
+        finetune=presets.pretrained_finetune(steps=10, batch_size=8, eval_every=10),
+        methods=("average", "arrow"), r_known_only=True, n_control=0, n_wrong=1)
 
 
 def paper() -> PretrainedTwoHopConfig:
@@ -95,12 +108,18 @@ def paper() -> PretrainedTwoHopConfig:
 
 def score(model: nn.Module, sets: dict[str, Examples]) -> dict[str, dict[str, float]]:
     """``{set: {"exact": share exactly right, "logprob": mean answer log-probability}}``."""
-    model.eval()
-    out = {}
-    for name, ex in sets.items():
-        exact, logprob = answer_scores(model, ex)
-        out[name] = {"exact": exact.float().mean().item(), "logprob": logprob.mean().item()}
-    return out
+    return means(score_rows(model, sets))
+
+
+def means(rows: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, dict[str, float]]:
+    """:func:`score` from per-row ``(exact, logprob)``."""
+    return {name: {"exact": exact.float().mean().item(), "logprob": logprob.mean().item()}
+            for name, (exact, logprob) in rows.items()}
+
+
+def draw_chains(task: NaturalConfig, seed: int, known: set | None = None) -> list:
+    """The run's chains (:func:`toymodels.tasks.natural.make_chains`) on the seed's chain stream."""
+    return make_chains(task, numpy_rng(seed, "pretrained", "chains"), known)
 
 
 def encode_controls(controls: list[Control], tokenizer) -> Examples | None:
@@ -129,49 +148,84 @@ def _composed_set(sets: dict, fam: str) -> str | None:
     return None
 
 
-def _oracle(per: list[tuple[dict, dict]], sets: dict, controls: list[Control]) -> tuple[dict, dict]:
-    """From ``per[i]`` = (scores, broadcast) with all weight on adapter ``i``: per eval set the
-    best adapter; each control's rate under the adapter picked for its composed set."""
+def _oracle(per: list[tuple[dict, dict, dict]], sets: dict, controls: list[Control]) -> tuple[dict, dict, dict]:
+    """From ``per[i]`` = (scores, broadcast, metrics) with all weight on adapter ``i``: per
+    eval set the best adapter; each control's rate and each familiarity's metrics under the
+    adapter picked for its composed set."""
     best = {name: max(range(len(per)), key=lambda i: per[i][0][name]["exact"]) for name in sets}
     picked = {c.name: best.get(_composed_set(sets, c.familiarity), 0) for c in controls}
+    metrics = {fam: dict(per[best[f"{fam}/two_hop_unseen"]][2][fam], adapter=best[f"{fam}/two_hop_unseen"])
+               for fam in per[0][2]}
     return ({name: dict(per[best[name]][0][name], adapter=best[name]) for name in sets},
-            {name: per[i][1][name] for name, i in picked.items()})
+            {name: per[i][1][name] for name, i in picked.items()}, metrics)
+
+
+def _keep_experts(trainer, experts: dict, kept: dict, backend, data, *args, **kw):
+    """``trainer(...)``, keeping the adapter in ``kept`` when ``data`` is an expert's own set."""
+    adapter, result = trainer(backend, data, *args, **kw)
+    kept.update({name: adapter for name, ex in experts.items() if ex is data})
+    return adapter, result
+
+
+LORA_BACKENDS = ("ours", "peft")  # who trains the LoRAs: our LoRALinear, or PEFT (toymodels.peft_backend)
 
 
 def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tokenizer, seed: int = 0,
-                           device: str = "cpu", progress: Progress | None = None) -> dict:
+                           device: str = "cpu", progress: Progress | None = None, lora_backend: str = "ours",
+                           adapters: dict | None = None) -> dict:
     """The whole protocol on ``hf_model`` (its weights are left unchanged; it is moved to
     ``device``); see the module docstring. Returns ``{"config", "key", "seed", "chains",
     "familiarity": {"facts", "exact", "known"}, "r_split": {"known_only", "countries",
     "requested", "chains"}, "controls": {name: {"questions", "new_answers", "chance"}},
     "experts": {name: training summary}, "models": {model: {eval set: {"exact", "logprob"}}},
-    "broadcast": {model: {control name: rate}}}``. ``progress`` (toymodels/progress.py) gets a
-    bar over the LoRAs trained and models scored, and one per LoRA over its steps."""
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    "broadcast": {model: {control name: rate}}, "metrics": {model: {familiarity: metrics}}}``
+    (:mod:`toymodels.pretrained_metrics`). ``progress`` (toymodels/progress.py) gets a bar
+    over the LoRAs trained and models scored, and one per LoRA over its steps. ``lora_backend``
+    (:data:`LORA_BACKENDS`): ``"peft"`` trains every LoRA with PEFT's ``get_peft_model`` on the
+    same data, seeds and inits, then reuses them as our adapters. ``adapters``, if given, is
+    filled with each expert's trained :class:`toymodels.adapters.Adapter` by name (AB, BC, AC),
+    for the caller to save."""
+    if lora_backend not in LORA_BACKENDS:
+        raise ValueError(f"lora_backend={lora_backend!r}: must be one of {', '.join(LORA_BACKENDS)}")
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     fact_pairs = known_fact_pairs(cfg.familiarity_facts)
     bar = open_bar(progress, "base model familiarity", 1)
     fact_exact = answer_scores(lm.eval(), encode_pairs(fact_pairs, tokenizer))[0]
     bar.close()
     known = {pair for pair, ok in zip(fact_pairs, fact_exact.tolist()) if ok}
-    chains = make_chains(cfg.task, rng, known if cfg.r_known_only else None)
-    controls = broadcast_controls(chains, cfg.n_control, rng) if cfg.n_control else []
+    chains = draw_chains(cfg.task, seed, known if cfg.r_known_only else None)
+    controls = broadcast_controls(chains, cfg.n_control, numpy_rng(seed, "pretrained", "controls")) \
+        if cfg.n_control else []
     control_rows = encode_controls(controls, tokenizer)
-    sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in eval_pairs(chains).items()}
+    pairs = eval_pairs(chains)
+    sets = {name: encode_pairs(p, tokenizer) for name, p in pairs.items()}
+    probes = split_probes(chains, pairs, cfg.n_wrong, numpy_rng(seed, "pretrained", "specificity"))
+    wrong_rows = encode_wrong(probes, tokenizer)
     train_sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in expert_pairs(chains).items()}
     r_chains = [c for c in chains if c.familiarity == "R"]
-    out = {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed,
+    out = {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed, "lora_backend": lora_backend,
            "chains": [dataclasses.asdict(c) for c in chains],
            "familiarity": {"facts": len(fact_pairs), "exact": fact_exact.float().mean().item(), "known": len(known)},
            "r_split": {"known_only": cfg.r_known_only, "requested": cfg.task.n_countries,
                        "countries": len({c.country for c in r_chains}), "chains": len(r_chains)},
            "controls": {c.name: {"questions": len(c.questions), "new_answers": list(c.new_answers),
-                                 "chance": c.chance} for c in controls}}
+                                 "chance": c.chance} for c in controls},
+           "questions": {p.familiarity: {"composed": len(p.composed), "wrong": len(p.wrong)} for p in probes}}
+
+    def score_one(model, members, method):
+        rows = score_rows(model, sets)
+        wrong = None if wrong_rows is None else answer_scores(model, wrong_rows)
+        return means(rows), broadcast(model, controls, control_rows), split_metrics(rows, probes, wrong)
+
     family = TaskFamily(experts=train_sets, libraries=LIBRARIES, shots=train_sets["AC"][:cfg.reuse.lorahub_shots],
-                        score=lambda model, members, method: (score(model, sets),
-                                                              broadcast(model, controls, control_rows)),
-                        oracle=lambda per, members: _oracle(per, sets, controls))
-    done = run_protocol(family, Backend(lm, roles, device), cfg, rng, gen, joint=cfg.joint,
+                        score=score_one, oracle=lambda per, members: _oracle(per, sets, controls))
+    rng, gen = generators(seed, "pretrained", "protocol")
+    trainer = train_lora_peft if lora_backend == "peft" else train_lora
+    if adapters is not None:
+        trainer = functools.partial(_keep_experts, trainer, train_sets, adapters)
+    done = run_protocol(family, Backend(lm, roles, device, trainer), cfg, rng, gen, joint=cfg.joint,
                         summary=functools.partial(train_summary, curves=False, digits=2), progress=progress)
-    return {**out, "experts": done["experts"], "models": {name: s for name, (s, _) in done["models"].items()},
-            "broadcast": {name: b for name, (_, b) in done["models"].items()}}
+    models = done["models"]
+    return {**out, "experts": done["experts"], "models": {name: s[0] for name, s in models.items()},
+            "broadcast": {name: s[1] for name, s in models.items()},
+            "metrics": {name: s[2] for name, s in models.items()}}

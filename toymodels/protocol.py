@@ -60,6 +60,9 @@ class Backend:
     model: nn.Module
     roles: Mapping[str, Any]  # role map for :func:`toymodels.lora.inject_lora`
     device: str = "auto"
+    # how one LoRA is trained, with train_lora's signature: None is train_lora (our
+    # LoRALinear); toymodels.peft_backend.train_lora_peft trains it with PEFT instead
+    trainer: Callable[..., tuple[Adapter, TrainResult]] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,8 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np
         bar.update()
 
     def fine_tune(name: str, data: Examples, label: str) -> tuple[Adapter, TrainResult]:
-        adapter, result = train_lora(backend, data, setting.lora, setting.finetune, gen, labelled(progress, label))
+        trainer = backend.trainer or train_lora
+        adapter, result = trainer(backend, data, setting.lora, setting.finetune, gen, labelled(progress, label))
         out["experts"][name] = summary(result)
         bar.update()
         return adapter, result

@@ -14,6 +14,7 @@ examples:
   lora-limits reproduce --jobs 1                 # one config at a time (default: one per core)
   lora-limits reproduce --quiet > reproduce.log  # no progress; the log holds only results
   lora-limits reproduce --profile paper --device cuda
+  lora-limits reproduce --only pretrained_two_hop --figures figures/pretrained   # make pretrained
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "this machine's cores, at most 4)")
     parser.add_argument("--results", default="results", metavar="DIR", help="result cache (default results/)")
     parser.add_argument("--figures", default="figures", metavar="DIR", help="figures and report.md (default figures/)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="run only this experiment (repeatable), whatever profiles reproduce gives it; "
+                             "skips the theory checks (`lora-limits theory` runs them)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -52,27 +56,36 @@ def _reproduce(args, display) -> int:
     from analysis import registry
     from analysis.commands.run import device_name, parse_jobs, preflight, sweep_and_draw
     from analysis.commands.theory import check_theory, print_summary
+    from analysis.errors import UsageError
     from analysis.report import claim_verdicts, write_report
     from theory.claims import ClaimSettings
 
     experiments = registry.experiments()
+    if unknown := [n for n in args.only if n not in experiments]:
+        raise UsageError(f"--only {unknown[0]}: no such experiment; choose from {', '.join(experiments)}")
     for experiment in experiments.values():
         experiment.configs(args.profile)  # an unknown profile fails here, before any work
-    experiments = {n: e for n, e in experiments.items() if args.profile in e.reproduce_profiles}
+    if args.only:
+        experiments = {n: e for n, e in experiments.items() if n in args.only}
+    else:
+        experiments = {n: e for n, e in experiments.items() if args.profile in e.reproduce_profiles}
     for experiment in experiments.values():
         preflight(experiment, experiment.configs(args.profile))
     jobs, device = parse_jobs(args.jobs), device_name(args.device)
     figures_dir = Path(args.figures)
 
-    stages = 1 + len(experiments)
-    print(f"== stage 1/{stages}: theory ==", flush=True)
-    checks, figures, elapsed = check_theory(None, ClaimSettings(), figures_dir, display)
-    for c in checks:
-        if not c.passed:
-            print(f"FAIL {c.id}: {c.statement} (predicted {c.predicted}, measured {c.measured})")
-    print_summary(checks, figures, elapsed)
+    theory = not args.only
+    stages = theory + len(experiments)
+    checks = []
+    if theory:
+        print(f"== stage 1/{stages}: theory ==", flush=True)
+        checks, figures, elapsed = check_theory(None, ClaimSettings(), figures_dir, display)
+        for c in checks:
+            if not c.passed:
+                print(f"FAIL {c.id}: {c.statement} (predicted {c.predicted}, measured {c.measured})")
+        print_summary(checks, figures, elapsed)
     failed_configs = 0
-    for stage, experiment in enumerate(experiments.values(), 2):
+    for stage, experiment in enumerate(experiments.values(), 1 + theory):
         print(f"\n== stage {stage}/{stages}: {experiment.name}: {experiment.description} ==", flush=True)
         summary, results = sweep_and_draw(
             experiment, experiment.configs(args.profile), results_dir=args.results, figures_dir=figures_dir,

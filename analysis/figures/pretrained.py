@@ -1,6 +1,8 @@
 """Figure of ``pretrained_two_hop``: composed accuracy per model (base, experts, joint
 LoRAs, each reuse method) and familiarity F / H / R, one panel per library, with the
-broadcast control of the BC expert's answers as a marker above each bar group.
+broadcast control of the BC expert's answers as a marker above each bar group (where the
+profile asks other-subject controls); a third panel, the specificity on the composed
+prompts themselves (log P(right) - log P(another question's answer)) of every model.
 """
 from __future__ import annotations
 
@@ -36,10 +38,10 @@ def pretrained_figure(results: list[Result]):
     fams = [f for f in ("F", "H", "R") if any(row["table"]["base"][f] is not None for row in rows)]
     names = rows[0]["order"]
     panels = {lib: [n for n in names if not n.endswith("/" + _other(lib))] for lib in ("hops", "with_AC")}
-    fig, axes = new_figure(ncols=2, width=5.4, height=3.6)
+    fig, axes = new_figure(ncols=3, width=4.6, height=3.6)
     data = {"familiarities": fams, "panels": {}, "base_familiarity": [row["familiarity"]["exact"] for row in rows],
             "r_split": [row["r_split"] for row in rows]}
-    for ax, (lib, models) in zip(axes, panels.items()):
+    for ax, (lib, models) in zip(axes[:2], panels.items()):
         x, width = np.arange(len(models)), 0.8 / max(len(fams), 1)
         panel = {}
         for i, fam in enumerate(fams):
@@ -60,12 +62,32 @@ def pretrained_figure(results: list[Result]):
                    label="broadcast chance (mean over F/H/R)")
         ax.set_title(f"library {{{', '.join(_members(lib))}}}")
     axes[0].set_ylabel("share of questions")
+    data["specificity"] = _specificity_panel(axes[2], rows, names, fams)
     base, r = np.mean(data["base_familiarity"]), rows[0]["r_split"]
     model = Path(rows[0]["model"].split(" (")[0]).name
     fig.suptitle(f"{model}: two-hop reuse in natural language; base one-hop familiarity {base:.2f}, "
                  f"R split {r['countries']} of {r['requested']} countries", fontsize=10)
     legend_below(fig, ncol=3, title="bars: composed accuracy on held-out two-hop questions, per familiarity")
     return fig, data
+
+
+def _specificity_panel(ax, rows: list[dict], models: list[str], fams: list[str]) -> dict:
+    """Per model and familiarity: log P(right) - log P(another composed question's answer) on
+    the same prompts (mean over seeds); 0 = the model broadcasts new answers without
+    telling questions apart."""
+    x, width, panel = np.arange(len(models)), 0.8 / max(len(fams), 1), {}
+    for i, fam in enumerate(fams):
+        vals = [_nanmean([((row["table"][m][fam] or {}).get("specificity") or {}).get("logprob_margin")
+                          for row in rows]) for m in models]
+        ax.bar(x + (i - (len(fams) - 1) / 2) * width, vals, width, **bar_style(FAM_COLORS[fam], FAM_HATCHES[fam]))
+        panel[fam] = {"models": models, "logprob_margin": vals}
+    ax.axhline(0, color=COLORS["control"], linestyle=DASHED, linewidth=0.8)
+    if is_empty([v for f in panel.values() for v in f["logprob_margin"]]):
+        note_empty(ax, "no margin to show: every margin is 0, or no split\nhas two composed answers of one relation to compare")
+    ax.set_xticks(x, models, rotation=60, ha="right", fontsize=6)
+    ax.set_ylabel("log P(right) - log P(wrong), nats")
+    ax.set_title("specificity on the composed prompts")
+    return panel
 
 
 def _other(lib: str) -> str:

@@ -1,0 +1,120 @@
+"""Per-familiarity metrics of one model on the natural-language two-hop questions (the
+session's shared metric names; issue 12 item 1), all on the SAME composed prompts with the
+same teacher-forced decoding as :func:`toymodels.tasks.natural.answer_scores`:
+
+- ``composed``: exact match of the gold answer on the held-out two-hop questions
+  (``two_hop_unseen``); ``composed_logprob``: their mean gold-answer log-probability (sum
+  over the answer's tokens);
+- ``specificity``: on each true composed prompt, P(gold answer) against P(another composed
+  question's answer), the broadcast control measured on the same prompts: ``right`` (mean
+  P(gold)), ``wrong`` (mean over questions of the mean P(wrong answers)), ``margin`` =
+  right - wrong, and in log space ``logprob_margin`` = mean over questions of log P(gold) -
+  mean log P(wrong); ``wrong_exact`` (share of questions whose greedy answer is one of their
+  wrong answers: the exact-match broadcast rate) and ``exact_margin`` = composed - wrong_exact.
+  A question's wrong answers are up to ``n_wrong`` answers of other composed questions of
+  the same relation and familiarity that differ from its own (drawn once per run);
+- ``conditional``: exact match over the composed questions whose two one-hop facts (city ->
+  country, country -> answer) the same model answers exactly, and ``n``, how many; null
+  ``composed`` when ``n == 0`` ("knows both hops, cannot combine" is read here).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from toymodels.tasks import Examples
+from toymodels.tasks.natural import FAMILIARITIES, Chain, answer_scores, encode_pairs
+
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class SplitProbe:
+    """What one familiarity's metrics need: its composed questions (``two_hop_unseen`` order),
+    each one's row in ``one_hop_AB`` / ``one_hop_BC``, and the wrong-answer rows
+    ``(question index, (its prompt, another question's answer))``."""
+
+    familiarity: str
+    composed: list[Pair]
+    hops: list[tuple[int, int]]
+    wrong: list[tuple[int, Pair]]
+
+
+def split_probes(chains: list[Chain], sets: dict[str, list[Pair]], n_wrong: int,
+                 rng: np.random.Generator) -> list[SplitProbe]:
+    """One probe per familiarity with composed questions; ``sets`` are
+    :func:`toymodels.tasks.natural.eval_pairs` (the rows the hops index into)."""
+    if not isinstance(n_wrong, int) or n_wrong < 1:
+        raise ValueError(f"n_wrong={n_wrong!r}: must be an integer >= 1")
+    probes = []
+    for fam in FAMILIARITIES:
+        composed = sets.get(f"{fam}/two_hop_unseen", [])
+        if not composed:
+            continue
+        ab = {p: i for i, p in enumerate(sets[f"{fam}/one_hop_AB"])}
+        bc = {p: i for i, p in enumerate(sets[f"{fam}/one_hop_BC"])}
+        by_pair = {c.two_hop(): c for c in chains if c.familiarity == fam and not c.in_ac}
+        mine = [by_pair[q] for q in composed]
+        hops = [(ab[c.hop1()], bc[c.hop2()]) for c in mine]
+        wrong = []
+        for i, c in enumerate(mine):
+            others = sorted({o.answer for o in mine if o.relation == c.relation and o.answer != c.answer})
+            picks = rng.choice(len(others), min(n_wrong, len(others)), replace=False) if others else []
+            wrong += [(i, (composed[i][0], " " + others[j])) for j in sorted(picks)]
+        probes.append(SplitProbe(fam, composed, hops, wrong))
+    return probes
+
+
+def encode_wrong(probes: list[SplitProbe], tokenizer) -> Examples | None:
+    """Every probe's wrong-answer rows in one batch, in ``probes`` order."""
+    pairs = [pair for p in probes for _, pair in p.wrong]
+    return encode_pairs(pairs, tokenizer) if pairs else None
+
+
+def _mean(x: torch.Tensor) -> float | None:
+    return x.float().mean().item() if len(x) else None
+
+
+def split_metrics(per_set: dict[str, tuple[torch.Tensor, torch.Tensor]], probes: list[SplitProbe],
+                  wrong: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, dict]:
+    """``{familiarity: metrics}`` (module docstring) from the per-row ``(exact, logprob)`` of
+    every eval set (``per_set``) and of the wrong-answer rows (``wrong``, in probe order)."""
+    out, start = {}, 0
+    for p in probes:
+        exact, logprob = per_set[f"{p.familiarity}/two_hop_unseen"]
+        n = len(p.wrong)
+        w_exact, w_lp = (wrong[0][start:start + n], wrong[1][start:start + n]) if n else (None, None)
+        start += n
+        owner = torch.tensor([i for i, _ in p.wrong], dtype=torch.long)
+        has = torch.zeros(len(p.composed), dtype=torch.bool)
+        wrong_p, wrong_lp, wrong_hit = (torch.zeros(len(p.composed)) for _ in range(3))
+        if n:
+            count = torch.zeros(len(p.composed)).index_add_(0, owner, torch.ones(n))
+            has = count > 0
+            wrong_p = torch.zeros(len(p.composed)).index_add_(0, owner, w_lp.exp()) / count.clamp(min=1)
+            wrong_lp = torch.zeros(len(p.composed)).index_add_(0, owner, w_lp) / count.clamp(min=1)
+            wrong_hit = torch.zeros(len(p.composed)).index_add_(0, owner, w_exact.float()) > 0
+        right_p = logprob.exp()
+        spec = None
+        if has.any():
+            right, wrong_mean = right_p[has].mean().item(), wrong_p[has].mean().item()
+            spec = {"right": right, "wrong": wrong_mean, "margin": right - wrong_mean,
+                    "logprob_margin": (logprob[has] - wrong_lp[has]).mean().item(),
+                    "wrong_exact": wrong_hit[has].float().mean().item(),
+                    "exact_margin": (exact[has].float() - wrong_hit[has].float()).mean().item(),
+                    "questions": int(has.sum())}
+        ab_ok, bc_ok = per_set[f"{p.familiarity}/one_hop_AB"][0], per_set[f"{p.familiarity}/one_hop_BC"][0]
+        knows = torch.tensor([bool(ab_ok[a]) and bool(bc_ok[b]) for a, b in p.hops], dtype=torch.bool)
+        out[p.familiarity] = {"n_composed": len(p.composed), "composed": _mean(exact), "composed_logprob": _mean(logprob),
+                              "specificity": spec,
+                              "conditional": {"composed": _mean(exact[knows]), "n": int(knows.sum())}}
+    return out
+
+
+def score_rows(model: nn.Module, sets: dict[str, Examples]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-row ``(exact, logprob)`` of every set, ``model`` in eval mode."""
+    model.eval()
+    return {name: answer_scores(model, ex) for name, ex in sets.items()}
