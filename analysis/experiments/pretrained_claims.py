@@ -19,6 +19,7 @@ import numpy as np
 
 from analysis.experiments.two_hop_reuse import DATA_FREE
 from analysis.registry import ClaimMeasure, Result
+from analysis.stats import DIFFERENCE
 from analysis.verdict import Claim
 from toymodels.tasks.natural import FAMILIARITIES
 
@@ -98,6 +99,16 @@ def detail(fam: str | None) -> Callable[[list[Result]], str]:
     return line
 
 
+# a difference of two accuracy differences (the method's composed - wrong_exact, minus the base's)
+EXCESS = (-2.0, 2.0)
+
+
+def questions(results: list[Result]) -> dict[str, int]:
+    """Composed questions per split: the fewest any seed asked (R depends on what the model knows)."""
+    return {f: min(r.result["protocol"]["questions"].get(f, {}).get("composed", 0) for r in results)
+            for f in FAMILIARITIES} if results else {}
+
+
 def claims() -> tuple[ClaimMeasure, ...]:
     rows = []
     for fam in FAMILIARITIES:
@@ -108,22 +119,22 @@ def claims() -> tuple[ClaimMeasure, ...]:
             "max over data-free methods (hops) of specificity logprob_margin, minus the base's", "below",
             LOGPROB_MARGIN, f"a convention: {LOGPROB_MARGIN:g} nats is a factor e^{LOGPROB_MARGIN:g} = 1.65 in the "
             "odds of the right over a wrong answer; a smaller gain is not counted as composition"),
-            reuse_excess(fam, "logprob_margin"), FIGURE, detail(fam)))
+            reuse_excess(fam, "logprob_margin"), FIGURE, detail(fam), questions=questions))
         rows.append(ClaimMeasure(Claim(
             f"PRE-1-{fam}-exact", f"no data-free merge or routing of {{AB, BC}} answers composed questions exactly "
             f"beyond the broadcast rate on the same prompts, more than the base model (split {fam}, SmolLM2)",
             "max over data-free methods (hops) of (composed - wrong_exact), minus the base's", "below",
             EXACT_MARGIN, f"a convention: {EXACT_MARGIN:g} is just over one composed question of a split's 24 "
-            "(0.042)"), reuse_excess(fam, "exact_margin"), FIGURE, detail(fam)))
+            "(0.042)"), reuse_excess(fam, "exact_margin"), FIGURE, detail(fam), bounds=EXCESS, questions=questions))
     rows.append(ClaimMeasure(Claim(
         "PRE-2", "unfamiliar entities (F) compose worse than familiar ones (R) on SmolLM2",
         "R - F composed exact match of with_AC reuse (mean over data-free methods)", "above", EXACT_MARGIN,
         f"a convention: {EXACT_MARGIN:g} is just over one composed question of a split's 24 (0.042)"),
-        familiarity_gap, FIGURE, detail(None)))
+        familiarity_gap, FIGURE, detail(None), bounds=DIFFERENCE, questions=questions))
     rows.append(ClaimMeasure(Claim(
         "PRE-3", "including the target-task expert AC is necessary on SmolLM2: reuse with AC answers more "
         "composed questions than {AB, BC} alone",
         "with_AC - hops composed exact match (mean over data-free methods and F/H/R)", "above", EXACT_MARGIN,
         f"a convention: {EXACT_MARGIN:g} is just over one composed question of a split's 24 (0.042)"),
-        ac_gain, FIGURE, detail(None)))
+        ac_gain, FIGURE, detail(None), bounds=DIFFERENCE, questions=questions))
     return tuple(rows)

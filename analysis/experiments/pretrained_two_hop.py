@@ -187,7 +187,7 @@ def save_experts(adapters: dict, model, folder: Path, label: str) -> dict[str, P
     import shutil
     import tempfile
 
-    from toymodels.adapters import peft_fan_in_fan_out, peft_task_type, save_adapter
+    from toymodels.peft_checkpoint import peft_fan_in_fan_out, peft_task_type, save_adapter
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
