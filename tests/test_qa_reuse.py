@@ -203,3 +203,30 @@ def test_broadcast_raises_the_control_and_underpower_is_said():
     assert judge(claims["QA-1-F"].claim, claims["QA-1-F"].per_seed(results)).outcome in (NOT_SUPPORTED, INCONCLUSIVE)
     detail = claims["QA-1-F"].detail(results)
     assert "UNDERPOWERED" in detail and "2 seed(s) < 3" in detail and "F 4" in detail
+
+
+@pytest.mark.parametrize("setting, match", [
+    pytest.param("model=/nonexistent/nope.gguf", "no such file or folder", id="missing-model"),
+    pytest.param("protocol.task.n_countries=0", "task.n_countries", id="bad-size"),
+    pytest.param("protocol.n_wrong=0", "n_wrong", id="bad-n_wrong"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, setting, match):
+    assert main(["run", "qa_reuse", "--results", str(tmp_path), "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+# --- the real SmolLM2 (opt in: -m pretrained) ------------------------------------------------
+
+@pytest.mark.pretrained
+def test_smollm2_end_to_end_small(tmp_path):
+    """The experiment on the bundled SmolLM2 with a cut-down protocol (minutes on a CPU)."""
+    protocol = dataclasses.replace(q.quick(), task=h.QAConfig(n_countries=1, cities_per_country=2, n_real=2, n_ood=2),
+                                   finetune=dataclasses.replace(q.quick().finetune, steps=5),
+                                   methods=("average", "arrow"), n_control=2)
+    out = exp.run(exp.QARunConfig(protocol=protocol), "cpu", tmp_path)["protocol"]
+    assert out["familiarity"]["known"] > 0  # SmolLM2 answers some birthplaces and countries
+    for split in ("R", "OOD"):  # R and OOD hold facts the base answers
+        if out["splits"][split]["people"]:
+            assert out["models"]["base"]["splits"][split]["conditional"]["n"] == out["splits"][split]["composed"]
