@@ -102,6 +102,26 @@ def test_oracle_picks_the_best_adapter_per_split():
     assert out["splits"]["H"]["adapter"] == "BC" and out["retention"] == {"world_capital": 1.5}
 
 
+def test_sheet_scores_each_distinct_row_once(tiny_folder):
+    """Against scoring each list alone: same numbers, shared rows encoded once."""
+    from toymodels.pretrained import load_causal_lm
+    from toymodels.tasks.natural import answer_scores
+
+    model, tok = load_causal_lm(tiny_folder, "unused")
+    lm = LogitsLM(model)
+    a, b, c = (h.TEMPLATES["born_in"].format(P="Albert Einstein"), " Ulm"), ("The capital of France is", " Paris"), \
+        (h.TEMPLATES["country"].format(A="Ulm"), " Germany")
+    parts = {"x": [a, b], "y": [b, c, a]}
+    sheet = q.Sheet(parts, tok)
+    assert len(sheet.rows) == 3
+    got = sheet.score(lm)
+    for name, pairs in parts.items():
+        exact, logprob = answer_scores(lm, encode_pairs(pairs, tok))
+        assert torch.equal(got[name][0], exact)
+        torch.testing.assert_close(got[name][1], logprob, atol=1e-5, rtol=0)
+    assert len(set(got["y"][1].tolist())) == 3  # distinct rows, distinct numbers: the check can fail
+
+
 # --- end to end on a tiny model -------------------------------------------------------------
 
 def test_run_on_tiny_llama(tiny_folder):

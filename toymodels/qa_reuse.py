@@ -100,20 +100,20 @@ def paper() -> QAReuseConfig:
 
 
 class Sheet:
-    """Named lists of ``(prompt, answer)`` rows encoded as ONE batch; :meth:`score` runs it once
-    and returns ``{name: (exact (n,), logprob (n,))}``."""
+    """Named lists of ``(prompt, answer)`` rows encoded as ONE batch of distinct rows (a row
+    several lists name, e.g. a test question's one-hop fact and the expert fact it is, is
+    scored once); :meth:`score` runs it once and returns ``{name: (exact (n,), logprob (n,))}``."""
 
     def __init__(self, parts: dict[str, list[Pair]], tokenizer):
-        self.spans, pairs = {}, []
-        for name, rows in parts.items():
-            self.spans[name] = slice(len(pairs), len(pairs) + len(rows))
-            pairs += rows
-        self.rows = encode_pairs(pairs, tokenizer)
+        unique = {pair: None for rows in parts.values() for pair in rows}
+        position = {pair: i for i, pair in enumerate(unique)}
+        self.index = {name: torch.tensor([position[p] for p in rows], dtype=torch.long) for name, rows in parts.items()}
+        self.rows = encode_pairs(list(unique), tokenizer)
 
     def score(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         model.eval()
         exact, logprob = answer_scores(model, self.rows)
-        return {name: (exact[s], logprob[s]) for name, s in self.spans.items()}
+        return {name: (exact[i], logprob[i]) for name, i in self.index.items()}
 
 
 def wrong_answers(tests: list[Chain], n_wrong: int) -> list[list[str]]:
