@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from toymodels import presets
-from toymodels.config import Config
+from toymodels.config import Config, check_fields, counts
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
 from toymodels.pretrained import LogitsLM
@@ -69,9 +69,7 @@ class QAReuseConfig(Config):
     def __post_init__(self):
         if bad := [m for m in self.methods if m not in METHODS]:
             raise ValueError(f"methods contains {bad}: must be among {', '.join(METHODS)}")
-        for name, low in (("n_control", 0), ("n_wrong", 1)):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be an integer >= {low}")
+        check_fields("protocol", self, counts(self, {"n_control": 0, "n_wrong": 1}))
         if self.finetune.target_set not in (None, "facts"):
             raise ValueError(f"finetune.target_set={self.finetune.target_set!r}: must be None or 'facts'")
 
@@ -80,10 +78,13 @@ def quick() -> QAReuseConfig:
     """CPU-sized: F and H 2 countries x 4 cities, R 8 and OOD 8 people, country only,
     ac_frac 1/4 (AB and BC 24 rows, AC 6; 6 composed questions per F/H/R split, 8 OOD), 25
     steps per LoRA, methods average, TIES and Arrow (12 scored models). NOT timed on SmolLM2
-    (its package was absent where this was written); the estimate from pretrained_two_hop's
-    measured per-step costs (~1.4 s per LoRA step at batch 16, ~10 s to score ~130 rows) is
-    ~3.5 min of LoRA training + ~12 x 20 s of scoring ~260 rows, about 8 min per config on 2
-    idle CPU cores."""
+    (its package was absent where this was written). Measured instead on a random-weight
+    Llama of SmolLM2-135M's shape (word tokenizer, so rows ~30% shorter than with its BPE) on 2
+    CPU cores shared with ~8 other jobs (load ~16): the familiarity pass (115 rows) 25 CPU-s,
+    scoring one model (~260 rows, before rows shared by two lists were scored once) 49 CPU-s,
+    LoRA AB (24 rows, memorised after 10 steps) 198 CPU-s. Hence roughly 1,600-2,800 CPU-s
+    per config (5 LoRAs of 10-25 steps, 12 scored models): ~15-25 min per config on 2 idle
+    cores, x 2 seeds; a loaded machine's CPU-seconds overstate an idle one's."""
     return QAReuseConfig(task=QAConfig(n_countries=2, cities_per_country=4, n_real=8, n_ood=8, ac_frac=0.25),
                          finetune=presets.pretrained_finetune(steps=25),
                          methods=("average", "ties", "arrow"), n_control=3, r_known_only=True)
