@@ -116,6 +116,8 @@ def test_broadcast_controls_ask_about_other_subjects():
     pytest.param({"cities_per_country": 5}, "task.cities_per_country", id="too-many-cities"),
     pytest.param({"n_real": 30, "n_ood": 30}, "task.n_ood", id="too-many-people"),
     pytest.param({"ac_frac": 1.5}, "task.ac_frac", id="ac_frac"),
+    pytest.param({"ac_frac": 0.1}, "task.ac_frac", id="no-AC-rows"),
+    pytest.param({"ac_frac": 1.0}, "task.ac_frac", id="no-test-questions"),
     pytest.param({"relations2": ("capital",)}, "task.relations2", id="relation"),
 ])
 def test_bad_config_names_the_field(change, field):

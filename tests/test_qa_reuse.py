@@ -164,6 +164,7 @@ def test_same_seed_same_result_other_seed_other_lora(tiny_folder):
 def test_cli_run_prints_table_and_figure(tiny_folder, tmp_path, capsys):
     argv = ["run", "qa_reuse", "--results", str(tmp_path / "r"), "--figures", str(tmp_path / "fig"),
             "--set", f"model={tiny_folder}", "--set", "protocol.r_known_only=false",
+            "--set", "protocol.task.ac_frac=0.5",  # before cities_per_country: each --set is validated
             "--set", "protocol.task.n_countries=1", "--set", "protocol.task.cities_per_country=2",
             "--set", "protocol.task.n_real=2", "--set", "protocol.task.n_ood=2", "--set", "protocol.n_control=2",
             "--set", "protocol.lora.rank=2", "--set", "protocol.lora.targets=q,down",
@@ -229,6 +230,7 @@ def test_broadcast_raises_the_control_and_underpower_is_said():
     pytest.param("model=/nonexistent/nope.gguf", "no such file or folder", id="missing-model"),
     pytest.param("protocol.task.n_countries=0", "task.n_countries", id="bad-size"),
     pytest.param("protocol.n_wrong=0", "n_wrong", id="bad-n_wrong"),
+    pytest.param("protocol.task.cities_per_country=2", "task.ac_frac", id="no-AC-rows"),  # quick's ac_frac 1/4
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, setting, match):
     assert main(["run", "qa_reuse", "--results", str(tmp_path), "--set", setting]) == 2

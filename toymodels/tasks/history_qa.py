@@ -110,6 +110,10 @@ class QAConfig(Config):
             "n_countries": (self.n_countries <= len(WORLD), f"<= {len(WORLD)} (H draws WORLD countries)"),
             "cities_per_country": (self.cities_per_country <= 4, "<= 4 (a WORLD country has 4 cities)"),
             "n_ood": (self.n_real + self.n_ood <= len(PEOPLE), f"<= {len(PEOPLE)} - n_real (PEOPLE has {len(PEOPLE)})")})
+        n_ac = int(round(self.ac_frac * self.cities_per_country))
+        check_fields("task", self, {"ac_frac": (0 < n_ac < self.cities_per_country,
+                                                f"such that round(ac_frac * cities_per_country) is in [1, "
+                                                f"cities_per_country - 1] (AC needs rows, F and H test questions)")})
 
 
 @dataclass(frozen=True)
