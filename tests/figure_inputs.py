@@ -124,8 +124,28 @@ def pretrained_results() -> list[Result]:
     return [Result(c.key(), c, res)]
 
 
+@cache
+def qa_results() -> list[Result]:
+    """qa_reuse, two seeds; OOD has no broadcast (no expert learned an answer for it)."""
+    from analysis.experiments import qa_reuse as qa
+
+    rng, out = np.random.default_rng(4), []
+    models = ["base", "single/AB", "single/BC", "single/AC", "joint/hops", "average/hops", "arrow/hops",
+              "joint/with_AC", "average/with_AC", "arrow/with_AC"]
+    for c in qa.grid("quick"):
+        def split(sp):
+            s = {"composed": float(rng.uniform()), "composed_logprob": -float(rng.uniform(1, 5)),
+                 "specificity": {"margin": float(rng.uniform(-0.3, 0.6))}}
+            return s if sp == "OOD" else dict(s, broadcast={"BC": float(rng.uniform(0, 0.3)), "AC": 0.1})
+        protocol = {"config": {"methods": ["average", "arrow"]},
+                    "models": {m: {"splits": {sp: split(sp) for sp in ("F", "H", "R", "OOD")}} for m in models},
+                    "splits": {sp: {"composed": 4} for sp in ("F", "H", "R", "OOD")}}
+        out.append(Result(c.key(), c, {"model": "tiny (synthetic)", "seed": c.seed, "protocol": protocol}))
+    return out
+
+
 SYNTHETIC = {"mechanism": mechanism_results, "two_hop_reuse": two_hop_results, "rank_depth": rank_depth_results,
-             "pretrained_two_hop": pretrained_results}
+             "pretrained_two_hop": pretrained_results, "qa_reuse": qa_results}
 
 
 @cache
