@@ -36,6 +36,7 @@ EXPERIMENT_MODULES: list[str] = [
     "analysis.experiments.two_hop_reuse",  # "two_hop_reuse": merged / routed one-hop experts on two-hop questions
     "analysis.experiments.mechanism",  # "mechanism": bridge decodability, T2 key overlaps, Arrow routing per layer
     "analysis.experiments.pretrained_two_hop",  # "pretrained_two_hop": natural-language two-hop on SmolLM2
+    "analysis.experiments.math_reuse",  # "math_reuse": toy math facts + procedure LoRAs, shared template or not
 ]
 
 
