@@ -121,6 +121,14 @@ def _detail(template: str) -> Callable[[list[Result]], str]:
     return detail
 
 
+def _control_claim(template: str, direction: str, statement: str) -> ClaimMeasure:
+    return ClaimMeasure(Claim(
+        f"TEMPLATE-1-{template}", statement,
+        f"max over data-free methods of (composed - composed-control rate), skills library, {template} template",
+        direction, MARGIN, f"a convention: {MARGIN:g} is about 1.6 of the 16 composed problems"),
+        beyond_control(template), ("math_reuse_methods",), _detail(template))
+
+
 def _claims() -> tuple[ClaimMeasure, ...]:
     fig = ("math_reuse_methods",)
     return (
@@ -129,24 +137,16 @@ def _claims() -> tuple[ClaimMeasure, ...]:
             "familiar facts recalled (precondition of the reuse test)",
             "worse of context_test, memory_test exact match of the base", "above", SOLVES,
             f"a convention: {SOLVES:g} = the base solves 4 of 5 held-out problems of each skill"), base_solves),
-        ClaimMeasure(Claim(
-            "TEMPLATE-1-same", "with a shared solution template, a data-free merge or routing of the facts and "
-            "procedure adapters answers composed problems beyond the broadcast control",
-            "max over data-free methods of (composed - composed-control rate), skills library, same template",
-            "above", MARGIN, f"a convention: {MARGIN:g} is about 1.6 of the 16 composed problems"),
-            beyond_control("same"), fig, _detail("same")),
+        _control_claim("same", "above", "with a shared solution template, a data-free merge or routing of the facts "
+                       "and procedure adapters answers composed problems beyond the broadcast control"),
         ClaimMeasure(Claim(
             "TEMPLATE-1-ceiling", "with a shared solution template, the best data-free reuse comes close to the "
             "joint-data ceiling (a LoRA trained on the union of the skills data)",
             "joint/skills composed - best data-free composed, same template", "below", CLOSE,
             f"a convention: within {CLOSE:g} (about 3 of 16 composed problems) of the ceiling counts as close"),
             ceiling_gap, fig, _detail("same")),
-        ClaimMeasure(Claim(
-            "TEMPLATE-1-different", "without a shared template (facts as atomic rows), no data-free merge or "
-            "routing answers composed problems beyond the broadcast control",
-            "max over data-free methods of (composed - composed-control rate), skills library, different template",
-            "below", MARGIN, f"a convention: {MARGIN:g} is about 1.6 of the 16 composed problems"),
-            beyond_control("different"), fig, _detail("different")),
+        _control_claim("different", "below", "without a shared template (facts as atomic rows), no data-free merge "
+                       "or routing answers composed problems beyond the broadcast control"),
     )
 
 
