@@ -8,6 +8,12 @@ on it once per template condition: ``same`` (the facts adapter's data are worked
 procedure data's template) and ``different`` (atomic facts ``e attr -> v``). Both conditions share
 the base and the procedure and composed problems, so their difference is paired per seed.
 
+Claims: MATH-0 (precondition: the base solves held-out familiar problems), TEMPLATE-1-same (one
+number per seed: some data-free method beats its broadcast control AND comes close to the
+joint-data ceiling; a failed ceiling cannot satisfy it) and TEMPLATE-1-different (no data-free
+method beats its control). Where the joint-data ceiling itself does not compose, read a
+TEMPLATE-1-different "supported" as not testable (floor effect): the detail line prints the ceiling.
+
 Profiles. ``quick``: :func:`presets.quick_math_reuse`, methods average, sum, TIES, Arrow, 3 seeds.
 ``paper``: 5 seeds, 9 methods (LoraHub and the oracle included), 32 composed problems.
 """
@@ -104,10 +110,16 @@ def beyond_control(template: str) -> Callable[[list[Result]], list[float]]:
     return measure
 
 
-def ceiling_gap(results: list[Result]) -> list[float]:
-    """Per seed, same template: joint-data LoRA composed minus the best data-free method's."""
-    return per_seed(results, lambda r: value(r, "same", "joint/skills") -
-                    max(value(r, "same", f"{m}/skills") for m in data_free([r])))
+def composes_near_ceiling(results: list[Result]) -> list[float]:
+    """Per seed, same template: max over data-free methods of min(composed - control - MARGIN,
+    CLOSE - (joint ceiling - composed)); above 0 iff some method beats its broadcast control by
+    more than MARGIN AND comes within CLOSE of the joint-data LoRA. A ceiling that fails (joint
+    near 0) cannot make this positive: composing beyond the control is needed too."""
+    def one(r: Result) -> float:
+        joint = value(r, "same", "joint/skills")
+        return max(min(value(r, "same", f"{m}/skills") - value(r, "same", f"{m}/skills", "control") - MARGIN,
+                       CLOSE - (joint - value(r, "same", f"{m}/skills"))) for m in data_free([r]))
+    return per_seed(results, one)
 
 
 def _detail(template: str) -> Callable[[list[Result]], str]:
@@ -130,21 +142,21 @@ def _control_claim(template: str, direction: str, statement: str) -> ClaimMeasur
 
 
 def _claims() -> tuple[ClaimMeasure, ...]:
-    fig = ("math_reuse_methods",)
     return (
         ClaimMeasure(Claim(
             "MATH-0", "the base solves its own familiar problems: held-out problems with the facts stated and with "
             "familiar facts recalled (precondition of the reuse test)",
             "worse of context_test, memory_test exact match of the base", "above", SOLVES,
             f"a convention: {SOLVES:g} = the base solves 4 of 5 held-out problems of each skill"), base_solves),
-        _control_claim("same", "above", "with a shared solution template, a data-free merge or routing of the facts "
-                       "and procedure adapters answers composed problems beyond the broadcast control"),
         ClaimMeasure(Claim(
-            "TEMPLATE-1-ceiling", "with a shared solution template, the best data-free reuse comes close to the "
-            "joint-data ceiling (a LoRA trained on the union of the skills data)",
-            "joint/skills composed - best data-free composed, same template", "below", CLOSE,
-            f"a convention: within {CLOSE:g} (about 3 of 16 composed problems) of the ceiling counts as close"),
-            ceiling_gap, fig, _detail("same")),
+            "TEMPLATE-1-same", "with a shared solution template, a data-free merge or routing of the facts and "
+            "procedure adapters answers composed problems beyond the broadcast control and close to the joint-data "
+            "ceiling (a LoRA trained on the union of the skills data)",
+            f"max over data-free methods of min(composed - control - {MARGIN:g}, {CLOSE:g} - (joint ceiling - "
+            "composed)), skills library, same template", "above", 0.0,
+            f"0 is where both conventions hold: composed exceeds its control by {MARGIN:g} (about 1.6 of the 16 "
+            f"composed problems) and lies within {CLOSE:g} (about 3 of 16) of the joint-data ceiling"),
+            composes_near_ceiling, ("math_reuse_methods",), _detail("same")),
         _control_claim("different", "below", "without a shared template (facts as atomic rows), no data-free merge "
                        "or routing answers composed problems beyond the broadcast control"),
     )
