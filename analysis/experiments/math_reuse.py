@@ -199,4 +199,7 @@ EXPERIMENT = register(Experiment(
     name="math_reuse",
     description="toy math word problems: facts + procedure LoRAs reused, same vs different solution template",
     grid=grid, run=run, figures=_figures(), claims=_claims(), summary=summary,
+    # quick grid measured at ~5 min per config on an idle 2-core machine (base ~1.5 min + 2 protocols),
+    # ~15 min for 3 seeds: over the quick reproduce budget, so reproduce runs it in the paper profile only
+    reproduce_profiles=("paper",),
 ))
