@@ -38,6 +38,7 @@ EXPERIMENT_MODULES: list[str] = [
     "analysis.experiments.mechanism",  # "mechanism": bridge decodability, T2 key overlaps, Arrow routing per layer
     "analysis.experiments.pretrained_two_hop",  # "pretrained_two_hop": natural-language two-hop on SmolLM2
     "analysis.experiments.qa_reuse",  # "qa_reuse": history/geography QA reuse on SmolLM2 (F/H/R/OOD)
+    "analysis.experiments.math_reuse",  # "math_reuse": toy math facts + procedure LoRAs, shared template or not
 ]
 
 

@@ -144,8 +144,26 @@ def qa_results() -> list[Result]:
     return out
 
 
+@cache
+def math_reuse_results() -> list[Result]:
+    from analysis.experiments import math_reuse as mr
+
+    rng, out = np.random.default_rng(3), []
+    for c in mr.grid("quick"):
+        names = (["base", "single/facts", "single/procedure", "single/composed", "single/D0"]
+                 + [f"{m}/{lib}" for m in ("joint",) + c.run.methods for lib in ("skills", "with_composed")])
+        templates = {t: {"n_composed": 16, "chance": {"composed": 0.01}, "experts": {},
+                         "models": {n: {"composed": float(rng.uniform()),
+                                        "broadcast": {"composed": float(rng.uniform(0, 0.3))}} for n in names}}
+                     for t in c.templates}
+        res = {"seed": c.seed, "templates": templates,
+               "base": {"precondition": {"atomic": 0.98, "context_test": 0.95, "memory_test": 0.9}}}
+        out.append(Result(c.key(), c, res))
+    return out
+
+
 SYNTHETIC = {"mechanism": mechanism_results, "two_hop_reuse": two_hop_results, "rank_depth": rank_depth_results,
-             "pretrained_two_hop": pretrained_results, "qa_reuse": qa_results}
+             "pretrained_two_hop": pretrained_results, "qa_reuse": qa_results, "math_reuse": math_reuse_results}
 
 
 @cache

@@ -11,11 +11,15 @@ from __future__ import annotations
 import dataclasses
 
 from toymodels.lora import LoRAConfig
+from toymodels.math_reuse import MathReuseConfig
 from toymodels.model import ModelConfig
 from toymodels.pipeline import BaseConfig, PipelineConfig
 from toymodels.reuse_options import ReuseOptions
 from toymodels.tasks.experts import ExpertConfig
 from toymodels.tasks.knowledge import GraphConfig
+from toymodels.tasks.math_corpus import MathTaskConfig
+from toymodels.tasks.math_experts import MathExpertConfig
+from toymodels.tasks.math_problems import MathWorldConfig
 from toymodels.tasks.twohop import TwoHopConfig
 from toymodels.train import TrainConfig
 
@@ -134,3 +138,32 @@ def tiny_two_hop(fmt: str = "latent") -> PipelineConfig:
         lora=LoRAConfig(rank=2, alpha=4.0),
         finetune=tiny_finetune(),
         reuse=ReuseOptions(lorahub_shots=1, lorahub_budget=2))
+
+
+def quick_math_reuse(template: str = "same") -> MathReuseConfig:
+    """The toy math reuse experiment (toymodels/math_reuse.py) on a 2-layer d_model 64 GPT: the
+    default math world (20 familiar, 12 context, 16 new entities; 3 attributes; 6 familiar and 3
+    new question types of 1-2 steps; values <= 99), worked solutions, 3,000 context + 2,000 memory
+    problems; AdamW batch 64, lr 3e-3 cosine, 1,000 steps. Experts: 4 fact entities, 64 procedure
+    problems, 16 composed, 1 distractor; rank 4; careful_finetune.
+    MEASURED (seed 0, 1 thread, a 2-core machine under load ~15, so ~535 s wall; far less idle): exact
+    match after 1,000 steps on held-out atomic facts 0.98, problems with stated facts (context_test)
+    0.96, held-out recalled-fact problems (memory_test) 0.90; at 500 steps 0.85 / 0.59 / 0.64."""
+    return MathReuseConfig(
+        train=TrainConfig(steps=1000, batch_size=64, lr=3e-3, weight_decay=0.1, warmup_steps=50, eval_every=250),
+        experts=MathExpertConfig(template=template), lora=LoRAConfig(rank=4, alpha=8.0))
+
+
+def tiny_math_reuse(template: str = "same") -> MathReuseConfig:
+    """Seconds on a CPU, for tests: a tiny world and corpus, a d_model 32 GPT, 30 base steps,
+    tiny fine-tunes. Does not solve its problems."""
+    world = MathWorldConfig(n_entities=6, n_context=4, n_new=6, n_attributes=2, n_qtypes=2, n_new_qtypes=2,
+                            max_steps=1, max_value=60)
+    task = MathTaskConfig(world=world, n_context_problems=64, n_memory_problems=32, n_eval=16)
+    return MathReuseConfig(
+        task=task, model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, d_vocab=64, n_ctx=40),
+        train=TrainConfig(steps=30, batch_size=32, lr=3e-3, weight_decay=0.1, warmup_steps=5, eval_every=15),
+        experts=MathExpertConfig(n_fact_entities=2, per_fact=1, template=template, n_procedure=8, n_composed=4,
+                                 n_distractors=1, n_control=6),
+        lora=LoRAConfig(rank=2, alpha=4.0), finetune=tiny_finetune(), methods=("average", "arrow"),
+        reuse=ReuseOptions(lorahub_shots=1, lorahub_budget=2), decode_extra=4)
