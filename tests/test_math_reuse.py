@@ -130,14 +130,14 @@ def test_template_claims_flip_with_planted_data():
     does not make "close to the ceiling" true."""
     good = [_planted(s, {"composed": 0.8 + 0.01 * s, "control": 0.1, "joint": 0.9},
                      {"composed": 0.1, "control": 0.1 + 0.01 * s, "joint": 0.9}, 0.9 + 0.01 * s) for s in range(4)]
-    bad = [_planted(s, {"composed": 0.1, "control": 0.1 + 0.01 * s, "joint": 0.9},
+    bad = [_planted(s, {"composed": 0.1, "control": 0.1 + 0.01 * s, "joint": 0.9 - 0.01 * s},
                     {"composed": 0.8 + 0.01 * s, "control": 0.1, "joint": 0.9}, 0.3 + 0.01 * s) for s in range(4)]
     want = {"MATH-0": "supported", "TEMPLATE-1-same": "supported", "TEMPLATE-1-different": "supported"}
     assert {v.claim.id: v.outcome for v, _ in claim_verdicts(EXPERIMENT, good)} == want
     assert {v.claim.id: v.outcome for v, _ in claim_verdicts(EXPERIMENT, bad)} == {k: "not supported" for k in want}
     assert mr.beyond_control("same")(good) == pytest.approx([0.7, 0.71, 0.72, 0.73])
     assert mr.composes_near_ceiling(good) == pytest.approx([0.1, 0.11, 0.12, 0.13])  # the ceiling term binds
-    assert mr.composes_near_ceiling(bad) == pytest.approx([-0.6] * 4)
+    assert mr.composes_near_ceiling(bad) == pytest.approx([-0.6, -0.59, -0.58, -0.57])
     floor = [_planted(s, {"composed": 0.0, "control": 0.05 + 0.01 * s, "joint": 0.0},
                       {"composed": 0.0, "control": 0.0, "joint": 0.0}, 0.9) for s in range(4)]
     assert mr.composes_near_ceiling(floor) == pytest.approx([-0.15, -0.16, -0.17, -0.18])
