@@ -36,6 +36,7 @@ EXPERIMENT_MODULES: list[str] = [
     "analysis.experiments.two_hop_reuse",  # "two_hop_reuse": merged / routed one-hop experts on two-hop questions
     "analysis.experiments.mechanism",  # "mechanism": bridge decodability, T2 key overlaps, Arrow routing per layer
     "analysis.experiments.pretrained_two_hop",  # "pretrained_two_hop": natural-language two-hop on SmolLM2
+    "analysis.experiments.code_reuse",  # "code_reuse": toy cross-lingual code, semantics + syntax adapters
 ]
 
 
