@@ -56,7 +56,7 @@ def test_results_hold_every_metric_for_both_styles(results):
                 s = out["models"][name]
                 assert 0 <= s["composed"] <= 1 and 0 <= s["composed_exec"] <= 1 and s["composed_logprob"] <= 0
                 assert set(s["specificity"]) == {"right", "wrong", "margin"} and "n" in s["conditional"]
-                assert 0 <= s["broadcast"]["composed"] <= 1
+                assert 0 <= s["broadcast"]["composed"] <= 1 and 0 <= s["composed_chain"] <= 1  # fmt via
         # the styles share the tasks (paired comparison, toymodels/code_reuse.py docstring)
         assert r.result["styles"]["call"]["tasks"] == r.result["styles"]["inline"]["tasks"]
 
@@ -106,17 +106,18 @@ def code_set():
 
 
 def _plant(pre, es, programs: list[list[str]]) -> Planted:
+    """Each composed row answered with its gold A program, ``;`` and ``programs[i]`` (fmt via)."""
     tok, rows = pre.world.tokenizer, []
     for i, words in enumerate(programs):
         prompt = es.composed.tokens[i][:int(es.composed.answer_mask[i].int().argmax())].tolist()
-        rows.append(prompt + tok.encode(words) + [EOS])
+        rows.append(prompt + tok.encode(render(es.gold["composed"][i], "A") + [";"] + words) + [EOS])
     return Planted(rows, tok.d_vocab)
 
 
 def test_execution_counts_equivalent_programs_that_exact_match_rejects(code_set):
     cfg, pre, es = code_set
     gold = es.gold["composed"]
-    assert all(any(op == "call" for op, _ in p.steps) for p in gold)  # call style: every task calls a helper
+    assert pre.config.fmt == "via" and all(any(op == "call" for op, _ in p.steps) for p in gold)  # all call helpers
     inline = [render(p.inline(pre.world.helpers), "B") for p in gold]  # same semantics, other (longer) text
     # a reducer added or dropped: an int where the gold gives a list, or vice versa, on every input
     wrong = [render(Program(p.steps, None if p.reducer else "sum"), "B") for p in gold]
@@ -126,7 +127,8 @@ def test_execution_counts_equivalent_programs_that_exact_match_rejects(code_set)
              "other syntax": ([render(p, "A") for p in gold], 0.0, 0.0)}
     for name, (programs, exact, execution) in cases.items():
         model = _plant(pre, es, programs)
-        assert final_answer_rows(model, es.composed, None, cfg.decode_extra).float().mean().item() == exact, name
+        sep = pre.world.tokenizer.id(";")
+        assert final_answer_rows(model, es.composed, sep, cfg.decode_extra).float().mean().item() == exact, name
         assert composed_execution(model, es, pre, inputs, cfg.decode_extra) == execution, name
 
 

@@ -135,10 +135,11 @@ def quick_code_reuse() -> "CodeReuseConfig":
     MEASURED: see the base recipe's numbers below (filled in from the measurement runs).
     """
     from toymodels.code_reuse import CodeReuseConfig
+    from toymodels.tasks.code_corpus import CodeTaskConfig
     from toymodels.tasks.code_experts import CodeExpertConfig
 
     train = TrainConfig(steps=1000, batch_size=128, lr=3e-3, weight_decay=0.1, warmup_steps=50, eval_every=250)
-    return CodeReuseConfig(model=ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, d_vocab=152, n_ctx=64),
+    return CodeReuseConfig(task=CodeTaskConfig(fmt="via"), model=ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, d_vocab=152, n_ctx=64),
                            train=train, experts=CodeExpertConfig(n_tasks=8, n_distractors=1, n_control=32),
                            lora=LoRAConfig(rank=4, alpha=8.0), finetune=careful_finetune())
 
@@ -150,8 +151,8 @@ def tiny_code_reuse() -> "CodeReuseConfig":
     from toymodels.tasks.code_experts import CodeExpertConfig
     from toymodels.tasks.code_world import CodeWorldConfig
 
-    task = CodeTaskConfig(world=CodeWorldConfig(n_base_tasks=12, n_new_tasks=9, n_helpers=2), n_translate=20,
-                          n_eval=16)
+    task = CodeTaskConfig(world=CodeWorldConfig(n_base_tasks=12, n_new_tasks=9, n_helpers=2), fmt="via",
+                          n_translate=20, n_eval=16)
     return CodeReuseConfig(task=task, model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, d_vocab=72,
                                                         n_ctx=64),
                            train=TrainConfig(steps=20, batch_size=32, lr=3e-3, weight_decay=0.1, warmup_steps=2,
