@@ -25,7 +25,8 @@ def test_differences_finds_a_changed_number():
 
 
 def test_experiment_grid_keys_are_unchanged():
-    check(WANT["grid_keys"], reg.grid_keys())
+    """Every recorded experiment keeps its keys; an experiment added since (code_reuse, ...) is new, not changed."""
+    check(WANT["grid_keys"], {name: keys for name, keys in reg.grid_keys().items() if name in WANT["grid_keys"]})
 
 
 def test_toy_two_hop_split_r_is_unchanged():

@@ -135,7 +135,7 @@ def quick_code_reuse() -> CodeReuseConfig:
     """The toy cross-lingual code reuse experiment (``toymodels.code_reuse``): a 2-layer d_model 64
     GPT (122k parameters) pretrained on the default code corpus (60 familiar tasks, 4 helpers, 600
     translations each way) in the worked ``via`` format (a task asked in B is answered ``A ; B``),
-    AdamW batch 128, lr 3e-3 cosine, weight decay 0.1, 1,000 steps; 8 new tasks per expert, 1
+    AdamW batch 128, lr 3e-3 cosine, weight decay 1.0, 1,000 steps; 8 new tasks per expert, 1
     distractor, rank 4 LoRAs fine-tuned with ``careful_finetune``.
 
     MEASURED (seed 0, 1 thread, 2 cores shared with ~8 other jobs; the base's exact match at steps
@@ -143,14 +143,20 @@ def quick_code_reuse() -> CodeReuseConfig:
     - via: 102 CPU s. task_A 0.65/0.98/1.00/1.00, task_B 0.44/0.90/1.00/1.00, held-out
       translations 0.62/0.82/0.91/0.89, held-out familiar tasks in B (cross_test, 12 tasks)
       0.00/0.17/0.42/0.42: the base translates, but writes under half of the tasks it knows only
-      in A in B, so CODE-0's precondition (>= 0.5) is NOT met at this size.
+      in A in B, so CODE-0's precondition (>= 0.5) is NOT met with weight decay 0.1.
+    - via, weight decay 1.0 (this recipe; the two-hop lesson that decay drives held-out
+      generalisation): 1,000 steps, task_A/B and helpers 1.00, translations 0.86, cross_test
+      0.58 (7 of 12): CODE-0 met for seed 0 (seeds 1, 2 not measured here).
     - direct (B answered without the A program): 90 CPU s, the same fit and translations 0.88, but
       cross_test 0.00 at every eval: without the worked step the base never writes a task known only
       in A in B, hence ``via``.
+    One whole quick config (this base + both styles' protocols, 21 scored models each): 167 CPU s
+    (wall 17.5 min under the shared load), about 100 s of it the base.
     """
-    train = TrainConfig(steps=1000, batch_size=128, lr=3e-3, weight_decay=0.1, warmup_steps=50, eval_every=250)
-    return CodeReuseConfig(task=CodeTaskConfig(fmt="via"), model=ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, d_vocab=152, n_ctx=64),
-                           train=train, experts=CodeExpertConfig(n_tasks=8, n_distractors=1, n_control=32),
+    train = TrainConfig(steps=1000, batch_size=128, lr=3e-3, weight_decay=1.0, warmup_steps=50, eval_every=250)
+    model = ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, d_vocab=152, n_ctx=64)
+    return CodeReuseConfig(task=CodeTaskConfig(fmt="via"), model=model, train=train,
+                           experts=CodeExpertConfig(n_tasks=8, n_distractors=1, n_control=32),
                            lora=LoRAConfig(rank=4, alpha=8.0), finetune=careful_finetune())
 
 

@@ -14,6 +14,14 @@ the same base, tasks, inputs and LoRA inits.
 
 Profiles. ``quick`` (CPU): ``presets.quick_code_reuse``, methods average, sum, TIES and Arrow, 3
 seeds. ``paper`` (GPU): 9 methods (LoraHub and the oracle included), 5 seeds.
+
+MEASURED (seed 0 only, quick methods, 2026-12-01; bases: ``presets.quick_code_reuse``): with weight
+decay 0.1 (cross_test 0.42) and 1.0 (cross_test 0.58, the preset) no data-free method and not even
+the joint-data LoRA on {semantics, syntax, D0} writes a single composed question exactly, in either
+style (one 0.12 execution accuracy each: TIES on call, average + composed on inline); the composed
+expert alone and the joint LoRA with it score 1.00; broadcast control <= 0.03 everywhere. So at
+this size TEMPLATE-1's positive half fails, and its "near the joint ceiling" half holds only
+vacuously (the ceiling is 0 too).
 """
 from __future__ import annotations
 
