@@ -39,6 +39,7 @@ EXPERIMENT_MODULES: list[str] = [
     "analysis.experiments.pretrained_two_hop",  # "pretrained_two_hop": natural-language two-hop on SmolLM2
     "analysis.experiments.qa_reuse",  # "qa_reuse": history/geography QA reuse on SmolLM2 (F/H/R/OOD)
     "analysis.experiments.math_reuse",  # "math_reuse": toy math facts + procedure LoRAs, shared template or not
+    "analysis.experiments.code_reuse",  # "code_reuse": toy cross-lingual code, semantics + syntax adapters
 ]
 
 

@@ -162,8 +162,34 @@ def math_reuse_results() -> list[Result]:
     return out
 
 
+@cache
+def code_reuse_results() -> list[Result]:
+    """Both styles, three seeds; the broadcast control of every model is 0 in one style's panel."""
+    from analysis.experiments import code_reuse as cr
+
+    rng, out = np.random.default_rng(0), []
+    for c in cr.grid("quick"):
+        ms = c.reuse.methods
+        names = ["base", "single/semantics", "single/syntax", "single/composed", "single/D0", "joint/skills",
+                 "joint/with_composed"] + [f"{m}/{lib}" for m in ms for lib in ("skills", "with_composed")]
+        styles = {}
+        for style in c.styles:
+            models = {n: {"composed": float(rng.uniform(0, 1)), "composed_exec": float(rng.uniform(0, 1)),
+                          "composed_logprob": float(-rng.uniform(0, 20)),
+                          "broadcast": {"composed": float(rng.uniform(0, 0.3)) * (style == "call")},
+                          "conditional": {"composed": float(rng.uniform(0, 1)), "n": 4},
+                          "specificity": {"right": 0.5, "wrong": 0.1, "margin": 0.4}} for n in names}
+            styles[style] = {"n_composed": 8, "tasks": {}, "experts": {}, "models": models,
+                             "chance": {"composed": 0.01, "broadcast": {"composed": 0.08}}}
+        out.append(Result(c.key(), c, {"seed": c.seed, "base": {"steps": 10, "seconds": 1.0, "reached_target": False,
+                                                                  "final": {}},
+                                         "precondition": {"cross_test": float(rng.uniform(0.5, 1))}, "styles": styles}))
+    return out
+
+
 SYNTHETIC = {"mechanism": mechanism_results, "two_hop_reuse": two_hop_results, "rank_depth": rank_depth_results,
-             "pretrained_two_hop": pretrained_results, "qa_reuse": qa_results, "math_reuse": math_reuse_results}
+             "pretrained_two_hop": pretrained_results, "qa_reuse": qa_results, "math_reuse": math_reuse_results,
+             "code_reuse": code_reuse_results}
 
 
 @cache
