@@ -15,7 +15,7 @@ from analysis.figures.code_reuse import methods_figure
 from analysis.registry import Result
 from analysis.report import claim_verdicts, draw_figures
 from analysis.sweep import run_sweep
-from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, judge
+from analysis.verdict import NOT_SUPPORTED, SUPPORTED, UNDERPOWERED, judge
 from toymodels import seeds
 from toymodels.code_reuse import CodeReuseConfig, composed_execution, make_corpus, with_probes
 from toymodels.presets import tiny_code_reuse
@@ -67,7 +67,8 @@ def test_figures_claims_and_summary_come_from_the_results(results, tmp_path, cap
     rows = claim_verdicts(EXPERIMENT, results)
     assert [v.claim.id for v, _ in rows] == ["CODE-0", "TEMPLATE-1-code-call", "TEMPLATE-1-code-ceiling",
                                              "TEMPLATE-1-code-inline", "TEMPLATE-1-code-gain"]
-    assert all(v.outcome in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE) and len(vals) == 2 for v, vals in rows)
+    # two seeds are fewer than 3 independent units: every verdict is underpowered, whatever the values
+    assert all(v.outcome == UNDERPOWERED and len(vals) == 2 for v, vals in rows)
     EXPERIMENT.summary(results)
     printed = capsys.readouterr().out
     assert "style call" in printed and "style inline" in printed and "cross_test" in printed
@@ -143,7 +144,7 @@ def _planted(call: float, inline: float, joint: float, broadcast: float = 0.05) 
         for style, level in (("call", call), ("inline", inline)):
             for name, s in res["styles"][style]["models"].items():
                 if name.endswith("/skills"):
-                    s["composed"] = level + 0.01 * r.config.seed
+                    s["composed"] = level + (0.01 if style == "call" else 0.02) * r.config.seed  # gain varies too
                     s["composed"] = joint if name == "joint/skills" else s["composed"]
                     s["broadcast"]["composed"] = broadcast
         out.append(Result(r.key, r.config, res))
