@@ -19,6 +19,7 @@ from analysis.cli import main
 from analysis.errors import UsageError
 from toymodels.lora import LoRAConfig
 from toymodels.scoring import ReuseOptions
+from toymodels.seeds import numpy_rng
 from toymodels.tasks import natural
 from toymodels.tasks.natural import NaturalConfig, broadcast_controls, known_fact_pairs, make_chains
 from toymodels.train import TrainConfig
@@ -45,7 +46,7 @@ def save_tiny_model(folder, seed: int = 0):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     tasks = [tiny_protocol().task, dataclasses.replace(quick().task, n_countries=1)]  # the tests' tasks
-    chains = [c for t in tasks for c in make_chains(t, np.random.default_rng(seed))]  # R is drawn last
+    chains = [c for t in tasks for c in make_chains(t, numpy_rng(seed, "chains"))]  # R is drawn last
     text = [*natural.TEMPLATES.values(), *(n for row in natural.WORLD for n in (*row[:3], *row[3])),
             *(n for c in chains for n in (c.city, c.country, c.answer))]
     words = sorted({w for t in text for w in t.split()})

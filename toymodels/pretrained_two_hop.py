@@ -26,8 +26,6 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
 from torch import nn
 
 from toymodels.config import Config
@@ -39,6 +37,7 @@ from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
+from toymodels.seeds import numpy_rng
 from toymodels.tasks import Examples
 from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, answer_scores, broadcast_controls,
                                      encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
@@ -147,7 +146,7 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     "experts": {name: training summary}, "models": {model: {eval set: {"exact", "logprob"}}},
     "broadcast": {model: {control name: rate}}}``. ``progress`` (toymodels/progress.py) gets a
     bar over the LoRAs trained and models scored, and one per LoRA over its steps."""
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    rng = numpy_rng(seed, "chains")  # chains and controls; each LoRA and merge: run_protocol's streams
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     fact_pairs = known_fact_pairs(cfg.familiarity_facts)
     bar = open_bar(progress, "base model familiarity", 1)
@@ -171,7 +170,7 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
                         score=lambda model, members, method: (score(model, sets),
                                                               broadcast(model, controls, control_rows)),
                         oracle=lambda per, members: _oracle(per, sets, controls))
-    done = run_protocol(family, Backend(lm, roles, device), cfg, rng, gen, joint=cfg.joint,
+    done = run_protocol(family, Backend(lm, roles, device), cfg, seed, joint=cfg.joint,
                         summary=functools.partial(train_summary, curves=False, digits=2), progress=progress)
     return {**out, "experts": done["experts"], "models": {name: s for name, (s, _) in done["models"].items()},
             "broadcast": {name: b for name, (_, b) in done["models"].items()}}

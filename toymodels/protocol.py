@@ -12,16 +12,20 @@ What varies plugs in, the way a tuner plugs into a PEFT model:
   and the scoring of one model (composed evaluation, retention, broadcast controls);
 - a :class:`Backend`: the frozen base model, its role map (where LoRA goes) and the device.
 Toy two-hop: ``toymodels/pipeline.py``; natural-language two-hop on a pretrained causal LM:
-``toymodels/pretrained_two_hop.py``. Randomness: ``gen`` draws every LoRA init, batch order
-and DARE mask, ``rng`` LoraHub's simplex, in the order the steps run (experts, then each
-library's joint LoRA and methods).
+``toymodels/pretrained_two_hop.py``.
+
+Seeds (``toymodels/seeds.py``): every random consumer has its own stream under the run seed
+and the caller's ``scope`` (e.g. the split: ``("F",)``). Each LoRA, expert or joint, draws its
+init and batch order from ``torch_gen(seed, "lora", *scope, name)`` (``name``: the expert, or
+``joint/<library>``); each reuse method on each library its DARE masks and LoraHub's simplex
+from ``generators(seed, "merge", *scope, library, method)``. No draw depends on what ran
+before it, so K LoRAs trained side by side draw what K sequential runs draw.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +35,7 @@ from toymodels.progress import Progress, labelled, open_bar
 from toymodels.reuse import METHODS
 from toymodels.reuse_options import ReuseOptions, method_options
 from toymodels.routing import set_oracle_weights
+from toymodels.seeds import Word, generators, torch_gen
 from toymodels.tasks import Examples
 from toymodels.train import TrainConfig, TrainResult, answer_loss, train
 
@@ -104,13 +109,13 @@ def oracle_scores(model: nn.Module, family: TaskFamily, members: Sequence[str]) 
     return per
 
 
-def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np.random.Generator,
-                 gen: torch.Generator, joint: bool = True, summary: Callable[[TrainResult], dict] = train_summary,
+def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, seed: int, scope: Sequence[Word] = (),
+                 joint: bool = True, summary: Callable[[TrainResult], dict] = train_summary,
                  title: str = "LoRAs and scores", progress: Progress | None = None) -> dict:
     """``{"experts": {name | "joint/<library>": summary(training)}, "models": {"base" |
     "single/<expert>" | "joint/<library>" | "<method>/<library>": family.score(...)}}``.
-    ``progress`` gets a bar ``title`` over the LoRAs trained and models scored, and one per
-    LoRA over its steps."""
+    ``seed`` and ``scope`` name every random stream (module docstring). ``progress`` gets a
+    bar ``title`` over the LoRAs trained and models scored, and one per LoRA over its steps."""
     units = 1 + 2 * len(family.experts) + len(family.libraries) * (2 * joint + len(setting.methods))
     bar = open_bar(progress, title, units)
     out: dict = {"experts": {}, "models": {}}
@@ -121,6 +126,7 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np
         bar.update()
 
     def fine_tune(name: str, data: Examples, label: str) -> tuple[Adapter, TrainResult]:
+        gen = torch_gen(seed, "lora", *scope, name)
         adapter, result = train_lora(backend, data, setting.lora, setting.finetune, gen, labelled(progress, label))
         out["experts"][name] = summary(result)
         bar.update()
@@ -142,6 +148,7 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np
         bank = [adapters[m] for m in members]
         loss_fn = few_shot_loss(family.shots)
         for method in setting.methods:
+            rng, gen = generators(seed, "merge", *scope, lib, method)
             options = method_options(method, setting, len(bank), gen=gen, rng=rng, loss_fn=loss_fn)
             with torch.no_grad():
                 model = METHODS[method](backend.model, bank, **options)
