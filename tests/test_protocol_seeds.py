@@ -46,3 +46,16 @@ def test_the_seed_and_the_scope_name_the_streams(split):
     plain = run(split, ["AB", "BC"])
     for other in (run(split, ["AB", "BC"], seed=1), run(split, ["AB", "BC"], scope=("F",))):
         assert not torch.allclose(plain["single/AB"], other["single/AB"])
+
+
+def test_stacked_training_gives_the_sequential_outputs():
+    """Every LoRA of a split trained in one stacked run (issue 11 item 1): the same steps, losses,
+    curves and scores of every model as one run per LoRA, up to float rounding."""
+    from tests.protocol_regression import differences, strip
+    from toymodels.pipeline import run_two_hop
+
+    cfg = dataclasses.replace(tiny_two_hop("cot"), familiarities=("R",))
+    base = train_base(cfg.base, seed=0, device="cpu")
+    one, stacked = (strip(run_two_hop(cfg, 0, "cpu", base=base, stacked=s))["splits"]["R"] for s in (False, True))
+    assert one["experts"]["AB"]["losses"] and len(one["models"]) > 10  # nonzero training, every model
+    assert differences(one, stacked, tol=1e-4) == []

@@ -116,7 +116,7 @@ def train_lora(base: nn.Module, data: Examples, cfg: PipelineConfig, gen: torch.
 
 
 def run_split(base: BaseRun, cfg: PipelineConfig, familiarity: str, seed: int, device: str,
-              progress: Progress | None = None) -> dict:
+              progress: Progress | None = None, stacked: bool = False) -> dict:
     """Experts, joint LoRAs and scores of every model for one familiarity split
     (:func:`toymodels.protocol.run_protocol`, seed scope ``(familiarity,)``). ``progress``
     gets a bar over its LoRAs and scored models and one per LoRA over its steps."""
@@ -126,15 +126,16 @@ def run_split(base: BaseRun, cfg: PipelineConfig, familiarity: str, seed: int, d
     libraries = {lib: list(names) + distractors for lib, names in LIBRARIES.items()}
     family = two_hop_family(base, es, libraries, cfg.reuse)
     done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, seed, (familiarity,),
-                        title=f"split {familiarity}", progress=progress)
+                        title=f"split {familiarity}", progress=progress, stacked=stacked)
     return {"r1": es.r1, "r2": es.r2, "n_composed": len(es.composed), **done,
             "chance": chance_levels(base.pretraining, es)}
 
 
 def run_two_hop(cfg: PipelineConfig, seed: int = 0, device: str = "auto", progress: Progress | None = None,
-                base: BaseRun | None = None) -> dict:
-    """Pretrain (unless ``base`` is given: then ``seed`` still names every other stream, so a
-    base model of another seed shares only itself), then run every familiarity split; ``progress``
+                base: BaseRun | None = None, stacked: bool = False) -> dict:
+    """Pretrain (unless ``base`` is given; ``seed`` names every other stream either way), then
+    run every familiarity split (``stacked``: each split's LoRAs in one stacked run, equal to
+    sequential runs up to float rounding); ``progress``
     (toymodels/progress.py) sees every training run and each split's scoring. Returns::
 
         {"config", "key", "seed",
@@ -149,5 +150,5 @@ def run_two_hop(cfg: PipelineConfig, seed: int = 0, device: str = "auto", progre
     return {
         "config": cfg.to_dict(), "key": cfg.key(), "seed": seed,
         "base": train_summary(base.result),
-        "splits": {fam: run_split(base, cfg, fam, seed, device, progress) for fam in cfg.familiarities},
+        "splits": {fam: run_split(base, cfg, fam, seed, device, progress, stacked) for fam in cfg.familiarities},
     }

@@ -19,7 +19,9 @@ and the caller's ``scope`` (e.g. the split: ``("F",)``). Each LoRA, expert or jo
 init and batch order from ``torch_gen(seed, "lora", *scope, name)`` (``name``: the expert, or
 ``joint/<library>``); each reuse method on each library its DARE masks and LoraHub's simplex
 from ``generators(seed, "merge", *scope, library, method)``. No draw depends on what ran
-before it, so K LoRAs trained side by side draw what K sequential runs draw.
+before it, so K LoRAs trained side by side draw what K sequential runs draw: with ``stacked``
+every LoRA of the run (experts and joint) trains in one :func:`toymodels.stacked_lora.train_stacked_loras`
+call, and the outputs equal the sequential ones up to float rounding (``tests/test_protocol_seeds.py``).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from toymodels.reuse import METHODS
 from toymodels.reuse_options import ReuseOptions, method_options
 from toymodels.routing import set_oracle_weights
 from toymodels.seeds import Word, generators, torch_gen
+from toymodels.stacked_lora import train_stacked_loras
 from toymodels.tasks import Examples
 from toymodels.train import TrainConfig, TrainResult, answer_loss, train
 
@@ -109,13 +112,22 @@ def oracle_scores(model: nn.Module, family: TaskFamily, members: Sequence[str]) 
     return per
 
 
+def lora_data(family: TaskFamily, joint: bool) -> dict[str, Examples]:
+    """Every LoRA the protocol trains and its data: each expert, then ``joint/<library>``."""
+    joints = {f"joint/{lib}": Examples.cat([family.experts[m] for m in members])
+              for lib, members in family.libraries.items()} if joint else {}
+    return {**family.experts, **joints}
+
+
 def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, seed: int, scope: Sequence[Word] = (),
                  joint: bool = True, summary: Callable[[TrainResult], dict] = train_summary,
-                 title: str = "LoRAs and scores", progress: Progress | None = None) -> dict:
+                 title: str = "LoRAs and scores", progress: Progress | None = None, stacked: bool = False) -> dict:
     """``{"experts": {name | "joint/<library>": summary(training)}, "models": {"base" |
     "single/<expert>" | "joint/<library>" | "<method>/<library>": family.score(...)}}``.
-    ``seed`` and ``scope`` name every random stream (module docstring). ``progress`` gets a
-    bar ``title`` over the LoRAs trained and models scored, and one per LoRA over its steps."""
+    ``seed`` and ``scope`` name every random stream (module docstring). ``stacked``: train every
+    LoRA at once first (toy backends; every trained model is then held until scored).
+    ``progress`` gets a bar ``title`` over the LoRAs trained and models scored, and one per
+    sequential LoRA over its steps."""
     units = 1 + 2 * len(family.experts) + len(family.libraries) * (2 * joint + len(setting.methods))
     bar = open_bar(progress, title, units)
     out: dict = {"experts": {}, "models": {}}
@@ -125,9 +137,18 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, seed: i
         out["models"][name] = family.score(model, members, method)
         bar.update()
 
+    runs = lora_data(family, joint)
+    done = dict(zip(runs, zip(*train_stacked_loras(
+        backend.model, [(data, torch_gen(seed, "lora", *scope, name)) for name, data in runs.items()],
+        setting.lora, setting.finetune, backend.roles, backend.device)))) if stacked else {}
+
     def fine_tune(name: str, data: Examples, label: str) -> tuple[Adapter, TrainResult]:
-        gen = torch_gen(seed, "lora", *scope, name)
-        adapter, result = train_lora(backend, data, setting.lora, setting.finetune, gen, labelled(progress, label))
+        if name in done:
+            adapter, result = done.pop(name)
+        else:
+            gen = torch_gen(seed, "lora", *scope, name)
+            adapter, result = train_lora(backend, data, setting.lora, setting.finetune, gen,
+                                         labelled(progress, label))
         out["experts"][name] = summary(result)
         bar.update()
         return adapter, result
@@ -141,8 +162,7 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, seed: i
     for lib, members in family.libraries.items():
         members = list(members)
         if joint:
-            _, result = fine_tune(f"joint/{lib}", Examples.cat([family.experts[m] for m in members]),
-                                  f"joint LoRA {lib}")
+            _, result = fine_tune(f"joint/{lib}", runs[f"joint/{lib}"], f"joint LoRA {lib}")
             record(f"joint/{lib}", result.model, members)
             del result
         bank = [adapters[m] for m in members]
