@@ -112,6 +112,20 @@ def oracle_scores(model: nn.Module, family: TaskFamily, members: Sequence[str]) 
     return per
 
 
+def lora_gen(seed: int, scope: Sequence[Word], name: str) -> torch.Generator:
+    """The stream of LoRA ``name``: its init, then its batch order (module docstring)."""
+    return torch_gen(seed, "lora", *scope, name)
+
+
+def stacked_loras(backend: Backend, runs: Mapping[str, Examples], setting: Setting, seed: int,
+                  scope: Sequence[Word]) -> dict[str, tuple[Adapter, TrainResult]]:
+    """Every LoRA of ``runs`` (name -> data) trained in one stacked run, each on its own stream."""
+    adapters, results = train_stacked_loras(backend.model, [(data, lora_gen(seed, scope, name))
+                                                            for name, data in runs.items()],
+                                            setting.lora, setting.finetune, backend.roles, backend.device)
+    return dict(zip(runs, zip(adapters, results)))
+
+
 def lora_data(family: TaskFamily, joint: bool) -> dict[str, Examples]:
     """Every LoRA the protocol trains and its data: each expert, then ``joint/<library>``."""
     joints = {f"joint/{lib}": Examples.cat([family.experts[m] for m in members])
@@ -138,17 +152,14 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, seed: i
         bar.update()
 
     runs = lora_data(family, joint)
-    done = dict(zip(runs, zip(*train_stacked_loras(
-        backend.model, [(data, torch_gen(seed, "lora", *scope, name)) for name, data in runs.items()],
-        setting.lora, setting.finetune, backend.roles, backend.device)))) if stacked else {}
+    done = stacked_loras(backend, runs, setting, seed, scope) if stacked else {}
 
     def fine_tune(name: str, data: Examples, label: str) -> tuple[Adapter, TrainResult]:
         if name in done:
             adapter, result = done.pop(name)
         else:
-            gen = torch_gen(seed, "lora", *scope, name)
-            adapter, result = train_lora(backend, data, setting.lora, setting.finetune, gen,
-                                         labelled(progress, label))
+            adapter, result = train_lora(backend, data, setting.lora, setting.finetune,
+                                         lora_gen(seed, scope, name), labelled(progress, label))
         out["experts"][name] = summary(result)
         bar.update()
         return adapter, result

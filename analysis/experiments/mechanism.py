@@ -44,7 +44,8 @@ from toymodels.probes import (fit_probe, logit_lens, prompt_end, residual_stream
                               t2_key_overlap, target_rank)
 from toymodels.reuse import METHODS
 from toymodels.scoring import method_options, score_model
-from toymodels.seeds import numpy_rng, torch_gen
+from toymodels.protocol import lora_gen
+from toymodels.seeds import numpy_rng
 from toymodels.tasks.experts import FAMILIARITIES, make_expert_set
 from toymodels.tasks.twohop import chain_examples
 
@@ -84,7 +85,7 @@ def grid(profile: str) -> list[MechanismConfig]:
 def _models(base, es, cfg: MechanismConfig, device: str) -> dict:
     adapters, models = {}, {"base": base.model}
     for name in LIBRARIES["with_AC"]:
-        gen = torch_gen(cfg.seed, "lora", cfg.familiarity, name)
+        gen = lora_gen(cfg.seed, (cfg.familiarity,), name)  # the stream run_protocol gives this LoRA
         adapters[name], result = train_lora(base.model, es.train[name], cfg.pipeline, gen, device,
                                             labelled(current(), f"LoRA {name}"))
         models[f"single/{name}"] = result.model.eval()
