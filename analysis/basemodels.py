@@ -4,7 +4,8 @@ Pretraining is the expensive step of the toy experiments (minutes on a CPU), and
 experiments (two_hop_reuse, mechanism, rank_depth) need the same base model. A base model
 is stored as ``<results>/models/<key>-s<seed>.safetensors`` plus a ``.json`` with its
 training record; the corpus is regenerated from the seed (it is deterministic), so only
-weights are stored. An exclusive file lock makes parallel workers (``--jobs N``) train each
+weights are stored (``pipeline.base_corpus``: the stream ``("base", "corpus")`` of the seed,
+``toymodels/seeds.py``). An exclusive file lock makes parallel workers (``--jobs N``) train each
 base model once: the second worker waits for the first and then loads.
 
 Experiment ``run(config, device, results)`` functions call it through
@@ -18,14 +19,12 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from safetensors.torch import load_file, save_file
 
 from analysis.atomic import atomic_write_bytes, atomic_write_json
 from toymodels.model import GPT
-from toymodels.pipeline import BaseConfig, BaseRun, train_base
+from toymodels.pipeline import BaseConfig, BaseRun, base_corpus, train_base
 from toymodels.progress import Progress, open_bar
-from toymodels.tasks.twohop import make_pretraining
 from toymodels.train import TrainResult, resolve_device
 
 
@@ -52,8 +51,7 @@ def _record(run: BaseRun) -> dict:
 
 
 def _load(cfg: BaseConfig, seed: int, weights: Path, record: Path, device: str) -> BaseRun:
-    # The pipeline draws the corpus first from np.random.default_rng(seed) (train_base).
-    pre = make_pretraining(cfg.task, np.random.default_rng(seed))
+    pre = base_corpus(cfg, seed)  # the corpus train_base trained on
     model = GPT(cfg.model)
     model.load_state_dict(load_file(str(weights)))
     model = model.to(resolve_device(device)).requires_grad_(False).eval()

@@ -24,6 +24,7 @@ from analysis.stats import paired_differences
 from analysis.verdict import Claim
 from toymodels.config import Config
 from toymodels.progress import open_bar
+from toymodels.seeds import numpy_rng
 
 
 HOLD_LIMIT_S = 120.0  # a held run gives up (raises) after this, so no test can hang forever
@@ -70,7 +71,7 @@ def run(config: SelftestConfig, device: str, results: Path | str) -> dict:
         time.sleep(config.sleep_s / 2)
         bar.update()
     bar.close()
-    rng = np.random.default_rng([config.seed, round(config.effect * 1000)])
+    rng = numpy_rng(config.seed, "selftest", round(config.effect * 1000))
     curve = config.effect * (1 - np.exp(-np.arange(200) / 40)) + config.noise * rng.standard_normal(200)
     return {"measured": float(curve[-20:].mean()), "prediction": config.effect,
             "curve_step": list(range(0, 200, 10)), "curve": curve[::10]}  # subsampled to 20 points

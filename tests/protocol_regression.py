@@ -1,5 +1,7 @@
 """The numbers the reuse protocol produced before it was factored into one module (issue 10),
 and the cache keys of every experiment's grids: both must survive any refactor unchanged.
+Regenerated once since, on purpose: the one seed rule (``toymodels/seeds.py``, CACHE_VERSION 2)
+gave every LoRA, merge, split and base its own stream, which changes every draw.
 
 ``python tests/protocol_regression.py`` rewrites ``tests/fixtures/protocol_regression.json``
 from the code as it is; do that only when a change of numbers is intended and explained.

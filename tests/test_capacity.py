@@ -88,7 +88,10 @@ def test_measure_capacity_counts_and_errors_are_consistent(base, rank):
                      target_acc=1.0, target_set="facts")
     out = measure_capacity(base.model, base.pretraining, CapacityConfig(n_facts=8, solve_steps=200, finetune=ft),
                            rank, np.random.default_rng(0), torch.Generator().manual_seed(0))
-    assert out["bound"] == min(rank, 8) and out["recalled_required"] == 8 and out["recalled_base"] == 0
+    examples, _ = edit_facts(base.pretraining, 8, np.random.default_rng(0))  # the edits measure_capacity drew
+    logits = base.model(examples.tokens[:, :-1])[torch.arange(8), examples.final_answer_pos - 1]  # (8, d_vocab)
+    already = int((logits.argmax(-1) == examples.final_answers).sum())  # the tiny base's chance hits, full forward
+    assert out["bound"] == min(rank, 8) and out["recalled_required"] == 8 and out["recalled_base"] == already
     assert 0 <= out["recalled_trained"] <= 8 and 0 <= out["recalled_construction"] <= 8
     assert out["error_construction"] == pytest.approx(out["ey_tail"], abs=1e-6)  # EY construction is optimal
     assert out["error_trained"] >= out["ey_tail"] - 1e-4  # no rank-r update beats the tail

@@ -22,7 +22,7 @@ def tiny_pipeline(fmt):
     return dataclasses.replace(tiny_two_hop(fmt), familiarities=("F", "R"))
 
 
-TINY = th.make_grid(tiny_pipeline, {"main": (1, 0), "shared": (1, 1)}, range(2), False, ("average", "arrow"))
+TINY = th.make_grid(tiny_pipeline, {"main": (1, 0), "shared": (1, 1)}, range(2), ("average", "arrow"))
 
 
 def test_registered_with_quick_and_paper_grids():
@@ -30,7 +30,7 @@ def test_registered_with_quick_and_paper_grids():
     assert set(EXPERIMENT.figures) == {"two_hop_methods", "two_hop_libraries", "two_hop_templates"}
     quick, paper = EXPERIMENT.configs("quick"), EXPERIMENT.configs("paper")
     assert len(quick) == 2 * len(th.CONDITIONS) * 3 == len({c.key() for c in quick})
-    assert {c.base_seed for c in quick} == {0}  # one shared base model per format (docstring)
+    assert all(c.base_seed == c.seed for c in quick) and {c.seed for c in quick} == {0, 1, 2}  # independent
     assert len(paper) == 2 * len(th.PAPER_CONDITIONS) * 5 and all(c.base_seed == c.seed for c in paper)
     shared = [c for c in quick if c.condition == "shared"]
     assert shared and all(c.pipeline.experts.shared_template > 0 for c in shared)
@@ -43,7 +43,7 @@ def results(tmp_path_factory):
     summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
     assert not summary.failures, summary.failures[0].error
     assert summary.computed == len(TINY)
-    assert len(list((root / "models").glob("*.safetensors"))) == 2  # one base per format, shared by seeds
+    assert len(list((root / "models").glob("*.safetensors"))) == 2 * 2  # one per (format, seed): conditions share it
     return load_results(EXPERIMENT.name, TINY, root, "quick")
 
 

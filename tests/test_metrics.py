@@ -212,7 +212,7 @@ def full_ft_run(joint_full_lr):
                         oracle=lambda per, members: per[0])
     setting = SimpleNamespace(lora=LoRAConfig(rank=2, alpha=4.0), reuse=ReuseOptions(), methods=(),
                               finetune=dataclasses.replace(tiny_finetune(), target_acc=None, steps=6))
-    out = run_protocol(family, Backend(base, role_modules(base), "cpu"), setting, np.random.default_rng(0), gen,
+    out = run_protocol(family, Backend(base, role_modules(base), "cpu"), setting, 0,
                        joint_full_lr=joint_full_lr)
     return base, before, out, list(seen.values())
 

@@ -1,6 +1,7 @@
-"""The reuse protocol's numbers and the experiments' cache keys are those recorded before the
-protocol was factored into one module (tests/protocol_regression.py, issue 10): a refactor
-that changes a number, a draw order or a config key fails here, naming the first differences."""
+"""The reuse protocol's numbers and the experiments' cache keys are those recorded in
+tests/fixtures/protocol_regression.json (tests/protocol_regression.py: before the protocol was
+factored into one module, issue 10, and again for the seed rule): a refactor that changes a
+number, a draw (a seed stream) or a config key fails here, naming the first differences."""
 from __future__ import annotations
 
 import json

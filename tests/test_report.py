@@ -298,6 +298,6 @@ def test_questions_per_split_from_the_results_or_the_measure():
 def test_sizes_name_configs_seeds_questions_and_splits():
     from analysis.experiments.two_hop_reuse import grid
 
-    assert provenance.sizes(grid("quick")) == ("12 configs, 3 seeds (0, 1, 2), base-model seeds 0, "
+    assert provenance.sizes(grid("quick")) == ("12 configs, 3 seeds (0, 1, 2), base-model seeds 0, 1, 2, "
                                                "8 composed questions per familiarity split, splits F, H, R")
     assert provenance.sizes(SELFTEST.configs("quick")[:1]) == "1 config, 1 seed (0)"

@@ -195,8 +195,8 @@ def run_code_reuse(cfg: CodeReuseConfig, seed: int = 0, device: str = "auto", pr
     inputs = random_inputs(seeds.numpy_rng(seed, "inputs"), cfg.n_inputs)
     family = execution_scored(span_family(es, libraries(es), cfg.reuse, sep, needs, cfg.decode_extra),
                               es, pre, inputs, cfg.reuse, cfg.decode_extra)
-    rng, gen = seeds.generators(seed, "protocol")
-    done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, rng, gen,
+    # scope ("code",) for both styles: the two conditions share LoRA inits and merge draws (paired)
+    done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, seed, ("code",),
                         summary=lambda r: train_summary(r, curves=False),
                         title=f"code reuse ({cfg.experts.style})", progress=progress)
     return {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed, "style": cfg.experts.style,

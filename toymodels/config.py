@@ -13,7 +13,7 @@ import math
 import typing
 from typing import Any
 
-CACHE_VERSION = 1  # bump when a change to the code invalidates cached results
+CACHE_VERSION = 2  # bump when a change to the code invalidates cached results
 
 
 class Config:

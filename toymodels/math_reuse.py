@@ -165,8 +165,8 @@ def run_math_reuse(cfg: MathReuseConfig, seed: int = 0, device: str = "auto", pr
     es, needs = with_condition_probes(pre, es, seeds.numpy_rng(seed, "experts", "twins"))
     sep = pre.world.tokenizer.symbol("ANS") if pre.config.fmt == "worked" else None
     family = span_family(es, libraries(es), cfg.reuse, sep, needs, cfg.decode_extra)
-    rng, gen = seeds.generators(seed, "protocol")
-    done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, rng, gen,
+    # scope ("math",) for both templates: the two conditions share LoRA inits and merge draws (paired)
+    done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, seed, ("math",),
                         summary=lambda r: train_summary(r, curves=False), title="math experts and scores",
                         progress=progress)
     return {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed, "template": es.template,

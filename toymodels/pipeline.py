@@ -8,13 +8,19 @@ library) with :func:`toymodels.scoring.score_model`. Two libraries are reused:
 ``hops`` = {AB, BC, distractors} (can disjoint one-hop adapters compose?) and ``with_AC`` =
 {AB, BC, AC, distractors} (the paper finds the target-task expert necessary).
 
+Seeds (``toymodels/seeds.py``): the run seed names every stream. The base model draws its
+corpus from ``("base", "corpus")``, its init from ``("base", "init")`` and its batch order from
+``("base", "train")``; split ``fam`` draws its expert data from ``("experts", fam)``, and the
+protocol gives each LoRA and randomized merge of the split its own stream under the scope
+``(fam,)`` (:func:`toymodels.protocol.run_protocol`). So a seed is an independent replication
+(its own base model), and adding a split, expert or method changes no other draw.
+
 The returned dict is JSON-able: numbers, strings, lists and dicts only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,13 +34,14 @@ from toymodels.protocol import LIBRARIES, Backend, run_protocol, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
 from toymodels.scoring import chance_levels, two_hop_family
+from toymodels.seeds import numpy_rng, torch_gen
 from toymodels.tasks import Examples
 from toymodels.tasks.experts import FAMILIARITIES, SPLITS, ExpertConfig, ExpertSet, make_expert_set
 from toymodels.tasks.twohop import Pretraining, TwoHopConfig, make_pretraining
 from toymodels.train import TrainConfig, TrainResult, recipe, resolve_device, train
 
-__all__ = ["LIBRARIES", "BaseConfig", "BaseRun", "PipelineConfig", "run_two_hop", "train_base", "train_lora",
-           "train_summary"]
+__all__ = ["LIBRARIES", "BaseConfig", "BaseRun", "PipelineConfig", "base_corpus", "run_two_hop", "train_base",
+           "train_lora", "train_summary"]
 
 
 @dataclass(frozen=True)
@@ -86,20 +93,22 @@ class BaseRun:
     result: TrainResult
 
 
-def _generators(seed: int) -> tuple[np.random.Generator, torch.Generator]:
-    return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+def base_corpus(cfg: BaseConfig, seed: int) -> Pretraining:
+    """The base model's corpus for ``seed`` (stream ``("base", "corpus")``): deterministic, so a
+    cached base model stores only its weights."""
+    return make_pretraining(cfg.task, numpy_rng(seed, "base", "corpus"))
 
 
 def train_base(cfg: BaseConfig, seed: int = 0, device: str = "auto", progress: Progress | None = None) -> BaseRun:
     """Generate the corpus and pretrain a GPT on it; eval sets: atomic, train_two_hop,
     test_id (held-out chains) and, with OOD entities, test_ood. ``progress``: a bar over
     the training steps (toymodels/progress.py)."""
-    rng, gen = _generators(seed)
     corpus = open_bar(progress, "base model: making the corpus", 1)
-    pre = make_pretraining(cfg.task, rng)
+    pre = base_corpus(cfg, seed)
     corpus.close()
-    model = GPT(cfg.model, generator=gen)
-    result = train(model, pre.train, cfg.train, gen, pre.eval_sets, device, labelled(progress, "base model"))
+    model = GPT(cfg.model, generator=torch_gen(seed, "base", "init"))
+    result = train(model, pre.train, cfg.train, torch_gen(seed, "base", "train"), pre.eval_sets, device,
+                   labelled(progress, "base model"))
     return BaseRun(model.requires_grad_(False).eval(), pre, result)
 
 
@@ -109,24 +118,27 @@ def train_lora(base: nn.Module, data: Examples, cfg: PipelineConfig, gen: torch.
     return protocol.train_lora(Backend(base, role_modules(base), device), data, cfg.lora, cfg.finetune, gen, progress)
 
 
-def run_split(base: BaseRun, cfg: PipelineConfig, familiarity: str, rng: np.random.Generator,
-              gen: torch.Generator, device: str, progress: Progress | None = None) -> dict:
+def run_split(base: BaseRun, cfg: PipelineConfig, familiarity: str, seed: int, device: str,
+              progress: Progress | None = None, stacked: bool = False) -> dict:
     """Experts, joint LoRAs and scores of every model for one familiarity split
-    (:func:`toymodels.protocol.run_protocol`). ``progress`` gets a bar over its LoRAs and
-    scored models and one per LoRA over its steps."""
-    es: ExpertSet = make_expert_set(base.pretraining, cfg.experts, familiarity, rng)
+    (:func:`toymodels.protocol.run_protocol`, seed scope ``(familiarity,)``). ``progress``
+    gets a bar over its LoRAs and scored models and one per LoRA over its steps."""
+    es: ExpertSet = make_expert_set(base.pretraining, cfg.experts, familiarity,
+                                    numpy_rng(seed, "experts", familiarity))
     distractors = [name for name in es.experts if name.startswith("D")]
     libraries = {lib: list(names) + distractors for lib, names in LIBRARIES.items()}
     family = two_hop_family(base, es, libraries, cfg.reuse)
-    done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, rng, gen,
-                        title=f"split {familiarity}", progress=progress)
+    done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, seed, (familiarity,),
+                        title=f"split {familiarity}", progress=progress, stacked=stacked)
     return {"r1": es.r1, "r2": es.r2, "n_composed": len(es.composed), **done,
             "chance": chance_levels(base.pretraining, es)}
 
 
 def run_two_hop(cfg: PipelineConfig, seed: int = 0, device: str = "auto", progress: Progress | None = None,
-                base: BaseRun | None = None) -> dict:
-    """Pretrain (unless ``base`` is given), then run every familiarity split; ``progress``
+                base: BaseRun | None = None, stacked: bool = False) -> dict:
+    """Pretrain (unless ``base`` is given; ``seed`` names every other stream either way), then
+    run every familiarity split (``stacked``: each split's LoRAs in one stacked run, equal to
+    sequential runs up to float rounding); ``progress``
     (toymodels/progress.py) sees every training run and each split's scoring. Returns::
 
         {"config", "key", "seed",
@@ -138,9 +150,8 @@ def run_two_hop(cfg: PipelineConfig, seed: int = 0, device: str = "auto", progre
     """
     resolve_device(device)  # fail early on a bad name
     base = base or train_base(cfg.base, seed, device, progress)
-    rng, gen = _generators(seed + 1)
     return {
         "config": cfg.to_dict(), "key": cfg.key(), "seed": seed,
         "base": train_summary(base.result),
-        "splits": {fam: run_split(base, cfg, fam, rng, gen, device, progress) for fam in cfg.familiarities},
+        "splits": {fam: run_split(base, cfg, fam, seed, device, progress, stacked) for fam in cfg.familiarities},
     }

@@ -46,7 +46,7 @@ from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_lora, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
-from toymodels.seeds import generators, numpy_rng
+from toymodels.seeds import numpy_rng
 from toymodels.tasks import Examples
 from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, answer_scores, broadcast_controls,
                                      encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
@@ -219,11 +219,10 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
 
     family = TaskFamily(experts=train_sets, libraries=LIBRARIES, shots=train_sets["AC"][:cfg.reuse.lorahub_shots],
                         score=score_one, oracle=lambda per, members: _oracle(per, sets, controls))
-    rng, gen = generators(seed, "pretrained", "protocol")
     trainer = train_lora_peft if lora_backend == "peft" else train_lora
     if adapters is not None:
         trainer = functools.partial(_keep_experts, trainer, train_sets, adapters)
-    done = run_protocol(family, Backend(lm, roles, device, trainer), cfg, rng, gen, joint=cfg.joint,
+    done = run_protocol(family, Backend(lm, roles, device, trainer), cfg, seed, ("pretrained",), joint=cfg.joint,
                         summary=functools.partial(train_summary, curves=False, digits=2), progress=progress)
     models = done["models"]
     return {**out, "experts": done["experts"], "models": {name: s[0] for name, s in models.items()},

@@ -15,9 +15,16 @@ What varies plugs in, the way a tuner plugs into a PEFT model:
   and the scoring of one model (composed evaluation, retention, broadcast controls);
 - a :class:`Backend`: the frozen base model, its role map (where LoRA goes) and the device.
 Toy two-hop: ``toymodels/pipeline.py``; natural-language two-hop on a pretrained causal LM:
-``toymodels/pretrained_two_hop.py``. Randomness: ``gen`` draws every LoRA init, batch order
-and DARE mask, ``rng`` LoraHub's simplex, in the order the steps run (experts, then each
-library's joint LoRA and methods).
+``toymodels/pretrained_two_hop.py``.
+
+Seeds (``toymodels/seeds.py``): every random consumer has its own stream under the run seed
+and the caller's ``scope`` (e.g. the split: ``("F",)``). Each LoRA, expert or joint, draws its
+init and batch order from ``torch_gen(seed, "lora", *scope, name)`` (``name``: the expert, or
+``joint/<library>``), a joint full fine-tune from ``torch_gen(seed, "full", *scope, library)``; each reuse method on each library its DARE masks and LoraHub's simplex
+from ``generators(seed, "merge", *scope, library, method)``. No draw depends on what ran
+before it, so K LoRAs trained side by side draw what K sequential runs draw: with ``stacked``
+every LoRA of the run (experts and joint) trains in one :func:`toymodels.stacked_lora.train_stacked_loras`
+call, and the outputs equal the sequential ones up to float rounding (``tests/test_protocol_seeds.py``).
 """
 from __future__ import annotations
 
@@ -26,7 +33,6 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import copy
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +42,8 @@ from toymodels.progress import Progress, labelled, open_bar
 from toymodels.reuse import METHODS
 from toymodels.reuse_options import ReuseOptions, method_options
 from toymodels.routing import set_oracle_weights
+from toymodels.seeds import Word, generators, torch_gen
+from toymodels.stacked_lora import train_stacked_loras
 from toymodels.tasks import Examples
 from toymodels.train import TrainConfig, TrainResult, answer_loss, train
 
@@ -120,18 +128,42 @@ def oracle_scores(model: nn.Module, family: TaskFamily, members: Sequence[str]) 
     return per
 
 
-def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np.random.Generator,
-                 gen: torch.Generator, joint: bool = True, summary: Callable[[TrainResult], dict] = train_summary,
-                 title: str = "LoRAs and scores", progress: Progress | None = None,
+def lora_gen(seed: int, scope: Sequence[Word], name: str) -> torch.Generator:
+    """The stream of LoRA ``name``: its init, then its batch order (module docstring)."""
+    return torch_gen(seed, "lora", *scope, name)
+
+
+def stacked_loras(backend: Backend, runs: Mapping[str, Examples], setting: Setting, seed: int,
+                  scope: Sequence[Word]) -> dict[str, tuple[Adapter, TrainResult]]:
+    """Every LoRA of ``runs`` (name -> data) trained in one stacked run, each on its own stream."""
+    adapters, results = train_stacked_loras(backend.model, [(data, lora_gen(seed, scope, name))
+                                                            for name, data in runs.items()],
+                                            setting.lora, setting.finetune, backend.roles, backend.device)
+    return dict(zip(runs, zip(adapters, results)))
+
+
+def lora_data(family: TaskFamily, joint: bool) -> dict[str, Examples]:
+    """Every LoRA the protocol trains and its data: each expert, then ``joint/<library>``."""
+    joints = {f"joint/{lib}": Examples.cat([family.experts[m] for m in members])
+              for lib, members in family.libraries.items()} if joint else {}
+    return {**family.experts, **joints}
+
+
+def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, seed: int, scope: Sequence[Word] = (),
+                 joint: bool = True, summary: Callable[[TrainResult], dict] = train_summary,
+                 title: str = "LoRAs and scores", progress: Progress | None = None, stacked: bool = False,
                  joint_full_lr: float | None = None) -> dict:
     """``{"experts": {name | "joint/<library>" | "joint_full/<library>": summary(training)},
     "models": {"base" | "single/<expert>" | "joint/<library>" | "joint_full/<library>" |
     "<method>/<library>": family.score(...)}}``; ``joint_full/*`` only with ``joint_full_lr``
-    (see the top; off by default, so that the draws of every other step are unchanged).
+    (see the top). ``seed`` and ``scope`` name every random stream (module docstring). ``stacked``:
+    train every LoRA at once first (toy backends; every trained model is then held until scored).
     ``progress`` gets a bar ``title`` over the LoRAs trained and models scored, and one per
-    LoRA over its steps."""
+    sequential LoRA over its steps."""
     if joint_full_lr is not None and not joint_full_lr > 0:
         raise ValueError(f"joint_full_lr={joint_full_lr!r}: must be > 0 (or None: no full fine-tune)")
+    if stacked and backend.trainer is not None:
+        raise ValueError("stacked=True trains with the toy stacked engine: not with a backend trainer (e.g. PEFT)")
     full = joint_full_lr is not None
     units = 1 + 2 * len(family.experts) + len(family.libraries) * (2 * joint + 2 * full + len(setting.methods))
     bar = open_bar(progress, title, units)
@@ -142,9 +174,16 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np
         out["models"][name] = family.score(model, members, method)
         bar.update()
 
+    runs = lora_data(family, joint)
+    done = stacked_loras(backend, runs, setting, seed, scope) if stacked else {}
+
     def fine_tune(name: str, data: Examples, label: str) -> tuple[Adapter, TrainResult]:
-        trainer = backend.trainer or train_lora
-        adapter, result = trainer(backend, data, setting.lora, setting.finetune, gen, labelled(progress, label))
+        if name in done:
+            adapter, result = done.pop(name)
+        else:
+            trainer = backend.trainer or train_lora
+            adapter, result = trainer(backend, data, setting.lora, setting.finetune, lora_gen(seed, scope, name),
+                                      labelled(progress, label))
         out["experts"][name] = summary(result)
         bar.update()
         return adapter, result
@@ -158,13 +197,13 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np
     for lib, members in family.libraries.items():
         members = list(members)
         if joint:
-            _, result = fine_tune(f"joint/{lib}", Examples.cat([family.experts[m] for m in members]),
-                                  f"joint LoRA {lib}")
+            _, result = fine_tune(f"joint/{lib}", runs[f"joint/{lib}"], f"joint LoRA {lib}")
             record(f"joint/{lib}", result.model, members)
             del result
         if full:
             finetune = replace(setting.finetune, lr=joint_full_lr)
-            result = train_full(backend, Examples.cat([family.experts[m] for m in members]), finetune, gen,
+            result = train_full(backend, Examples.cat([family.experts[m] for m in members]), finetune,
+                                torch_gen(seed, "full", *scope, lib),
                                 labelled(progress, f"joint full fine-tune {lib}"))
             out["experts"][f"joint_full/{lib}"] = summary(result)
             bar.update()
@@ -173,6 +212,7 @@ def run_protocol(family: TaskFamily, backend: Backend, setting: Setting, rng: np
         bank = [adapters[m] for m in members]
         loss_fn = few_shot_loss(family.shots)
         for method in setting.methods:
+            rng, gen = generators(seed, "merge", *scope, lib, method)
             options = method_options(method, setting, len(bank), gen=gen, rng=rng, loss_fn=loss_fn)
             with torch.no_grad():
                 model = METHODS[method](backend.model, bank, **options)

@@ -44,7 +44,7 @@ from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
-from toymodels.seeds import generators, numpy_rng
+from toymodels.seeds import numpy_rng
 from toymodels.tasks.history_qa import (SPLITS, TRAINED, Chain, QAConfig, broadcast_controls, composed_chains,
                                         expert_pairs, known_fact_pairs, make_chains)
 from toymodels.tasks.natural import TEMPLATES as NATURAL_TEMPLATES
@@ -225,8 +225,7 @@ def run_qa_reuse(cfg: QAReuseConfig, hf_model: nn.Module, tokenizer, seed: int =
         score=lambda model, members, method: score_model(model, sheet, chains, cfg.n_wrong, members,
                                                          controls, control_rows),
         oracle=oracle)
-    rng, gen = generators(seed, "qa", "protocol")
-    done = run_protocol(family, Backend(lm, roles, device), cfg, rng, gen, joint=cfg.joint,
+    done = run_protocol(family, Backend(lm, roles, device), cfg, seed, ("qa",), joint=cfg.joint,
                         summary=functools.partial(train_summary, curves=False, digits=2), progress=progress)
     return {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed, "chains": [dataclasses.asdict(c) for c in chains],
             "familiarity": {"facts": len(fact_pairs), "exact": fact_exact.float().mean().item(), "known": len(known)},

@@ -19,9 +19,10 @@ clean), and measures per model and layer on the composed prompts "A r1 r2":
 - the Arrow router's weights per token and layer, and each model's composed accuracy and
   broadcast-control rate (``scoring.score_model``).
 
-Quick profile: 3 seeds (expert data, LoRA init) on base seed 0 (the base models are shared
-with ``two_hop_reuse``), so its CIs are over expert draws for one base model; the paper
-profile has 5 seeds with varied base seeds.
+Seeds: quick 3, paper 5, each an independent replication with its own base model (base seed
+= seed, shared with ``two_hop_reuse``'s configs of that seed). The expert data and each LoRA
+draw the streams ``two_hop_reuse`` uses for the split (``("experts", fam)``, ``("lora", fam,
+name)``, ``toymodels/seeds.py``), so mechanism and reuse agree on what a seed means.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ from toymodels.probes import (fit_probe, logit_lens, prompt_end, residual_stream
                               t2_key_overlap, target_rank)
 from toymodels.reuse import METHODS
 from toymodels.scoring import method_options, score_model
+from toymodels.protocol import lora_gen
+from toymodels.seeds import numpy_rng
 from toymodels.tasks.experts import FAMILIARITIES, make_expert_set
 from toymodels.tasks.twohop import chain_examples
 
@@ -76,13 +79,14 @@ def _pipeline(p: PipelineConfig) -> PipelineConfig:
 
 def grid(profile: str) -> list[MechanismConfig]:
     seeds, fams = (range(3), ("F", "R")) if profile == "quick" else (range(5), FAMILIARITIES)
-    return [MechanismConfig(_pipeline(quick_two_hop(fmt)), fam, seed=s, base_seed=0 if profile == "quick" else s)
+    return [MechanismConfig(_pipeline(quick_two_hop(fmt)), fam, seed=s, base_seed=s)
             for fmt in ("latent", "cot") for fam in fams for s in seeds]
 
 
-def _models(base, es, cfg: MechanismConfig, gen: torch.Generator, device: str) -> dict:
+def _models(base, es, cfg: MechanismConfig, device: str) -> dict:
     adapters, models = {}, {"base": base.model}
     for name in LIBRARIES["with_AC"]:
+        gen = lora_gen(cfg.seed, (cfg.familiarity,), name)  # the stream run_protocol gives this LoRA
         adapters[name], result = train_lora(base.model, es.train[name], cfg.pipeline, gen, device,
                                             labelled(current(), f"LoRA {name}"))
         models[f"single/{name}"] = result.model.eval()
@@ -149,9 +153,9 @@ def run(config: MechanismConfig, device: str, results: Path | str) -> dict:
     from analysis.experiments import base_model
 
     base = base_model(config.pipeline.base, config.base_seed, device, results)
-    rng, gen = np.random.default_rng(config.seed + 1), torch.Generator().manual_seed(config.seed + 1)
+    rng = numpy_rng(config.seed, "experts", config.familiarity)
     es = make_expert_set(base.pretraining, config.pipeline.experts, config.familiarity, rng)
-    models = {k: m.cpu() for k, m in _models(base, es, config, gen, device).items()}
+    models = {k: m.cpu() for k, m in _models(base, es, config, device).items()}
     tok, n_layers = base.pretraining.graph.tokenizer, config.pipeline.base.model.n_layers
     first = tok.entity(0)
     candidates = torch.arange(first, tok.d_vocab)  # every entity token, familiar and new

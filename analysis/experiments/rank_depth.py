@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from analysis.experiments import base_model
 from analysis.figures.rank_depth import accuracy_figure, capacity_figure
@@ -48,6 +47,7 @@ from toymodels.pipeline import LIBRARIES, BaseConfig, PipelineConfig, run_two_ho
 from toymodels.progress import open_bar
 from toymodels import presets
 from toymodels.presets import quick_base
+from toymodels.seeds import generators
 from toymodels.tasks.experts import ExpertConfig
 from toymodels.tasks.knowledge import GraphConfig
 from toymodels.tasks.twohop import TwoHopConfig
@@ -126,7 +126,7 @@ def _scores(split: dict) -> dict:
 
 def run(config: RankDepthConfig, device: str, results: Path | str) -> dict:
     base = base_model(config.pipeline.base, config.seed, device, results)
-    rng, gen = np.random.default_rng([config.seed, 1]), torch.Generator().manual_seed(config.seed + 1000)
+    rng, gen = generators(config.seed, "capacity")
     bar = open_bar(current(), "capacity: one LoRA on N facts (RANK-1)", 1)
     capacity = measure_capacity(base.model, base.pretraining, config.capacity, config.rank, rng, gen, device)
     bar.close()

@@ -18,10 +18,11 @@ with 32 control questions per expert, methods average, sum, TIES and Arrow, cond
 and shared, 3 seeds: 12 configs. ``paper`` (GPU): 64 control questions, 9 methods (every
 family of ``reuse.METHODS``, LoraHub and the oracle included), 4 conditions, 5 seeds: 40.
 
-Seeds. In the ``quick`` profile (2 CPU cores) all seeds share ONE base model per format
-(base seed 0): a seed varies the expert data (entities, relations r1 r2), the LoRA inits
-and randomized merges, so the CIs are over those draws for a fixed base model. The
-``paper`` profile (GPU) also varies the base seed, so its CIs include the base model.
+Seeds. Every seed is an independent replication: its own base model per format (``base_seed
+= seed``; the conditions of one seed and format share it), expert data, LoRA inits and
+randomized merges, each drawn from its own stream (``toymodels/seeds.py``), so CIs over seeds
+include the base model. ``base_seed`` stays a config field: ``--set base_seed=0`` pins one
+base model for every seed, explicitly.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class TwoHopReuseConfig(Config):
     pipeline: PipelineConfig = field(default_factory=quick_two_hop)
     condition: str = "main"  # a label only; the knobs are pipeline.experts.*
     seed: int = 0  # expert data, LoRA init, randomized merges
-    base_seed: int = 0  # the base model's corpus and init
+    base_seed: int = 0  # the base model's corpus, init and batch order (the grids: = seed)
 
     @property
     def fmt(self) -> str:
@@ -62,15 +63,16 @@ class TwoHopReuseConfig(Config):
 
 
 def make_grid(pipeline: Callable[[str], PipelineConfig], conditions: dict[str, tuple[int, int]],
-              seeds: Iterable[int], vary_base_seed: bool, methods: tuple[str, ...],
+              seeds: Iterable[int], methods: tuple[str, ...],
               formats: Iterable[str] = FORMATS) -> list[TwoHopReuseConfig]:
-    """format x condition x seed; ``pipeline(fmt)`` gives everything else."""
+    """format x condition x seed, each seed on its own base model; ``pipeline(fmt)`` gives
+    everything else."""
     out = []
     for fmt in formats:
         p = dataclasses.replace(pipeline(fmt), methods=methods)
         for name, (distractors, shared) in conditions.items():
             experts = dataclasses.replace(p.experts, n_distractors=distractors, shared_template=shared)
-            out += [TwoHopReuseConfig(dataclasses.replace(p, experts=experts), name, s, s if vary_base_seed else 0)
+            out += [TwoHopReuseConfig(dataclasses.replace(p, experts=experts), name, s, base_seed=s)
                     for s in seeds]
     return out
 
@@ -83,8 +85,8 @@ def quick_pipeline(fmt: str) -> PipelineConfig:
 
 def grid(profile: str) -> list[TwoHopReuseConfig]:
     if profile == "quick":
-        return make_grid(quick_pipeline, CONDITIONS, range(3), False, QUICK_METHODS)
-    return make_grid(quick_two_hop, PAPER_CONDITIONS, range(5), True, PAPER_METHODS)
+        return make_grid(quick_pipeline, CONDITIONS, range(3), QUICK_METHODS)
+    return make_grid(quick_two_hop, PAPER_CONDITIONS, range(5), PAPER_METHODS)
 
 
 def _scores(split: dict) -> dict:
