@@ -12,7 +12,7 @@ import torch
 from analysis import registry
 from analysis.cli import main
 from analysis.registry import Result
-from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, judge
+from analysis.verdict import NOT_SUPPORTED, SUPPORTED, UNDERPOWERED, judge
 from toymodels import qa_reuse as q
 from toymodels.lora import LoRAConfig
 from toymodels.reuse_options import ReuseOptions
@@ -221,7 +221,8 @@ def test_broadcast_raises_the_control_and_underpower_is_said():
     results = [planted(s, {"average/hops": 0.6, "ties/hops": 0.6}, cast=0.6, n=4) for s in range(2)]
     claims = {m.claim.id: m for m in registry.get("qa_reuse").claims}
     assert claims["QA-1-F"].per_seed(results) == pytest.approx([0.3 - 0.6] * 2)  # F scores half, control 0.6
-    assert judge(claims["QA-1-F"].claim, claims["QA-1-F"].per_seed(results)).outcome in (NOT_SUPPORTED, INCONCLUSIVE)
+    verdict = judge(claims["QA-1-F"].claim, claims["QA-1-F"].per_seed(results))
+    assert verdict.outcome == UNDERPOWERED and verdict.reading == NOT_SUPPORTED  # 2 seeds: too few units
     detail = claims["QA-1-F"].detail(results)
     assert "UNDERPOWERED" in detail and "2 seed(s) < 3" in detail and "F 4" in detail
 
