@@ -45,7 +45,11 @@ def _claimed_side(measure: ClaimMeasure) -> float:
 
 
 def _planted(measure: ClaimMeasure, values, base_seeds=None, ceiling=None):
-    """The report's verdict on planted per-seed ``values`` (one config per seed)."""
+    """The report's verdict on planted per-seed ``values`` (one config per seed). ``ceiling``: the
+    planted ceiling's distance above its threshold; a claim that has a ceiling gets one that
+    holds (+0.1) unless told otherwise."""
+    if ceiling is None and measure.ceiling is not None:
+        ceiling = 0.1
     configs = [SimpleNamespace(seed=s) if base_seeds is None else SimpleNamespace(seed=s, base_seed=base_seeds[s])
                for s in range(len(values))]
     results = [Result(str(s), c, {}) for s, c in enumerate(configs)]

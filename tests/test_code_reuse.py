@@ -15,7 +15,7 @@ from analysis.figures.code_reuse import methods_figure
 from analysis.registry import Result
 from analysis.report import claim_verdicts, draw_figures
 from analysis.sweep import run_sweep
-from analysis.verdict import NOT_SUPPORTED, SUPPORTED, UNDERPOWERED, judge
+from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, UNDERPOWERED, judge
 from toymodels import seeds
 from toymodels.code_reuse import CodeReuseConfig, composed_execution, make_corpus, with_probes
 from toymodels.presets import tiny_code_reuse
@@ -67,8 +67,12 @@ def test_figures_claims_and_summary_come_from_the_results(results, tmp_path, cap
     rows = claim_verdicts(EXPERIMENT, results)
     assert [v.claim.id for v, _ in rows] == ["CODE-0", "TEMPLATE-1-code-call", "TEMPLATE-1-code-ceiling",
                                              "TEMPLATE-1-code-inline", "TEMPLATE-1-code-gain"]
-    # two seeds are fewer than 3 independent units: every verdict is underpowered, whatever the values
-    assert all(v.outcome == UNDERPOWERED and len(vals) == 2 for v, vals in rows)
+    # a joint ceiling under its threshold makes a claim not testable; else two seeds are fewer than 3
+    # independent units: underpowered, whatever the values
+    assert all(len(vals) == 2 for _, vals in rows)
+    assert all(v.outcome == (NOT_TESTABLE if v.ceiling is not None and not v.ceiling.reached else UNDERPOWERED)
+               for v, _ in rows)
+    assert [v.ceiling is not None for v, _ in rows] == [False, True, True, True, True]
     EXPERIMENT.summary(results)
     printed = capsys.readouterr().out
     assert "style call" in printed and "style inline" in printed and "cross_test" in printed

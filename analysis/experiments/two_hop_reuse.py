@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from analysis.registry import ClaimMeasure, Experiment, Result, register
+from analysis.registry import Ceiling, ClaimMeasure, Experiment, Result, register
 from analysis.stats import ACCURACY, DIFFERENCE, paired_differences
 from analysis.verdict import Claim
 from toymodels.config import Config
@@ -48,6 +48,10 @@ PAPER_METHODS = ("average", "sum", "ties", "dare", "svd", "factor_average", "arr
 # the oracle picks the best adapter per eval set): the claims are about these.
 DATA_FREE = ("average", "sum", "cat", "task_arithmetic", "ties", "dare", "svd", "factor_average", "arrow")
 MARGIN = 0.1
+# A reuse verdict is read against the joint-data LoRA on the same experts' data (issue 12): when it
+# answers fewer than half the composed questions, nothing that fine-tunes on this data composes
+# either, and the claim is "not testable" here. 0.5 is a convention (half the composed questions).
+CEILING = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,8 @@ def grid(profile: str) -> list[TwoHopReuseConfig]:
 
 
 def _scores(split: dict) -> dict:
-    keep = ("composed", "facts", "broadcast", "pretrain_test_id")
+    keep = ("composed", "composed_chain", "composed_logprob", "composed_rank", "specificity", "conditional",
+            "facts", "broadcast", "pretrain_atomic", "pretrain_test_id", "pretrain_test_ood")
     return {"r1": split["r1"], "r2": split["r2"], "n_composed": split["n_composed"], "chance": split["chance"],
             "experts": {n: {k: e[k] for k in ("steps", "reached_target", "final")}
                         for n, e in split["experts"].items()},
@@ -171,6 +176,13 @@ def hops_beyond_broadcast(fmt: str) -> Callable[[list[Result]], list[float]]:
     return measure
 
 
+def joint_ceiling(fmt: str) -> Ceiling:
+    """The joint-data LoRA on {AB, BC}'s data: composed accuracy per seed, mean over F/H/R."""
+    def measure(results: list[Result]) -> list[float]:
+        return list(by_seed(select(results, fmt), lambda r: model_value(r, "joint/hops")).values())
+    return Ceiling(f"joint/hops composed accuracy ({fmt}, mean over F/H/R)", measure, CEILING)
+
+
 def ac_gain(results: list[Result]) -> list[float]:
     """Per seed: mean data-free composed accuracy, with_AC minus hops (both formats)."""
     rs = select(results)
@@ -212,7 +224,7 @@ def _claims() -> tuple[ClaimMeasure, ...]:
             "mean over F/H/R", "below", MARGIN,
             f"a convention: {MARGIN:g} is just under one composed question of a split's 8 (0.125); an excess over "
             "the broadcast control smaller than that, averaged over F/H/R, is not counted as composition"),
-            hops_beyond_broadcast(fmt), bars, bounds=DIFFERENCE))
+            hops_beyond_broadcast(fmt), bars, bounds=DIFFERENCE, ceiling=joint_ceiling(fmt)))
     rows += [
         ClaimMeasure(Claim("REUSE-2", "including the target-task expert AC is necessary: reuse with AC answers "
                            "far more composed questions than {AB, BC} alone",
