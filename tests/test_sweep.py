@@ -107,3 +107,24 @@ def test_the_process_engine_claims_only_the_configs_in_flight(tmp_path):
         hold.unlink()
         sweep_thread.join()
     assert len(cache.stored_keys()) == 8 and not list(cache.folder.glob(".*.lock"))
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_each_worker_gets_its_share_of_the_cores_even_with_torch_already_imported():
+    """The process engine's workers run torch on cores // jobs threads; the OMP variable alone
+    comes too late once unpickling a task has imported torch (2 x 2 threads on 2 cores
+    oversubscribed the machine)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch  # noqa: F401  (the parent has torch loaded, as a sweep does)
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=sweep_engines._init_worker, initargs=(1, os.getpid())) as pool:
+        assert pool.submit(_torch_threads).result(timeout=120) == 1
