@@ -9,12 +9,11 @@ from figure_inputs import code_reuse_results
 from torch import nn
 
 from analysis import registry
-from analysis.cache import MissingResultsError, ResultCache, load_results
+from analysis.cache import MissingResultsError
 from analysis.experiments import code_reuse as cr
 from analysis.figures.code_reuse import methods_figure
 from analysis.registry import Result
 from analysis.report import claim_verdicts, draw_figures
-from analysis.sweep import run_sweep
 from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, UNDERPOWERED, judge
 from toymodels import seeds
 from toymodels.code_reuse import CodeReuseConfig, composed_execution, make_corpus, with_probes
@@ -24,6 +23,7 @@ from toymodels.tasks.code_corpus import random_inputs
 from toymodels.tasks.code_dsl import Program, render
 from toymodels.tasks.code_experts import make_code_expert_set
 from toymodels.tasks.knowledge import EOS
+from sweep_helpers import sweep_tiny
 
 EXPERIMENT = registry.get("code_reuse")
 TINY = cr.make_grid(tiny_code_reuse(), range(2), ("average", "arrow"))
@@ -39,10 +39,7 @@ def test_registered_with_both_styles_and_its_own_base_per_seed():
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
-    assert not summary.failures, summary.failures[0].error
-    return load_results(EXPERIMENT.name, TINY, root, "quick")
+    return sweep_tiny(EXPERIMENT, TINY, tmp_path_factory.mktemp("results"))[1]
 
 
 def test_results_hold_every_metric_for_both_styles(results):

@@ -5,13 +5,13 @@ import dataclasses
 import pytest
 
 from analysis import registry
-from analysis.cache import MissingResultsError, ResultCache, load_results
+from analysis.cache import MissingResultsError
 from analysis.experiments import mechanism as mech
 from analysis.figures.mechanism import bridge_figure, router_figure
 from analysis.report import claim_verdicts, draw_figures
-from analysis.sweep import run_sweep
 from analysis.verdict import OUTCOMES
 from toymodels.presets import tiny_two_hop
+from sweep_helpers import sweep_tiny
 
 EXPERIMENT = registry.get("mechanism")
 TINY = [mech.MechanismConfig(mech._pipeline(tiny_two_hop(fmt)), fam, ("average", "arrow"), seed=s)
@@ -31,10 +31,7 @@ def test_registered_with_quick_and_paper_grids():
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
-    assert not summary.failures, summary.failures[0].error
-    return load_results(EXPERIMENT.name, TINY, root, "quick")
+    return sweep_tiny(EXPERIMENT, TINY, tmp_path_factory.mktemp("results"))[1]
 
 
 def test_per_layer_measurements_have_one_value_per_layer(results):

@@ -6,15 +6,15 @@ import json
 import pytest
 
 from analysis import registry
-from analysis.cache import MissingResultsError, ResultCache, load_results
+from analysis.cache import MissingResultsError
 from analysis.experiments import rank_depth as rd
 from analysis.figures.rank_depth import accuracy_figure, capacity_figure
 from analysis.report import claim_verdicts, draw_figures
-from analysis.sweep import run_sweep
 from analysis.verdict import OUTCOMES
 from toymodels.capacity import CapacityConfig
 from toymodels.presets import tiny_base
 from toymodels.train import TrainConfig
+from sweep_helpers import sweep_tiny
 
 EXPERIMENT = registry.get("rank_depth")
 FINETUNE = TrainConfig(steps=12, batch_size=16, lr=1e-2, weight_decay=0.0, warmup_steps=2, eval_every=6,
@@ -60,10 +60,9 @@ def test_config_validation_names_the_field():
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("rank_depth")  # the sweep passes it to run: base models go there too
-    summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
-    assert summary.failures == [], summary.failures[0].error if summary.failures else ""
+    summary, results = sweep_tiny(EXPERIMENT, TINY, root)
     assert summary.computed == len(TINY)
-    return root, load_results(EXPERIMENT.name, TINY, root, "quick")
+    return root, results
 
 
 def test_tiny_grid_runs_and_trains_each_base_once(swept):

@@ -6,14 +6,14 @@ import dataclasses
 import pytest
 
 from analysis import registry
-from analysis.cache import MissingResultsError, ResultCache, load_results
+from analysis.cache import MissingResultsError
 from analysis.experiments import two_hop_reuse as th
 from analysis.figures.two_hop import templates_figure
 from analysis.registry import Result
 from analysis.report import claim_verdicts, draw_figures
-from analysis.sweep import run_sweep
 from analysis.verdict import NOT_SUPPORTED, OUTCOMES, SUPPORTED, judge
 from toymodels.presets import tiny_two_hop
+from sweep_helpers import sweep_tiny
 
 EXPERIMENT = registry.get("two_hop_reuse")
 
@@ -40,11 +40,10 @@ def test_registered_with_quick_and_paper_grids():
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
-    summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
-    assert not summary.failures, summary.failures[0].error
+    summary, results = sweep_tiny(EXPERIMENT, TINY, root)
     assert summary.computed == len(TINY)
     assert len(list((root / "models").glob("*.safetensors"))) == 2 * 2  # one per (format, seed): conditions share it
-    return load_results(EXPERIMENT.name, TINY, root, "quick")
+    return results
 
 
 def test_results_hold_accuracy_broadcast_and_chance_for_every_model(results):

@@ -8,18 +8,18 @@ import pytest
 import torch
 
 from analysis import registry
-from analysis.cache import MissingResultsError, ResultCache, load_results
+from analysis.cache import MissingResultsError
 from analysis.experiments import math_reuse as mr
 from analysis.figures.math_reuse import methods_figure
 from analysis.registry import Result
 from analysis.report import claim_verdicts, draw_figures
-from analysis.sweep import run_sweep
 from toymodels.math_reuse import MathReuseConfig, make_corpus, with_condition_probes
 from toymodels.presets import tiny_math_reuse
 from toymodels.seeds import numpy_rng
 from toymodels.span_family import rows
 from toymodels.tasks.math_experts import make_math_expert_set
 from toymodels.tasks.math_problems import solve
+from sweep_helpers import sweep_tiny
 
 EXPERIMENT = registry.get("math_reuse")
 TINY = [mr.MathReuseExpConfig(tiny_math_reuse(), seed=s) for s in (0, 1)]
@@ -27,10 +27,7 @@ TINY = [mr.MathReuseExpConfig(tiny_math_reuse(), seed=s) for s in (0, 1)]
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    root = tmp_path_factory.mktemp("math_reuse")
-    summary = run_sweep(EXPERIMENT, TINY, ResultCache(root, EXPERIMENT.name), progress=False)
-    assert summary.failures == [], summary.failures[0].error if summary.failures else ""
-    return load_results(EXPERIMENT.name, TINY, root, "quick")
+    return sweep_tiny(EXPERIMENT, TINY, tmp_path_factory.mktemp("results"))[1]
 
 
 def test_registered_with_grids_claims_and_figure():
