@@ -40,7 +40,7 @@ from toymodels.progress import Progress, labelled
 from toymodels.protocol import Backend, TaskFamily, run_protocol, train_summary
 from toymodels.reuse import METHODS
 from toymodels.reuse_options import ReuseOptions
-from toymodels.span_family import Needs, open_answers, span_family, train_span_base
+from toymodels.span_family import Needs, SpanBase, open_answers, span_family, train_span_base
 from toymodels.tasks import Examples
 from toymodels.tasks.code_corpus import CodePretraining, CodeTaskConfig, execution_accuracy, make_code_pretraining, \
     random_inputs
@@ -89,28 +89,16 @@ class CodeReuseConfig(Config):
             "n_inputs": (isinstance(self.n_inputs, int) and self.n_inputs >= 1, "an integer >= 1")})
 
 
-@dataclass
-class CodeBase:
-    """A pretrained base model and its corpus."""
-
-    pretraining: CodePretraining
-    result: TrainResult
-
-    @property
-    def model(self):
-        return self.result.model
-
-
 def make_corpus(cfg: CodeReuseConfig, seed: int) -> CodePretraining:
     return make_code_pretraining(cfg.task, seeds.numpy_rng(seed, "base", "corpus"))
 
 
 def train_code_base(cfg: CodeReuseConfig, seed: int = 0, device: str = "auto",
-                    progress: Progress | None = None) -> CodeBase:
+                    progress: Progress | None = None) -> SpanBase:
     """The corpus of ``seed`` and a GPT pretrained on it (``seed`` is the base's seed)."""
     pre = make_corpus(cfg, seed)
     check_context(cfg, [pre.train, *pre.eval_sets.values()])
-    return CodeBase(pre, train_span_base(pre, cfg.model, cfg.train, seed, device, labelled(progress, "base model")))
+    return SpanBase(pre, train_span_base(pre, cfg.model, cfg.train, seed, device, labelled(progress, "base model")))
 
 
 def check_context(cfg: CodeReuseConfig, sets: list[Examples]) -> None:
@@ -175,7 +163,7 @@ def precondition(result: TrainResult) -> dict:
 
 
 def run_code_reuse(cfg: CodeReuseConfig, seed: int = 0, device: str = "auto", progress: Progress | None = None,
-                   base: CodeBase | None = None) -> dict:
+                   base: SpanBase | None = None) -> dict:
     """Pretrain (unless ``base``, trained on ``seed``, is given), draw the experts in
     ``cfg.experts.style`` and run the protocol. Returns (JSON-able)::
 

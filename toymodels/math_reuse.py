@@ -33,7 +33,7 @@ from toymodels.progress import Progress, labelled
 from toymodels.protocol import Backend, run_protocol, train_summary
 from toymodels.reuse import METHODS
 from toymodels.reuse_options import ReuseOptions
-from toymodels.span_family import Needs, rows, span_family, train_span_base
+from toymodels.span_family import Needs, SpanBase, rows, span_family, train_span_base
 from toymodels.tasks.knowledge import encode
 from toymodels.tasks.math_corpus import MathPretraining, MathTaskConfig, make_math_pretraining
 from toymodels.tasks.math_experts import MathExpertConfig, MathExpertSet, make_math_expert_set
@@ -76,26 +76,14 @@ class MathReuseConfig(Config):
             "decode_extra": (isinstance(self.decode_extra, int) and self.decode_extra >= 0, "an integer >= 0")})
 
 
-@dataclass
-class MathBase:
-    """A pretrained base model and its corpus."""
-
-    pretraining: MathPretraining
-    result: TrainResult
-
-    @property
-    def model(self):
-        return self.result.model
-
-
 def make_corpus(cfg: MathReuseConfig, seed: int) -> MathPretraining:
     return make_math_pretraining(cfg.task, seeds.numpy_rng(seed, "base", "corpus"))
 
 
 def train_math_base(cfg: MathReuseConfig, seed: int = 0, device: str = "auto",
-                    progress: Progress | None = None) -> MathBase:
+                    progress: Progress | None = None) -> SpanBase:
     pre = make_corpus(cfg, seed)
-    return MathBase(pre, train_span_base(pre, cfg.model, cfg.train, seed, device, labelled(progress, "base model")))
+    return SpanBase(pre, train_span_base(pre, cfg.model, cfg.train, seed, device, labelled(progress, "base model")))
 
 
 def with_condition_probes(pre: MathPretraining, es: MathExpertSet, rng: np.random.Generator) -> tuple[MathExpertSet,
@@ -146,7 +134,7 @@ def precondition(result: TrainResult) -> dict:
 
 
 def run_math_reuse(cfg: MathReuseConfig, seed: int = 0, device: str = "auto", progress: Progress | None = None,
-                   base: MathBase | None = None) -> dict:
+                   base: SpanBase | None = None) -> dict:
     """Returns (JSON-able)::
 
         {"config", "key", "seed", "template", "n_composed", "chance",

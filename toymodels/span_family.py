@@ -25,7 +25,8 @@ Nothing here knows what the tokens mean.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -166,6 +167,18 @@ def span_family(es: SpanExpertSet, libraries: Mapping[str, Sequence[str]], reuse
 
     return TaskFamily(experts=es.train, libraries=libraries, shots=es.composed[:reuse.lorahub_shots],
                       score=score, oracle=span_oracle)
+
+
+@dataclass
+class SpanBase:
+    """A pretrained base model (``result.model``) and the corpus it was pretrained on."""
+
+    pretraining: Any  # the family's corpus, e.g. MathPretraining or CodePretraining
+    result: TrainResult
+
+    @property
+    def model(self) -> GPT:
+        return self.result.model
 
 
 def train_span_base(corpus, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, device: str = "auto",
