@@ -196,7 +196,14 @@ def quick_large_two_hop(fmt: str = "latent") -> PipelineConfig:
     rank 4, every split (F, H, R and O), the joint full fine-tune ceiling at
     ``full_finetune().lr`` (``joint_full/<library>``), new-entity rows frozen
     (``new_entity_rows=False``, the LoRA-only default; ``--set pipeline.new_entity_rows=true``
-    trains them, toymodels/entity_rows.py)."""
+    trains them, toymodels/entity_rows.py).
+
+    MEASURED cost (CoT, seed 0, methods average/sum/TIES/Arrow, 1 thread, ``nice -n 5``, 2
+    cores shared with ~5 jobs; CPU s = user + sys; bench/results/large_two_hop_base.jsonl):
+    base 85 CPU s; the four splits F/H/R/O (5 experts, 2 joint LoRAs, 2 joint full
+    fine-tunes, 8 reuse models and every score each) 67 + 25 + 28 + 28 = 148 CPU s with
+    recipe ``memorised`` (F is the slow split: its joint LoRAs run to the 300-step cap, its
+    experts 140-285 steps), 73 + 74 + 77 + 81 = 305 CPU s with ``fixed300_r8`` (every run 300 steps)."""
     return PipelineConfig(base=large_base(fmt), experts=ExpertConfig(n_facts=LARGE_FACTS, n_distractors=2, n_control=32),
                           lora=LoRAConfig(rank=4, alpha=8.0), familiarities=SPLITS, joint_full_lr=full_finetune().lr)
 
