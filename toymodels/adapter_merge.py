@@ -17,6 +17,7 @@ from torch import Tensor
 from theory import merge
 from theory.merge import Factors
 from toymodels.adapters import Adapter
+from toymodels.entity_rows import combine_rows
 
 
 def per_module(adapters: Sequence[Adapter]) -> dict[str, list[Factors]]:
@@ -32,15 +33,18 @@ def per_module(adapters: Sequence[Adapter]) -> dict[str, list[Factors]]:
     return out
 
 
-def merged_adapter(adapters: Sequence[Adapter], factors: dict[str, Factors]) -> Adapter:
+def merged_adapter(adapters: Sequence[Adapter], factors: dict[str, Factors],
+                   row_weights: Sequence[float] | None = None) -> Adapter:
     """An adapter holding ``factors`` (scale 1 each): config = union of the inputs' targets
-    and layers, nominal rank the largest module rank, ``alpha = rank`` so the scale is 1."""
+    and layers, nominal rank the largest module rank, ``alpha = rank`` so the scale is 1;
+    entity rows (if any input has them): their ``row_weights``-weighted sum (None: uniform
+    average), :func:`toymodels.entity_rows.combine_rows`."""
     rank = max(f.rank for f in factors.values())
     cfgs = [a.config for a in adapters]
     layers = None if any(c.layers is None for c in cfgs) else tuple(sorted({l for c in cfgs for l in c.layers}))
     config = dataclasses.replace(cfgs[0], rank=rank, alpha=float(rank), rslora=False, layers=layers,
                                  targets=tuple(dict.fromkeys(t for c in cfgs for t in c.targets)))
-    return Adapter(config, factors)
+    return Adapter(config, factors, combine_rows([a.rows for a in adapters], row_weights))
 
 
 def exact_factors(delta: Tensor) -> Factors:
@@ -51,8 +55,9 @@ def exact_factors(delta: Tensor) -> Factors:
     return Factors(A=torch.eye(d_in, dtype=delta.dtype, device=delta.device), B=delta.clone())
 
 
-def from_deltas(adapters: Sequence[Adapter], deltas: dict[str, Tensor], rank: int | None) -> Adapter:
+def from_deltas(adapters: Sequence[Adapter], deltas: dict[str, Tensor], rank: int | None,
+                row_weights: Sequence[float] | None = None) -> Adapter:
     """:func:`merged_adapter` of ``deltas`` factored exactly (``rank=None``) or by
     Eckart-Young truncation to ``rank`` (MERGE-2)."""
     factor = exact_factors if rank is None else (lambda d: merge.svd_truncate(d, rank))
-    return merged_adapter(adapters, {path: factor(d) for path, d in deltas.items()})
+    return merged_adapter(adapters, {path: factor(d) for path, d in deltas.items()}, row_weights)

@@ -9,7 +9,9 @@ are pure functions on adapters; models are built from ``base + adapter`` on dema
 
 Each module's :class:`~theory.merge.Factors` carries its own rank and scale, so a merged
 adapter (``cat``: rank ``sum r_i``, scale 1) is an adapter like any other. On disk it is a
-PEFT LoRA checkpoint: :mod:`toymodels.peft_checkpoint` saves and loads it.
+PEFT LoRA checkpoint: :mod:`toymodels.peft_checkpoint` saves and loads it. An adapter may
+also carry trained embedding / unembedding row deltas of new-entity tokens (``rows``,
+:mod:`toymodels.entity_rows`); every function here applies them with the factors.
 """
 from __future__ import annotations
 
@@ -20,16 +22,19 @@ import torch
 from torch import nn
 
 from theory.merge import Factors
+from toymodels.entity_rows import RowDeltas, extract_rows, fold_rows
 from toymodels.lora import LoRAConfig, LoRALinear, RoleMap, inject_lora, is_linear_map, linear_weight, lora_modules
 from toymodels.validate import check_finite as require_finite
 
 
 @dataclass(frozen=True)
 class Adapter:
-    """``config`` describes how the adapter was trained; ``factors`` are its weights."""
+    """``config`` describes how the adapter was trained; ``factors`` are its weights; ``rows``
+    the new-entity row deltas trained beside them, if any (:mod:`toymodels.entity_rows`)."""
 
     config: LoRAConfig
     factors: dict[str, Factors] = field(default_factory=dict)
+    rows: RowDeltas | None = None
 
     @property
     def paths(self) -> list[str]:
@@ -40,11 +45,12 @@ class Adapter:
 
 
 def extract_adapter(model: nn.Module, config: LoRAConfig) -> Adapter:
-    """The (detached, cloned) factors of every ``LoRALinear`` in ``model``."""
+    """The (detached, cloned) factors of every ``LoRALinear`` in ``model`` and its entity row
+    deltas, where :func:`toymodels.entity_rows.inject_rows` added them."""
     modules = lora_modules(model)
     if not modules:
         raise ValueError("model has no LoRALinear modules: inject_lora or apply_adapter first")
-    return Adapter(config, {path: m.factors for path, m in modules.items()})
+    return Adapter(config, {path: m.factors for path, m in modules.items()}, extract_rows(model))
 
 
 def random_adapter(base: nn.Module, config: LoRAConfig, role_map: RoleMap,
@@ -94,6 +100,8 @@ def apply_adapter(base: nn.Module, adapter: Adapter, check_finite: bool = True) 
             lora.A.copy_(f.A)
             lora.B.copy_(f.B)
         new.set_submodule(path, lora)
+    if adapter.rows is not None:
+        fold_rows(new, adapter.rows)
     return new
 
 
@@ -113,6 +121,8 @@ def merge_into_new_model(base: nn.Module, adapter: Adapter, weight: float = 1.0,
                 require_finite(f"module {path}: merged delta (weight {weight})", delta,
                                "an input adapter is not finite or the merge overflowed")
             W.add_(delta)
+    if adapter.rows is not None:
+        fold_rows(new, adapter.rows, weight)
     return new
 
 

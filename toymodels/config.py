@@ -3,24 +3,51 @@ key and typed ``a.b=v`` overrides.
 
 Subclass :class:`Config` with ``@dataclass(frozen=True)``; validate in ``__post_init__``
 by raising ``ValueError`` that names the field, the bad value and what is allowed.
+
+A field added after results were cached is declared with :func:`opt_in`: while it holds its
+default it is left out of :meth:`Config.to_dict` and so of :meth:`Config.key`, so every config
+that does not use it keeps the key (and the cached record) it had before the field existed.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import math
 import typing
+from dataclasses import field
 from typing import Any
 
 CACHE_VERSION = 2  # bump when a change to the code invalidates cached results
+
+
+OPT_IN = "opt_in"  # field metadata flag, see opt_in()
+
+
+def opt_in(default: Any) -> Any:
+    """A dataclass field with an immutable ``default`` that :meth:`Config.to_dict` omits while
+    it holds that default (module docstring): for knobs added after results were cached."""
+    return field(default=default, metadata={OPT_IN: True})
+
+
+def _plain(obj: Any) -> Any:
+    """``dataclasses.asdict`` without the :func:`opt_in` fields that hold their default."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get(OPT_IN) and getattr(obj, f.name) == f.default)}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return copy.deepcopy(obj)
 
 
 class Config:
     """Mixin for frozen dataclass configs."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[arg-type]
+        return _plain(self)
 
     def key(self) -> str:
         """Short sha256 of the canonical JSON of the config plus :data:`CACHE_VERSION`."""

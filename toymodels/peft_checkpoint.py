@@ -23,6 +23,7 @@ from torch import nn
 
 from theory.merge import Factors
 from toymodels.adapters import Adapter, base_linear, check_shapes
+from toymodels.entity_rows import ROWS_NAME, load_rows, save_rows
 from toymodels.lora import INITS, LoRAConfig, RoleMap, is_fan_in_fan_out
 from toymodels.validate import NEVER_UNPICKLE, check_adapter_config, convert_hint, lora_pairs, pattern_matches
 from toymodels.validate import check_finite as require_finite
@@ -130,12 +131,17 @@ def save_adapter(adapter: Adapter, directory: str | Path, base_model_name_or_pat
                  task_type: str | None = None, fan_in_fan_out: bool = False) -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory``
     (:func:`peft_config`; for a Hugging Face causal LM ``task_type=peft_task_type(base)`` and
-    ``fan_in_fan_out=peft_fan_in_fan_out(base, adapter)``)."""
+    ``fan_in_fan_out=peft_fan_in_fan_out(base, adapter)``). An adapter's entity row deltas
+    (``adapter.rows``) go beside them, into ``entity_rows.safetensors`` (PEFT ignores it)."""
     config = peft_config(adapter, base_model_name_or_path, task_type, fan_in_fan_out)  # validates before writing
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(peft_state_dict(adapter), directory / WEIGHTS_NAME)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if adapter.rows is not None:
+        save_rows(adapter.rows, directory)
+    else:  # a rows file left by an earlier save would load as this adapter's
+        (directory / ROWS_NAME).unlink(missing_ok=True)
     return directory
 
 
@@ -228,6 +234,6 @@ def load_adapter(directory: str | Path, base: nn.Module, role_map: RoleMap, chec
             init=init if init in INITS else defaults["init"])
     except ValueError as exc:
         raise ValueError(f"{directory / CONFIG_NAME}: {exc}") from None
-    adapter = Adapter(config, factors)
+    adapter = Adapter(config, factors, load_rows(directory))  # entity rows: where save_adapter wrote them
     check_shapes(base, adapter)
     return adapter

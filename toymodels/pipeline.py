@@ -4,7 +4,9 @@
 for each familiarity split (F / H / R) trains one LoRA per expert (AB, BC, AC, distractors)
 and one joint LoRA per library on the union of its experts' data, and scores every model
 (base, each single expert, each joint LoRA, every method of ``reuse.METHODS`` on each
-library) with :func:`toymodels.scoring.score_model`. Two libraries are reused:
+library) with :func:`toymodels.scoring.score_model`; with ``joint_full_lr`` also a joint-data
+FULL fine-tune per library (``joint_full/<library>``, the ceiling without LoRA's rank limit).
+Two libraries are reused:
 ``hops`` = {AB, BC, distractors} (can disjoint one-hop adapters compose?) and ``with_AC`` =
 {AB, BC, AC, distractors} (the paper finds the target-task expert necessary).
 
@@ -20,14 +22,16 @@ The returned dict is JSON-able: numbers, strings, lists and dicts only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
 from toymodels import protocol
-from toymodels.adapters import Adapter
-from toymodels.config import Config
-from toymodels.lora import LoRAConfig
+from toymodels.adapters import Adapter, extract_adapter
+from toymodels.config import Config, opt_in
+from toymodels.entity_rows import inject_rows, rows_in
+from toymodels.lora import LoRAConfig, inject_lora
 from toymodels.model import GPT, ModelConfig, role_modules
 from toymodels.progress import Progress, labelled, open_bar
 from toymodels.protocol import LIBRARIES, Backend, run_protocol, train_summary
@@ -70,6 +74,15 @@ class PipelineConfig(Config):
     familiarities: tuple[str, ...] = FAMILIARITIES
     methods: tuple[str, ...] = DEFAULT_METHODS
     reuse: ReuseOptions = field(default_factory=ReuseOptions)
+    # Opt-in knobs (toymodels/config.py: left out of the cache key at their defaults).
+    # joint_full_lr: also fine-tune every base weight on each library's joint data at this lr
+    # (presets.full_finetune().lr), scored as ``joint_full/<library>``; None: no full fine-tune.
+    joint_full_lr: float | None = opt_in(None)
+    # new_entity_rows: each LoRA also trains the embedding and unembedding rows of the new-entity
+    # tokens in its data (split F's entities, H's subjects; toymodels/entity_rows.py); the row
+    # deltas travel with the adapter and merge with it. False (default): those rows stay at
+    # their random init, which no LoRA can move.
+    new_entity_rows: bool = opt_in(False)
 
     def __post_init__(self):
         if bad := [f for f in self.familiarities if f not in SPLITS] or not self.familiarities:
@@ -82,6 +95,8 @@ class PipelineConfig(Config):
             raise ValueError(f"methods contains {bad}: must be among {', '.join(METHODS)}")
         if self.finetune.target_set not in (None, "facts"):
             raise ValueError(f"finetune.target_set={self.finetune.target_set!r}: must be None or 'facts'")
+        if self.joint_full_lr is not None and not self.joint_full_lr > 0:
+            raise ValueError(f"joint_full_lr={self.joint_full_lr!r}: must be > 0, or None for no full fine-tune")
 
 
 @dataclass
@@ -118,6 +133,20 @@ def train_lora(base: nn.Module, data: Examples, cfg: PipelineConfig, gen: torch.
     return protocol.train_lora(Backend(base, role_modules(base), device), data, cfg.lora, cfg.finetune, gen, progress)
 
 
+def rows_trainer(new_tokens: range) -> Callable[..., tuple[Adapter, TrainResult]]:
+    """A ``Backend.trainer`` (:func:`toymodels.protocol.train_lora`'s signature) that trains the
+    LoRA together with the embedding / unembedding rows of the ``new_tokens`` in its data (none
+    there: the LoRA alone), :mod:`toymodels.entity_rows`."""
+    def trainer(backend: Backend, data: Examples, lora: LoRAConfig, finetune: TrainConfig, gen: torch.Generator,
+                progress: Progress | None = None) -> tuple[Adapter, TrainResult]:
+        model = inject_lora(backend.model, lora, backend.roles, gen)
+        if len(tokens := rows_in(data.tokens, new_tokens)):
+            inject_rows(model, tokens)
+        result = train(model, data, finetune, gen, {"facts": data}, backend.device, progress)
+        return extract_adapter(model, lora), result
+    return trainer
+
+
 def run_split(base: BaseRun, cfg: PipelineConfig, familiarity: str, seed: int, device: str,
               progress: Progress | None = None, stacked: bool = False) -> dict:
     """Experts, joint LoRAs and scores of every model for one familiarity split
@@ -128,8 +157,10 @@ def run_split(base: BaseRun, cfg: PipelineConfig, familiarity: str, seed: int, d
     distractors = [name for name in es.experts if name.startswith("D")]
     libraries = {lib: list(names) + distractors for lib, names in LIBRARIES.items()}
     family = two_hop_family(base, es, libraries, cfg.reuse)
-    done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, seed, (familiarity,),
-                        title=f"split {familiarity}", progress=progress, stacked=stacked)
+    trainer = rows_trainer(base.pretraining.graph.tokenizer.new_tokens) if cfg.new_entity_rows else None
+    done = run_protocol(family, Backend(base.model, role_modules(base.model), device, trainer), cfg, seed,
+                        (familiarity,), title=f"split {familiarity}", progress=progress, stacked=stacked,
+                        joint_full_lr=cfg.joint_full_lr)
     return {"r1": es.r1, "r2": es.r2, "n_composed": len(es.composed), **done,
             "chance": chance_levels(base.pretraining, es)}
 
@@ -144,11 +175,14 @@ def run_two_hop(cfg: PipelineConfig, seed: int = 0, device: str = "auto", progre
         {"config", "key", "seed",
          "base": {steps, seconds, reached_target, final, eval_steps, curves, losses},
          "splits": {"F"|"H"|"R": {"r1", "r2", "n_composed", "chance",
-                    "experts": {name: training summary},   # AB, BC, AC, D*, joint/<library>
-                    "models": {"base" | "single/<expert>" | "joint/<library>" |
+                    "experts": {name: training summary},   # AB, BC, AC, D*, joint[_full]/<library>
+                    "models": {"base" | "single/<expert>" | "joint/<library>" | "joint_full/<library>" |
                                "<method>/<library>": scoring.score_model dict}}}}
     """
     resolve_device(device)  # fail early on a bad name
+    if stacked and cfg.new_entity_rows:
+        raise ValueError("stacked=True with new_entity_rows=True: the stacked engine trains LoRA factors only; "
+                         "run sequentially (stacked=False) or turn new_entity_rows off")
     base = base or train_base(cfg.base, seed, device, progress)
     return {
         "config": cfg.to_dict(), "key": cfg.key(), "seed": seed,

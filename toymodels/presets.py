@@ -9,6 +9,7 @@ NOT compose.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from toymodels.code_reuse import CodeReuseConfig
 from toymodels.lora import LoRAConfig
@@ -19,7 +20,7 @@ from toymodels.reuse_options import ReuseOptions
 from toymodels.tasks.code_corpus import CodeTaskConfig
 from toymodels.tasks.code_experts import CodeExpertConfig
 from toymodels.tasks.code_world import CodeWorldConfig
-from toymodels.tasks.experts import ExpertConfig
+from toymodels.tasks.experts import SPLITS, ExpertConfig
 from toymodels.tasks.knowledge import GraphConfig
 from toymodels.tasks.math_corpus import MathTaskConfig
 from toymodels.tasks.math_experts import MathExpertConfig
@@ -59,6 +60,35 @@ def full_finetune(**change) -> TrainConfig:
     fine-tuning's lr about 10x below LoRA's). NOT MEASURED here yet: no retention or
     convergence number backs the value. ``change``: fields to replace."""
     return careful_finetune(**{"lr": 1e-4, **change})
+
+
+def fixed_finetune(**change) -> TrainConfig:
+    """careful_finetune's lr and batch for a FIXED 300 steps, no stop at memorised (issue 12's
+    "fixed 300 steps" recipe), evaluated every 50 steps. ``change``: fields to replace."""
+    return careful_finetune(**{"target_acc": None, "target_set": None, "eval_every": 50, **change})
+
+
+# The two-hop reuse experiment's fine-tune recipes (issue 12 item 3: the recipe is a grid axis):
+# name -> (the fine-tune, the LoRA fields it replaces). "memorised" is today's recipe
+# (careful_finetune on the pipeline's LoRA, every role targeted, so it is also "targets all");
+# the others change one thing each, except fixed300_r8, issue 12's fixed-steps rank-8 recipe
+# (rank 8 at alpha 16 keeps the scale alpha / r = 2 of rank 4 at alpha 8).
+TWO_HOP_RECIPES: dict[str, tuple[Callable[[], TrainConfig], dict]] = {
+    "memorised": (careful_finetune, {}),
+    "fixed300_r8": (fixed_finetune, {"rank": 8, "alpha": 16.0}),
+    "lr3e-3": (lambda: careful_finetune(lr=3e-3), {}),
+    "attn": (careful_finetune, {"targets": ("q", "k", "v", "o")}),
+    "mlp": (careful_finetune, {"targets": ("mlp_in", "mlp_out")}),
+}
+
+
+def with_recipe(p: PipelineConfig, name: str) -> PipelineConfig:
+    """``p`` fine-tuned with the named recipe of :data:`TWO_HOP_RECIPES` (finetune and LoRA
+    targets / rank replaced; everything else kept)."""
+    if name not in TWO_HOP_RECIPES:
+        raise ValueError(f"recipe {name!r}: must be one of {', '.join(TWO_HOP_RECIPES)}")
+    finetune, lora = TWO_HOP_RECIPES[name]
+    return dataclasses.replace(p, finetune=finetune(), lora=dataclasses.replace(p.lora, **lora))
 
 
 def tiny_finetune() -> TrainConfig:
@@ -125,6 +155,57 @@ def quick_two_hop(fmt: str = "latent") -> PipelineConfig:
     """The reuse experiment on :func:`quick_base`: 8 facts per expert, 2 distractors, rank 4."""
     return PipelineConfig(base=quick_base(fmt), experts=ExpertConfig(n_facts=8, n_distractors=2),
                           lora=LoRAConfig(rank=4, alpha=8.0))
+
+
+LARGE_FACTS = 32  # composed questions per split and seed in the large grid (issue 12 item 5)
+
+
+def large_base(fmt: str = "latent") -> BaseConfig:
+    """:func:`quick_base`'s model and recipe on a graph large enough for ``LARGE_FACTS`` = 32
+    composed questions per split (F, H, R, O) with 2 distractor experts: 320 familiar entities
+    (10% = 32 out of distribution, for split O), 8 relations, 224 new entity tokens (split F
+    uses (3 + 2 x 2) x 32). R needs 224 of the 288 in-distribution entities, leaving 64 for the
+    broadcast controls and shared templates. Opt-in (``two_hop_reuse`` profile
+    ``quick_large``); the quick profile keeps :func:`quick_base`.
+
+    CoT trains up to 3,000 steps (quick_base's 1,000 cap would bind on a 3.2x larger graph) and
+    stops at 95% val_id; latent keeps quick_base's 3,000 constant-lr steps, which is NOT enough.
+
+    MEASURED (seed 0, 931,840 parameters, float32, 1 thread under ``nice -n 5`` on 2 cores
+    shared with ~5 other jobs; CPU s = user + sys of the process; exact match on 512-row eval
+    subsets every 100 steps; raw log bench/results/large_two_hop_base.jsonl):
+    - cot: stopped at step 600 (val_id 0.992), 83 CPU s (195 s wall). test_id by step
+      100..600: 0.000 0.035 0.232 0.719 0.963 0.990; test_ood (chains of the 32 OOD
+      entities) 0.002 0.012 0.127 0.484 0.789 0.936; atomic 0.994 at 600. Composes.
+    - latent: did NOT compose: 3,000 steps, 346 CPU s (1,067 s wall), still on the loss
+      plateau (loss 2.08; quick_base on 100 entities: ~0.12 by then): test_id 0.031, val_id 0.020, atomic
+      0.221, train chains 0.180 at step 3,000 (test_id <= 0.031 at every eval). quick_base's
+      latent recipe fits 100 entities in 3,000 steps; on 320 it has not started memorising,
+      so a latent base here needs a longer budget or another recipe (bench/latent_recipe.md:
+      a smaller model fitted faster per FLOP), not measured here.
+    """
+    base = quick_base(fmt)
+    graph = GraphConfig(n_entities=320, n_relations=8, n_new=7 * LARGE_FACTS)
+    train = dataclasses.replace(base.train, steps=3000 if fmt == "cot" else base.train.steps)
+    return _base(graph, fmt, dict(n_layers=4, d_model=128, n_heads=4, d_mlp=512), train, ood_frac=0.1)
+
+
+def quick_large_two_hop(fmt: str = "latent") -> PipelineConfig:
+    """The reuse experiment on :func:`large_base`: ``LARGE_FACTS`` = 32 facts per expert (so 32
+    composed questions per split and seed), 2 distractors, 32 control questions per expert,
+    rank 4, every split (F, H, R and O), the joint full fine-tune ceiling at
+    ``full_finetune().lr`` (``joint_full/<library>``), new-entity rows frozen
+    (``new_entity_rows=False``, the LoRA-only default; ``--set pipeline.new_entity_rows=true``
+    trains them, toymodels/entity_rows.py).
+
+    MEASURED cost (CoT, seed 0, methods average/sum/TIES/Arrow, 1 thread, ``nice -n 5``, 2
+    cores shared with ~5 jobs; CPU s = user + sys; bench/results/large_two_hop_base.jsonl):
+    base 85 CPU s; the four splits F/H/R/O (5 experts, 2 joint LoRAs, 2 joint full
+    fine-tunes, 8 reuse models and every score each) 67 + 25 + 28 + 28 = 148 CPU s with
+    recipe ``memorised`` (F is the slow split: its joint LoRAs run to the 300-step cap, its
+    experts 140-285 steps), 73 + 74 + 77 + 81 = 305 CPU s with ``fixed300_r8`` (every run 300 steps)."""
+    return PipelineConfig(base=large_base(fmt), experts=ExpertConfig(n_facts=LARGE_FACTS, n_distractors=2, n_control=32),
+                          lora=LoRAConfig(rank=4, alpha=8.0), familiarities=SPLITS, joint_full_lr=full_finetune().lr)
 
 
 def tiny_base(fmt: str = "latent") -> BaseConfig:

@@ -16,7 +16,11 @@ or a routed one (``toymodels/routing.py``). The space each merge acts in (STYLE.
   ``peft_<combination_type>`` (``toymodels/peft_merges.py``). Each of our methods says below
   how it differs from PEFT's; README "PEFT correspondence" has the table.
 Routed: ``arrow`` and ``oracle``.
-Adapters missing a module count as zero there. Every weight may be negative.
+Adapters missing a module count as zero there. Every weight may be negative. Entity row
+deltas (``Adapter.rows``, :mod:`toymodels.entity_rows`) combine as the weighted sum with the
+method's weights (uniform for ``average``/``ties``, all 1 for ``sum``/``dare`` by default):
+exactly in delta space for the exact merges; TIES trimming, DARE drops and SVD truncation act
+on the factors' deltas only. Routed models get the uniform average of the rows.
 Merging ONE adapter at weight 1 gives it back, for every method here at its lossless
 setting (``ties`` density 1, ``dare`` drop 0, ``svd`` rank >= r) and any scaling (rsLoRA
 too); PEFT's, and so ``peft_*``, do not for rsLoRA (tests/test_peft_merges.py).
@@ -45,7 +49,7 @@ def cat(adapters: Sequence[Adapter], weights: Weights = None) -> Adapter:
     ``A = [A_1; ...]``, ``B = [w_1 s_1 B_1, ...]``. PEFT ``cat`` has the same delta (tested) with
     ``w_i s_i`` on ``A_i`` instead, zero-padded to the nominal ranks, and scaled by
     ``sqrt(sum r_i)`` when the first adapter uses rsLoRA (``peft_cat`` keeps that)."""
-    return merged_adapter(adapters, {p: merge.cat(fs, weights) for p, fs in per_module(adapters).items()})
+    return merged_adapter(adapters, {p: merge.cat(fs, weights) for p, fs in per_module(adapters).items()}, weights)
 
 
 def task_arithmetic(adapters: Sequence[Adapter], weights: Weights = None) -> Adapter:
@@ -65,7 +69,7 @@ def svd(adapters: Sequence[Adapter], rank: int, weights: Weights = None) -> Adap
     rank (tested), but all of ``S`` on ``B``, ``svd_rank`` defaulting to the largest input rank,
     an optional ``svd_clamp`` and the rsLoRA scaling quirk (``peft_svd`` keeps them)."""
     deltas = {p: merge.weighted_delta_sum(fs, weights) for p, fs in per_module(adapters).items()}
-    return from_deltas(adapters, deltas, rank)
+    return from_deltas(adapters, deltas, rank, weights)
 
 
 def ties(adapters: Sequence[Adapter], weights: Weights = None, density: float = 0.2,
@@ -94,7 +98,7 @@ def dare(adapters: Sequence[Adapter], drop_rate: float, generator: torch.Generat
     w = merge._check_weights(len(adapters), [1.0] * len(adapters) if weights is None else weights)
     deltas = {p: sum(wi * merge.dare(f.delta, drop_rate, generator) for wi, f in zip(w, fs))
               for p, fs in per_module(adapters).items()}
-    return from_deltas(adapters, deltas, rank)
+    return from_deltas(adapters, deltas, rank, w)
 
 
 def factor_average(adapters: Sequence[Adapter], weights: Weights = None) -> Adapter:
@@ -102,14 +106,15 @@ def factor_average(adapters: Sequence[Adapter], weights: Weights = None) -> Adap
     ``B = sum sqrt(|w_i s_i|) B_i``, ``A = sum sign(w_i s_i) sqrt(|w_i s_i|) A_i``, scale 1,
     equal ranks, any sign of ``w`` (``None``: uniform). Equal to PEFT's numbers (tested) except
     when the first adapter uses rsLoRA, where PEFT multiplies by ``sqrt(r)`` (``peft_linear``)."""
-    return merged_adapter(adapters, {p: merge.factor_average(fs, weights) for p, fs in per_module(adapters).items()})
+    return merged_adapter(adapters, {p: merge.factor_average(fs, weights) for p, fs in per_module(adapters).items()},
+                          weights)
 
 
 def lorahub_combine(adapters: Sequence[Adapter], weights: Sequence[float]) -> Adapter:
     """LoraHub's composition ``A = sum w_i s_i A_i``, ``B = sum w_i B_i`` (any sign of ``w``),
     per module: :func:`theory.merge.factor_combine`. No PEFT counterpart."""
     return merged_adapter(adapters, {p: merge.factor_combine(fs, [w * f.scale for w, f in zip(weights, fs)], weights)
-                                     for p, fs in per_module(adapters).items()})
+                                     for p, fs in per_module(adapters).items()}, weights)
 
 
 def lorahub_search(base: nn.Module, adapters: Sequence[Adapter], loss_fn: Callable[[nn.Module], float],

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from theory.merge import Factors
 from theory.routing import arrow_prototype, arrow_weights
 from toymodels.adapters import Adapter, check_shapes
+from toymodels.entity_rows import combine_rows, fold_rows
 
 
 class ArrowRouter(nn.Module):
@@ -104,6 +105,9 @@ def build_routed_model(base: nn.Module, adapters: Sequence[Adapter],
     for adapter in adapters:
         check_shapes(base, adapter)
     new = copy.deepcopy(base).requires_grad_(False)
+    rows = combine_rows([a.rows for a in adapters])  # token rows cannot be routed: averaged
+    if rows is not None:
+        fold_rows(new, rows)
     for path in dict.fromkeys(p for a in adapters for p in a.paths):
         bank = _bank(adapters, path)
         new.set_submodule(path, RoutedLinear(new.get_submodule(path), bank, make_router(bank)))

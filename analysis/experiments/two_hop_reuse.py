@@ -29,14 +29,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from analysis.registry import Ceiling, ClaimMeasure, Experiment, Result, register
 from analysis.stats import ACCURACY, DIFFERENCE, paired_differences
 from analysis.verdict import Claim
-from toymodels.config import Config
+from toymodels.config import Config, opt_in
 from toymodels.pipeline import PipelineConfig, run_two_hop
-from toymodels.presets import quick_two_hop
+from toymodels.presets import TWO_HOP_RECIPES, quick_large_two_hop, quick_two_hop, with_recipe
 
 FORMATS = ("latent", "cot")
 # name -> (distractor experts, shared-template examples per expert)
@@ -60,6 +60,17 @@ class TwoHopReuseConfig(Config):
     condition: str = "main"  # a label only; the knobs are pipeline.experts.*
     seed: int = 0  # expert data, LoRA init, randomized merges
     base_seed: int = 0  # the base model's corpus, init and batch order (the grids: = seed)
+    # the fine-tune recipe's name (presets.TWO_HOP_RECIPES), a label like ``condition``: the
+    # grid sets the knobs (pipeline.finetune, pipeline.lora) with presets.with_recipe
+    recipe: str = opt_in("memorised")
+
+    def __post_init__(self):
+        # "memorised" labels whatever fine-tune the pipeline holds (the tests' tiny recipes too);
+        # any other label must be what its knobs hold, so `--set recipe=X` cannot mislabel
+        if self.recipe != "memorised" and with_recipe(self.pipeline, self.recipe) != self.pipeline:
+            raise ValueError(f"recipe={self.recipe!r}: pipeline.finetune / pipeline.lora are not that recipe's "
+                             "(presets.TWO_HOP_RECIPES); build the config with two_hop_reuse.make_grid(recipes=...) "
+                             "or presets.with_recipe")
 
     @property
     def fmt(self) -> str:
@@ -67,17 +78,21 @@ class TwoHopReuseConfig(Config):
 
 
 def make_grid(pipeline: Callable[[str], PipelineConfig], conditions: dict[str, tuple[int, int]],
-              seeds: Iterable[int], methods: tuple[str, ...],
-              formats: Iterable[str] = FORMATS) -> list[TwoHopReuseConfig]:
-    """format x condition x seed, each seed on its own base model; ``pipeline(fmt)`` gives
-    everything else."""
+              seeds: Iterable[int], methods: tuple[str, ...], formats: Iterable[str] = FORMATS,
+              recipes: Sequence[str] = ("memorised",)) -> list[TwoHopReuseConfig]:
+    """format x recipe x condition x seed, each seed on its own base model; ``pipeline(fmt)``
+    gives everything else, each recipe of ``presets.TWO_HOP_RECIPES`` its fine-tune and LoRA
+    (``memorised``, today's recipe, leaves ``pipeline(fmt)`` as it is)."""
     out = []
+    seeds = list(seeds)
     for fmt in formats:
-        p = dataclasses.replace(pipeline(fmt), methods=methods)
-        for name, (distractors, shared) in conditions.items():
-            experts = dataclasses.replace(p.experts, n_distractors=distractors, shared_template=shared)
-            out += [TwoHopReuseConfig(dataclasses.replace(p, experts=experts), name, s, base_seed=s)
-                    for s in seeds]
+        for recipe in recipes:
+            p = dataclasses.replace(pipeline(fmt), methods=methods)
+            p = p if recipe == "memorised" else with_recipe(p, recipe)
+            for name, (distractors, shared) in conditions.items():
+                experts = dataclasses.replace(p.experts, n_distractors=distractors, shared_template=shared)
+                out += [TwoHopReuseConfig(dataclasses.replace(p, experts=experts), name, s, base_seed=s,
+                                          recipe=recipe) for s in seeds]
     return out
 
 
@@ -87,10 +102,32 @@ def quick_pipeline(fmt: str) -> PipelineConfig:
     return dataclasses.replace(p, experts=dataclasses.replace(p.experts, n_control=32))
 
 
+def large_grid(seeds: Iterable[int] = range(3), methods: tuple[str, ...] = QUICK_METHODS,
+               recipes: Sequence[str] = tuple(TWO_HOP_RECIPES)) -> list[TwoHopReuseConfig]:
+    """The opt-in ``quick_large`` grid (issue 12 items 3 and 5): ``presets.quick_large_two_hop``
+    (32 composed questions per split and seed, splits F/H/R/O, the joint full fine-tune
+    ceiling), every recipe of ``recipes`` on the ``main`` condition and today's recipe alone on
+    ``shared`` (REUSE-4 compares them within one recipe): per format, (len(recipes) + 1) x seeds."""
+    seeds = list(seeds)
+    return [c for fmt in FORMATS
+            for c in make_grid(quick_large_two_hop, {"main": CONDITIONS["main"]}, seeds, methods, (fmt,), recipes)
+            + make_grid(quick_large_two_hop, {"shared": CONDITIONS["shared"]}, seeds, methods, (fmt,))]
+
+
 def grid(profile: str) -> list[TwoHopReuseConfig]:
+    """``quick`` and ``paper`` (the registry's profiles) as committed; ``quick_large`` (not a
+    registry profile yet: ``grid("quick_large")`` from Python) is :func:`large_grid`."""
     if profile == "quick":
         return make_grid(quick_pipeline, CONDITIONS, range(3), QUICK_METHODS)
+    if profile == "quick_large":
+        return large_grid()
     return make_grid(quick_two_hop, PAPER_CONDITIONS, range(5), PAPER_METHODS)
+
+
+def recipe_name(r: Result) -> str:
+    """The fine-tune recipe of a result (``ClaimMeasure.recipe``; ``memorised`` in the grids
+    without a recipe axis)."""
+    return r.config.recipe
 
 
 def _scores(split: dict) -> dict:

@@ -11,8 +11,9 @@ The composed question ``A_i r1 r2 ?`` needs both AB and BC. Familiarity split (t
 F / H / R test sets), all over the same code path, entities given as token ids:
 
 - ``F``: A, B, C (and distractor entities) are reserved tokens never seen in pretraining.
-  Their embedding and unembedding rows stay at their random init: a LoRA on the linear maps
-  cannot train them (no option to make them trainable exists yet).
+  By default their embedding and unembedding rows stay at their random init: a LoRA on the
+  linear maps cannot train them. ``PipelineConfig.new_entity_rows=True`` trains each expert's
+  new-entity rows beside its LoRA (:mod:`toymodels.entity_rows`); the run's config records which.
 - ``H``: A is a reserved (unseen) token; B and C are familiar and ``C_i = r2(B_i)`` is the
   pretraining fact, so one hop is about familiar entities and the base already knows it
   (BC re-states it).
