@@ -29,7 +29,8 @@ from analysis import registry
 from analysis.plotstyle import EMPTY_NOTE, new_figure, save_figure
 
 RATE_FIGURES = {"mechanism_bridge", "rank_depth_accuracy", "two_hop_methods", "two_hop_libraries",
-                "two_hop_templates", "pretrained_two_hop", "code_reuse_methods"}  # every panel plots shares in [0, 1]
+                "two_hop_templates", "two_hop_retention", "two_hop_conditional", "two_hop_specificity", "two_hop_ood",
+                "pretrained_two_hop", "code_reuse_methods"}  # every panel plots shares in [0, 1]
 
 
 # --- the checks: each returns a list of problems (empty: the figure follows the rule) ---------

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from analysis.progress import current
-from analysis.registry import ClaimMeasure, Experiment, Result, register
+from analysis.registry import Ceiling, ClaimMeasure, Experiment, Result, register
 from analysis.stats import ACCURACY
 from analysis.verdict import Claim
 from toymodels.config import Config
@@ -205,9 +205,41 @@ def key_excess(fmt: str):
     return measure
 
 
+def _inner_max(res: dict, model: str, key: str) -> float:
+    return max(res["models"][model][key][1:-1])  # the embedding (0) and the unembedding input (-1) left out
+
+
 def bridge_inside(results: list[Result]) -> list[float]:
     """Latent: max over inner layers of the logit-lens top-1 of the new bridge, average/hops."""
-    return _per_seed(results, "latent", lambda res: max(res["models"]["average/hops"]["lens_bridge_top1"][1:-1]))
+    return _per_seed(results, "latent", lambda res: _inner_max(res, "average/hops", "lens_bridge_top1"))
+
+
+def _familiar(results: list[Result]) -> list[Result]:
+    return [r for r in results if r.config.familiarity == "R"]  # the only split with an old bridge r1(A)
+
+
+def old_bridge_seen(results: list[Result]) -> list[float]:
+    """MECH-2's positive control, per seed: on latent R prompts the BASE model's logit-lens top-1
+    share of its own bridge r1(A) (which it must resolve to answer its held-out chains), max over
+    inner layers. A lens that does not find this bridge cannot show the absence of the new one."""
+    return _per_seed(_familiar(results), "latent", lambda res: _inner_max(res, "base", "lens_old_bridge_top1"))
+
+
+def mech2_detail(results: list[Result]) -> str:
+    """The positive control and the probe beside MECH-2's measure (latent, R, mean over seeds)."""
+    rs = [r for r in _familiar(results) if r.config.fmt == "latent"]
+    if not rs:
+        return "no latent R results: the positive control (the base's old bridge r1(A)) was not measured"
+
+    def mean(model: str, key: str) -> float:
+        return float(np.mean([_inner_max(r.result, model, key) for r in rs]))
+    chance = np.mean([r.result["probe_chance"] for r in rs])
+    return (f"latent R, max over inner layers, mean over {len(rs)} seeds: logit-lens top-1 share of the old bridge "
+            f"r1(A) in the base {mean('base', 'lens_old_bridge_top1'):.2f} (the positive control) and in average/hops "
+            f"{mean('average/hops', 'lens_old_bridge_top1'):.2f}; of the new bridge B in average/hops "
+            f"{mean('average/hops', 'lens_bridge_top1'):.2f}; a linear probe fit on the base's familiar chains reads "
+            f"the old bridge in the base at {mean('base', 'probe_old_bridge_acc'):.2f} and the new bridge in "
+            f"average/hops at {mean('average/hops', 'probe_bridge_acc'):.2f} (majority-class chance {chance:.2f})")
 
 
 def _figures() -> dict:
@@ -242,7 +274,8 @@ EXPERIMENT = register(Experiment(
                            "share of B, average/hops, mean over splits", "below", 0.25,
                            "a convention: 0.25 is 2 of a split's 8 composed prompts with B as the logit lens's "
                            "top-1 entity at some inner layer, far above chance (1 / #entity tokens, under 0.01)"),
-                     bridge_inside,
-                     ("mechanism_bridge",), bounds=ACCURACY),
+                     bridge_inside, ("mechanism_bridge",), mech2_detail, ACCURACY,
+                     Ceiling("positive control: the base model's logit-lens top-1 share of its own bridge r1(A) "
+                             "on latent R prompts (max over inner layers)", old_bridge_seen, 0.25)),
     ),
 ))
