@@ -23,7 +23,8 @@ import pytest
 from analysis import registry
 from analysis.experiments.mechanism import bridge_inside, old_bridge_seen
 from analysis.experiments.rank_depth import capacity_growth
-from analysis.experiments.two_hop_claims import ac_gain, template_gain
+from analysis.experiments.two_hop_claims import (OOD_COMMAND, UNSEEN_TEMPLATE_COMMAND, ac_gain, template_confound,
+                                                 template_gain)
 from analysis.registry import Ceiling, ClaimMeasure, Result
 from analysis.report import judge_measure, missing, questions_per_split
 from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, UNDERPOWERED
@@ -319,7 +320,20 @@ def test_reuse_ood_is_not_measured_without_split_o_and_says_how_to_get_it(fmt):
     without = _split_results(fmt, "R", "F", 0.6, 0.1)
     why = missing(measure, without)
     assert why.startswith("split O (OOD subjects) is not in these results (splits R, F)")
-    assert "pipeline.familiarities=R,O" in why and "ood_frac" in why
+    assert OOD_COMMAND in why
+
+
+def test_the_opt_in_commands_the_claims_name_build_their_configs():
+    """REUSE-OOD's command gives a config with split O; REUSE-4's a base that sees no two-hop chain.
+    Their ``--set`` assignments are applied in order to a quick config."""
+    from analysis.experiments.two_hop_reuse import grid
+    from toymodels.config import apply_overrides
+
+    config = apply_overrides(grid("quick")[0], [a for a in OOD_COMMAND.split() if "=" in a])
+    assert "O" in config.pipeline.familiarities and config.pipeline.base.task.ood_frac > 0
+    config = apply_overrides(grid("quick")[-1], [a for a in UNSEEN_TEMPLATE_COMMAND.split() if "=" in a])
+    assert config.pipeline.base.task.two_hop_ratio == 0 and config.condition == "shared"
+    assert UNSEEN_TEMPLATE_COMMAND in template_confound([Result("k", config, {})])
 
 
 def test_split_claims_read_the_joint_lora_on_r_as_their_ceiling():

@@ -28,9 +28,10 @@ CEILING = 0.5
 # Conditional composition: a model that answers a random one of a split's 8 new answers C gets
 # 1/8 of the questions right without composing; 0.25 is twice that (a convention).
 CONDITIONAL_MARGIN = 0.25
+UNSEEN_TEMPLATE_COMMAND = "lora-limits run two_hop_reuse --set pipeline.base.task.two_hop_ratio=0"
 OOD_SPLIT, ID_SPLIT = "O", "R"  # O is built like R, with subjects that never start a pretraining chain
-OOD_COMMAND = ("lora-limits run two_hop_reuse --set pipeline.familiarities=R,O "
-               "--set pipeline.base.task.ood_frac=0.2")
+OOD_COMMAND = ("lora-limits run two_hop_reuse --set pipeline.base.task.ood_frac=0.2 "
+               "--set pipeline.familiarities=R,O")  # in this order: split O needs ood_frac > 0 first
 
 
 # --- preconditions ----------------------------------------------------------------------
@@ -187,7 +188,9 @@ def template_confound(results: list[Result]) -> str:
     seen = (f"{1 - task.heldout_frac:.0%} of the in-distribution two-hop chains" if task.two_hop_ratio is None
             else f"{task.two_hop_ratio:g} two-hop chains per atomic fact")
     return (f"the base models were pretrained on {seen}, in the same 'X r1 r2' template the shared examples use, "
-            "so 'shared' adds a template the base already knew; a base that has not seen it is not in this grid")
+            "so 'shared' adds a template the base already knew (issue 12); a base that never saw a two-hop chain is "
+            f"opt-in, not in this grid: `{UNSEEN_TEMPLATE_COMMAND}` (that base cannot compose by construction, so "
+            "REUSE-0 fails there and REUSE-4 asks whether the shared examples alone teach the template)")
 
 
 # --- the claim table ------------------------------------------------------------------------

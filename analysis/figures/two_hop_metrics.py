@@ -115,6 +115,7 @@ def conditional_figure(results: list[Result]):
             none = "no model answers both hops of any question here (n = 0 for every bar)"
             bars(ax, names, series, none if not any(counts) else "every model with n > 0 answers none of them")
             _annotate_n(ax, counts)
+            ax.set_ylim(0, 1.2)  # room for the counts above bars at 1
             ax.set_title(f"{fmt}, split {fam}")
             ax.set_ylabel("composed | both hops answered" if j == 0 else "")
             data[f"{fmt}/{fam}"] = {"models": names, **{s[0]: s[2] for s in series}}
