@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from analysis import registry
-from analysis.experiments.mechanism import bridge_inside, old_bridge_seen
+from analysis.experiments.mechanism_claims import bridge_inside, old_bridge_seen, probe_bridge_inside
 from analysis.experiments.rank_depth import capacity_growth
 from analysis.experiments.two_hop_claims import (OOD_COMMAND, UNSEEN_TEMPLATE_COMMAND, ac_gain, template_confound,
                                                  template_gain)
@@ -215,12 +215,12 @@ def test_mech_2_positive_control_is_the_base_finding_its_own_bridge():
     """MECH-2 is read against the lens finding the OLD bridge r1(A) in the base (latent R, inner
     layers): a lens that misses it makes the claim not testable, whatever the new bridge does."""
     measure = next(m for m in registry.get("mechanism").claims if m.claim.id == "MECH-2")
-    assert measure.ceiling.per_seed is old_bridge_seen
+    assert measure.ceiling.per_seed.__name__ == "old_bridge_seen_lens"
     def results(old):
         return [_lens(s, [0.0, 0.05 + 0.01 * s, 0.0, 0.0], familiarity=f, old=old)
                 for s in range(4) for f in ("F", "R")]
     blind, sees = (0.9, 0.1, 0.2, 0.9), (0.0, 0.1, 0.4, 0.0)  # outer layers do not count
-    np.testing.assert_allclose(old_bridge_seen(results(sees)), [0.4] * 4)
+    np.testing.assert_allclose(old_bridge_seen("lens")(results(sees)), [0.4] * 4)
     assert judge_measure(measure, results(blind))[0].outcome == NOT_TESTABLE
     assert judge_measure(measure, results(sees))[0].outcome == SUPPORTED
     assert "in the base 0.40 (the positive control)" in measure.detail([r for r in results(sees)])
@@ -342,3 +342,23 @@ def test_split_claims_read_the_joint_lora_on_r_as_their_ceiling():
     for r in worse:
         r.result["splits"]["R"]["models"]["joint/hops"] = _scored(composed=0.2)
     assert judge_measure(REUSE["REUSE-3-cot"], worse)[0].outcome == NOT_TESTABLE
+
+
+def test_mech_2_probe_reads_the_probe_on_latent_r_against_the_probe_finding_the_base_bridge():
+    """MECH-2-probe: the probe's accuracy on B in average/hops (latent R, inner layers), read against
+    the same probe reading the base's own bridge; raising B's accuracy flips the verdict."""
+    measure = next(m for m in registry.get("mechanism").claims if m.claim.id == "MECH-2-probe")
+    assert measure.per_seed is probe_bridge_inside
+
+    def results(new, old=(0.0, 0.5, 0.6, 0.7)):
+        out = []
+        for s in range(4):
+            r = _lens(s, [0.0] * 4, familiarity="R")
+            r.result["models"]["average/hops"]["probe_bridge_acc"] = [0.9, new + 0.01 * s, 0.0, 0.9]
+            r.result["models"]["base"]["probe_old_bridge_acc"] = list(old)
+            out += [r, _lens(s, [0.0] * 4, familiarity="F")]  # F has no probe: not read
+        return out
+    np.testing.assert_allclose(probe_bridge_inside(results(0.05)), [0.05, 0.06, 0.07, 0.08])
+    assert judge_measure(measure, results(0.05))[0].outcome == SUPPORTED
+    assert judge_measure(measure, results(0.6))[0].outcome == NOT_SUPPORTED
+    assert judge_measure(measure, results(0.05, old=(0.9, 0.1, 0.1, 0.9)))[0].outcome == NOT_TESTABLE
