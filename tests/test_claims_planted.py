@@ -195,6 +195,8 @@ def _lens(seed, shares, fmt="latent", familiarity="F", old=(0.0, 0.0, 0.0, 0.0))
     models = {"average/hops": {"lens_bridge_top1": shares, "probe_bridge_acc": [0.0, 0.1, 0.1, 0.0],
                                "lens_old_bridge_top1": [0.0] * 4},
               "base": {"lens_old_bridge_top1": list(old), "probe_old_bridge_acc": [0.0, 0.5, 0.6, 0.7]}}
+    models |= {name: {"lens_bridge_top1": [0.0] * 4, "probe_bridge_acc": [0.0] * 4, "composed": 1.0}
+               for name in ("single/AB", "single/AC")}
     return Result(f"{seed}{fmt}{familiarity}", config, {"models": models, "probe_chance": 0.125})
 
 
@@ -223,7 +225,7 @@ def test_mech_2_positive_control_is_the_base_finding_its_own_bridge():
     np.testing.assert_allclose(old_bridge_seen("lens")(results(sees)), [0.4] * 4)
     assert judge_measure(measure, results(blind))[0].outcome == NOT_TESTABLE
     assert judge_measure(measure, results(sees))[0].outcome == SUPPORTED
-    assert "in the base 0.40 (the positive control)" in measure.detail([r for r in results(sees)])
+    assert "in the base 0.40 (the lens's positive control)" in measure.detail(results(sees))
 
 
 def test_rank_depth_claims_state_their_questions():

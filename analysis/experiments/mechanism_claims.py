@@ -88,11 +88,18 @@ def mech2_detail(results: list[Result]) -> str:
         return float(np.mean([_inner_max(r.result, model, key) for r in rs]))
     chance = np.mean([r.result["probe_chance"] for r in rs])
     return (f"latent R, max over inner layers, mean over {len(rs)} seeds: logit-lens top-1 share of the old bridge "
-            f"r1(A) in the base {mean('base', 'lens_old_bridge_top1'):.2f} (the positive control) and in average/hops "
-            f"{mean('average/hops', 'lens_old_bridge_top1'):.2f}; of the new bridge B in average/hops "
+            f"r1(A) in the base {mean('base', 'lens_old_bridge_top1'):.2f} (the lens's positive control) and in "
+            f"average/hops {mean('average/hops', 'lens_old_bridge_top1'):.2f}; of the new bridge B in average/hops "
             f"{mean('average/hops', 'lens_bridge_top1'):.2f}; a linear probe fit on the base's familiar chains reads "
-            f"the old bridge in the base at {mean('base', 'probe_old_bridge_acc'):.2f} and the new bridge in "
-            f"average/hops at {mean('average/hops', 'probe_bridge_acc'):.2f} (majority-class chance {chance:.2f})")
+            f"the old bridge in the base at {mean('base', 'probe_old_bridge_acc'):.2f} (the probe's positive control) "
+            f"and the new bridge in average/hops at {mean('average/hops', 'probe_bridge_acc'):.2f} (majority-class "
+            f"chance {chance:.2f}). For comparison, B in single/AB (which knows A -> B) by lens "
+            f"{mean('single/AB', 'lens_bridge_top1'):.2f} / probe {mean('single/AB', 'probe_bridge_acc'):.2f}, and in "
+            f"single/AC (answers the composed questions itself, composed "
+            f"{np.mean([r.result['models']['single/AC']['composed'] for r in rs]):.2f}) by lens "
+            f"{mean('single/AC', 'lens_bridge_top1'):.2f} / probe {mean('single/AC', 'probe_bridge_acc'):.2f}: where "
+            "these are low too, a model can answer without a readable bridge, and 'B not resolved' does not by "
+            "itself mean 'does not compose'")
 
 
 def claims() -> tuple[ClaimMeasure, ...]:

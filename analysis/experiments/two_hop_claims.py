@@ -258,6 +258,9 @@ def claims() -> tuple[ClaimMeasure, ...]:
                 "question per split counts"),
                 split_gap(fmt, "R", "F"), ret, split_detail(fmt, ("R", "F")), DIFFERENCE,
                 joint_ceiling(fmt, (ID_SPLIT,))),
+        ]
+    for fmt in FORMATS:
+        rows += [
             ClaimMeasure(Claim(
                 f"REUSE-OOD-{fmt}", f"subjects whose facts were pretrained but that never start a pretraining chain "
                 f"(O, Wang et al. 2024) compose worse than in-distribution ones (R) when {{AB, BC}} are reused "
