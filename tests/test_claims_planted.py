@@ -277,6 +277,11 @@ def test_reuse_1_specificity_reads_the_margin_and_its_sign_flip_flips_the_verdic
     np.testing.assert_allclose(measure.per_seed(results(True)), [-0.5 - 0.01 * s for s in range(4)])
     assert judge_measure(measure, results(False))[0].outcome == NOT_SUPPORTED  # composes: P(right) >> P(wrong)
     assert judge_measure(measure, results(True))[0].outcome == SUPPORTED  # broadcasts: the margin is negative
+    known = results(False)  # the base already puts 0.45 more on the right answer (e.g. CoT's forced bridge)
+    for r in known:
+        for split in r.result["splits"].values():
+            split["models"]["base"] = _scored(right=0.5, wrong=0.05)
+    np.testing.assert_allclose(measure.per_seed(known), [0.05 + 0.01 * s for s in range(4)])
 
 
 @pytest.mark.parametrize("fmt", ["latent", "cot"])
