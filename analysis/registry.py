@@ -80,7 +80,10 @@ class ClaimMeasure:
     composed questions per split behind the measure, ``{split: count}`` (none: read from the
     results' ``splits[*]["n_composed"]``, else the configs). ``recipe(result)``: the name of
     the fine-tune recipe of a result, where the grid varies it; the report then gives one
-    verdict per recipe and whether the claim holds in all of them (:func:`analysis.verdict.robust`)."""
+    verdict per recipe and whether the claim holds in all of them (:func:`analysis.verdict.robust`).
+    ``needs(results)``: None when the results hold what the measure reads, else one sentence
+    saying what is missing and the command that produces it; the report then lists the claim
+    as "not measured" instead of judging it (e.g. a split the grid of this profile lacks)."""
 
     claim: Claim
     per_seed: Callable[[list[Result]], Sequence[float]]
@@ -90,6 +93,7 @@ class ClaimMeasure:
     ceiling: Ceiling | None = None
     questions: Callable[[list[Result]], Mapping[str, int]] | None = None
     recipe: Callable[[Result], str] | None = None
+    needs: Callable[[list[Result]], str | None] | None = None
 
     def __post_init__(self):
         lowest, highest = self.bounds

@@ -26,6 +26,7 @@ from analysis.stats import UNBOUNDED, Summary
 from analysis.verdict import MIN_UNITS, SUPPORTED, CeilingCheck, Verdict, claim_rng, judge, robust
 
 NO_FIGURE = "no figure plots this measure"
+NOT_MEASURED = "not measured"  # the results lack what the claim reads (ClaimMeasure.needs); no verdict
 
 
 def draw_figures(experiment: Experiment, results: list[Result], figures_dir: Path | str,
@@ -62,9 +63,14 @@ def judge_measure(measure: ClaimMeasure, results: list[Result], *rng_path: str) 
     return judge(measure.claim, values, rng, measure.bounds, units, ceiling), values
 
 
+def missing(measure: ClaimMeasure, results: list[Result]) -> str | None:
+    """Why ``results`` cannot measure the claim (``measure.needs``), or None when they can."""
+    return None if measure.needs is None else measure.needs(results)
+
+
 def claim_verdicts(experiment: Experiment, results: list[Result]) -> list[tuple[Verdict, list[float]]]:
-    """``(verdict, per-seed values)`` for every claim the experiment measures."""
-    return [judge_measure(measure, results) for measure in experiment.claims]
+    """``(verdict, per-seed values)`` for every claim the results measure (see :func:`missing`)."""
+    return [judge_measure(measure, results) for measure in experiment.claims if missing(measure, results) is None]
 
 
 def recipe_verdicts(measure: ClaimMeasure, results: list[Result]) -> dict[str, Verdict]:
@@ -192,12 +198,32 @@ def _claim_section(experiment: Experiment, measure: ClaimMeasure, verdict: Verdi
     ]
 
 
-def _summary_table(rows: Sequence[tuple[Verdict, str, Mapping[str, Verdict]]]) -> list[str]:
+def _unmeasured_section(experiment: Experiment, measure: ClaimMeasure, why: str, profile: str) -> list[str]:
+    c = measure.claim
+    return [f'<a id="{anchor(c.id)}"></a>', "", f"## {c.id}: {c.statement}", "",
+            f"- Experiment: `{experiment.name}` ({profile} profile): {experiment.description}",
+            f"- Metric: {c.quantity}; range {_range(measure.bounds)}",
+            f"- Claim: the quantity lies {c.direction} {c.margin:g}",
+            f"- Why {c.margin:g}: {c.margin_reason}",
+            f"- Verdict: **{NOT_MEASURED}**: {why}", ""]
+
+
+def _unmeasured_row(measure: ClaimMeasure) -> str:
+    c = measure.claim
+    return _row([c.id, c.statement, f"{c.direction} {c.margin:g}", f"**{NOT_MEASURED}**", "-", "-", "0", "-",
+                 "-", "-", f"[{c.id}](#{anchor(c.id)})"])
+
+
+def _summary_table(rows: Sequence[tuple[Verdict, str, Mapping[str, Verdict]] | str]) -> list[str]:
     lines = ["## Verdicts", "",
              "| claim | statement | claimed | verdict | effect (mean) | 95% CI | units (seeds) | questions per split "
              "| ceiling | recipes | section |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for v, questions, per_recipe in rows:
+    for row in rows:
+        if isinstance(row, str):  # a claim these results do not measure: its row, already written
+            lines.append(row)
+            continue
+        v, questions, per_recipe = row
         c, s = v.claim, v.summary
         ci = _interval(s) + (" (all seeds equal)" if s.low == s.high else "")
         lines.append(_row([c.id, c.statement, f"{c.direction} {c.margin:g}", f"**{v.outcome}**", f"{s.mean:.3f}", ci,
@@ -222,7 +248,12 @@ def build_report(experiments: Mapping[str, Experiment], profile: str, results_di
         cache = ResultCache(results_dir, experiment.name)
         records[experiment.name] = [cache.load(r.key) for r in results]
         configs[experiment.name] = [r.config for r in results]
-        for measure, (verdict, values) in zip(experiment.claims, claim_verdicts(experiment, results)):
+        for measure in experiment.claims:
+            if (why := missing(measure, results)) is not None:
+                verdicts.append(_unmeasured_row(measure))
+                sections += _unmeasured_section(experiment, measure, why, profile)
+                continue
+            verdict, values = judge_measure(measure, results)
             figures = _figure_links(experiment, measure.figures, profile, figures_dir, report_dir, results_dir)
             per_recipe = recipe_verdicts(measure, results)
             verdicts.append((verdict, questions_per_split(measure, results), per_recipe))
@@ -234,8 +265,9 @@ def build_report(experiments: Mapping[str, Experiment], profile: str, results_di
              "ceiling model stays under its threshold; **underpowered** with fewer than "
              f"{MIN_UNITS} independent seeds (own base model) or a zero-width CI; else **supported** when the "
              "CI lies on the claimed side of the margin, **not supported** when it lies on the other side, "
-             "**inconclusive** when it contains the margin. A claim is robust only if supported under every "
-             "fine-tune recipe of the grid.", ""]
+             "**inconclusive** when it contains the margin; **not measured** when the results lack what the "
+             "claim reads (its section says what and how to get it). A claim is robust only if supported under "
+             "every fine-tune recipe of the grid.", ""]
     lines += header_lines(records, configs, profile, len(theory_rows))
     lines += _summary_table(verdicts) + _theory_section(theory_rows) + sections
     return "\n".join(lines).rstrip() + "\n"

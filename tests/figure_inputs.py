@@ -57,9 +57,22 @@ def mechanism_results() -> list[Result]:
     return out
 
 
+def _two_hop_scores(rng, zero: bool, experts: tuple[str, ...]) -> dict:
+    """One model's scores on one split, with every metric the two-hop figures read."""
+    n = int(rng.integers(0, 9))
+    right = 0.0 if zero else float(rng.uniform(0, 0.9))
+    return {"composed": 0.0 if zero else float(rng.uniform()), "pretrain_test_id": 0.9, "pretrain_test_ood": 0.4,
+            "broadcast": {"composed": 0.0 if zero else float(rng.uniform(0, 0.5))},
+            "facts": {e: float(rng.uniform()) for e in experts},
+            "specificity": {"right": right, "wrong": right / 4, "margin": right * 3 / 4},
+            "conditional": {"composed": None if zero or n == 0 else float(rng.integers(0, n + 1) / n),
+                            "n": 0 if zero else n}}
+
+
 @cache
 def two_hop_results() -> list[Result]:
-    """Latent F: every model answers nothing (an all-zero panel)."""
+    """Latent F: every model answers nothing (an all-zero panel); only the CoT results have the
+    OOD split O (the figures say where a split is missing)."""
     from analysis.experiments import two_hop_reuse as th
 
     rng, out = np.random.default_rng(1), []
@@ -68,10 +81,9 @@ def two_hop_results() -> list[Result]:
         names = (["base", "single/AB", "single/BC", "single/AC", "joint/hops", "joint/with_AC"]
                  + [f"{m}/{lib}" for m in methods for lib in ("hops", "with_AC")])
         splits = {}
-        for fam in ("F", "H", "R"):
+        for fam in ("F", "H", "R") + (("O",) if c.fmt == "cot" else ()):
             zero = (c.fmt, fam) == ("latent", "F")
-            models = {n: {"composed": 0.0 if zero else float(rng.uniform()), "facts": 1.0, "pretrain_test_id": 0.9,
-                          "broadcast": {"composed": 0.0 if zero else float(rng.uniform(0, 0.5))}} for n in names}
+            models = {n: _two_hop_scores(rng, zero, ("AB", "BC", "AC", "D0", "D1")) for n in names}
             splits[fam] = {"r1": 0, "r2": 1, "n_composed": 16, "models": models, "experts": {},
                            "chance": {"composed": 1 / 160, "broadcast": {"AC": 0.05, "BC": 0.05}}}
         res = {"fmt": c.fmt, "condition": c.condition, "seed": c.seed, "base_seed": 0,

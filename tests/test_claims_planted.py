@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 
 from analysis import registry
-from analysis.experiments.mechanism import bridge_inside
+from analysis.experiments.mechanism_claims import bridge_inside, old_bridge_seen, probe_bridge_inside
 from analysis.experiments.rank_depth import capacity_growth
-from analysis.experiments.two_hop_reuse import ac_gain, template_gain
+from analysis.experiments.two_hop_claims import (OOD_COMMAND, UNSEEN_TEMPLATE_COMMAND, ac_gain, template_confound,
+                                                 template_gain)
 from analysis.registry import Ceiling, ClaimMeasure, Result
-from analysis.report import judge_measure, questions_per_split
+from analysis.report import judge_measure, missing, questions_per_split
 from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, UNDERPOWERED
 
 MEASURES = [m for e in registry.experiments(include_hidden=True).values() for m in e.claims]
@@ -188,19 +189,43 @@ def test_rd_1_measure_is_largest_minus_smallest_rank_and_its_sign_flip_flips_the
     assert judge_measure(measure, results(50, 2) + flipped)[0].outcome == NOT_SUPPORTED
 
 
+def _lens(seed, shares, fmt="latent", familiarity="F", old=(0.0, 0.0, 0.0, 0.0)):
+    """One mechanism result: average/hops's new-bridge lens shares, the base's old-bridge shares (R)."""
+    config = SimpleNamespace(seed=seed, fmt=fmt, familiarity=familiarity)
+    models = {"average/hops": {"lens_bridge_top1": shares, "probe_bridge_acc": [0.0, 0.1, 0.1, 0.0],
+                               "lens_old_bridge_top1": [0.0] * 4},
+              "base": {"lens_old_bridge_top1": list(old), "probe_old_bridge_acc": [0.0, 0.5, 0.6, 0.7]}}
+    models |= {name: {"lens_bridge_top1": [0.0] * 4, "probe_bridge_acc": [0.0] * 4, "composed": 1.0}
+               for name in ("single/AB", "single/AC")}
+    return Result(f"{seed}{fmt}{familiarity}", config, {"models": models, "probe_chance": 0.125})
+
+
 def test_mech_2_measure_reads_the_inner_layers_of_the_latent_format():
     """Max over inner layers (first and last left out) of the bridge's logit-lens share, latent only."""
-    def result(seed, shares, fmt="latent"):
-        config = SimpleNamespace(seed=seed, fmt=fmt)
-        return Result(f"{seed}{fmt}", config, {"models": {"average/hops": {"lens_bridge_top1": shares}}})
-
-    low = [result(s, [0.9, 0.05 + 0.01 * s, 0.0, 0.9]) for s in range(4)] + [result(0, [0.0, 1.0, 1.0, 0.0], "cot")]
+    seen = (0.0, 0.9, 0.2, 0.0)  # the positive control holds: the lens finds the base's own bridge
+    low = [_lens(s, [0.9, 0.05 + 0.01 * s, 0.0, 0.9], familiarity="R", old=seen) for s in range(4)]
+    low += [_lens(0, [0.0, 1.0, 1.0, 0.0], "cot", "R", seen)]
     np.testing.assert_allclose(bridge_inside(low), [0.05, 0.06, 0.07, 0.08])
     measure = next(m for m in registry.get("mechanism").claims if m.claim.id == "MECH-2")
     assert measure.per_seed is bridge_inside
     assert judge_measure(measure, low)[0].outcome == SUPPORTED
-    high = [result(s, [0.0, 0.5 + 0.01 * s, 0.1, 0.0]) for s in range(4)]
+    high = [_lens(s, [0.0, 0.5 + 0.01 * s, 0.1, 0.0], familiarity="R", old=seen) for s in range(4)]
     assert judge_measure(measure, high)[0].outcome == NOT_SUPPORTED
+
+
+def test_mech_2_positive_control_is_the_base_finding_its_own_bridge():
+    """MECH-2 is read against the lens finding the OLD bridge r1(A) in the base (latent R, inner
+    layers): a lens that misses it makes the claim not testable, whatever the new bridge does."""
+    measure = next(m for m in registry.get("mechanism").claims if m.claim.id == "MECH-2")
+    assert measure.ceiling.per_seed.__name__ == "old_bridge_seen_lens"
+    def results(old):
+        return [_lens(s, [0.0, 0.05 + 0.01 * s, 0.0, 0.0], familiarity=f, old=old)
+                for s in range(4) for f in ("F", "R")]
+    blind, sees = (0.9, 0.1, 0.2, 0.9), (0.0, 0.1, 0.4, 0.0)  # outer layers do not count
+    np.testing.assert_allclose(old_bridge_seen("lens")(results(sees)), [0.4] * 4)
+    assert judge_measure(measure, results(blind))[0].outcome == NOT_TESTABLE
+    assert judge_measure(measure, results(sees))[0].outcome == SUPPORTED
+    assert "in the base 0.40 (the lens's positive control)" in measure.detail(results(sees))
 
 
 def test_rank_depth_claims_state_their_questions():
@@ -211,3 +236,136 @@ def test_rank_depth_claims_state_their_questions():
     assert {i: questions_per_split(by_id[i], rows) for i in ("RD-1", "RD-2", "RD-3", "RD-4", "RD-5")} == {
         "RD-1": "edits on one matrix 64", "RD-2": "edits on one matrix 64", "RD-3": "edits on one matrix 64",
         "RD-4": "F 6, R 8", "RD-5": "F 6, R 8"}
+
+
+# --- the issue-12 restatements of two_hop_reuse's claims, on hand-made results -----------------
+
+def _scored(composed=0.0, right=0.0, wrong=0.0, known=0, answered=0, retention=1.0) -> dict:
+    """One model's scores on one split: ``known`` questions with both hops answered, ``answered`` of them composed."""
+    return {"composed": composed, "broadcast": {"composed": 0.0}, "facts": {"AB": retention, "BC": retention},
+            "specificity": {"right": right, "wrong": wrong, "margin": right - wrong},
+            "conditional": {"composed": answered / known if known else None, "n": known},
+            "pretrain_test_id": 0.9, "pretrain_test_ood": 0.5}
+
+
+def _run(seed: int, splits: dict[str, dict[str, dict]], fmt: str = "latent") -> Result:
+    """One two_hop_reuse result with the given ``{split: {model: scores}}`` (methods average, ties)."""
+    config = SimpleNamespace(seed=seed, fmt=fmt, condition="main",
+                             pipeline=SimpleNamespace(methods=("average", "ties"), base=None))
+    return Result(f"{seed}-{fmt}", config, {"splits": {f: {"models": m} for f, m in splits.items()}})
+
+
+def _every(fams: str, **models: dict) -> dict[str, dict[str, dict]]:
+    base = {"base": _scored(), "joint/hops": _scored(composed=1.0, right=0.9, known=8, answered=8)}
+    return {f: base | {name.replace("_", "/"): scores for name, scores in models.items()} for f in fams}
+
+
+@pytest.mark.parametrize("fmt", ["latent", "cot"])
+def test_reuse_1_specificity_reads_the_margin_and_its_sign_flip_flips_the_verdict(fmt):
+    """Per seed the best method's P(right) - P(wrong); swapping right and wrong negates it."""
+    measure = REUSE[f"REUSE-1-{fmt}-specificity"]
+    def results(swap: bool):
+        out = []
+        for s in range(4):
+            right, wrong = 0.6 + 0.01 * s, 0.1
+            if swap:
+                right, wrong = wrong, right
+            out.append(_run(s, _every("FHR", average_hops=_scored(right=right, wrong=wrong),
+                                      ties_hops=_scored(right=0.0, wrong=0.7)), fmt))  # ties: always the lower
+        return out
+    np.testing.assert_allclose(measure.per_seed(results(False)), [0.5 + 0.01 * s for s in range(4)])
+    np.testing.assert_allclose(measure.per_seed(results(True)), [-0.5 - 0.01 * s for s in range(4)])
+    assert judge_measure(measure, results(False))[0].outcome == NOT_SUPPORTED  # composes: P(right) >> P(wrong)
+    assert judge_measure(measure, results(True))[0].outcome == SUPPORTED  # broadcasts: the margin is negative
+    known = results(False)  # the base already puts 0.45 more on the right answer (e.g. CoT's forced bridge)
+    for r in known:
+        for split in r.result["splits"].values():
+            split["models"]["base"] = _scored(right=0.5, wrong=0.05)
+    np.testing.assert_allclose(measure.per_seed(known), [0.05 + 0.01 * s for s in range(4)])
+
+
+@pytest.mark.parametrize("fmt", ["latent", "cot"])
+def test_reuse_1_conditional_pools_the_known_questions_and_flips_with_them(fmt):
+    measure = REUSE[f"REUSE-1-{fmt}-conditional"]
+    def results(answered):  # average knows 4 chains per split and answers ``answered`` (+1 in seed 3's R)
+        return [_run(s, {f: _every(f, average_hops=_scored(known=4, answered=answered + (s == 3 and f == "R")),
+                                   ties_hops=_scored(known=0))[f] for f in "FHR"}, fmt) for s in range(4)]
+    fails, composes = results(0), results(3)
+    np.testing.assert_allclose(measure.per_seed(fails), [0, 0, 0, 1 / 12])
+    np.testing.assert_allclose(measure.per_seed(composes), [0.75, 0.75, 0.75, 10 / 12])
+    assert judge_measure(measure, fails)[0].outcome == SUPPORTED
+    assert judge_measure(measure, composes)[0].outcome == NOT_SUPPORTED
+    assert missing(measure, fails) is None
+    nobody = [_run(s, _every("FHR", average_hops=_scored(), ties_hops=_scored()), fmt) for s in range(4)]
+    assert measure.per_seed(nobody) == [] and "no data-free" in missing(measure, nobody)
+
+
+def _split_results(fmt, high_split, low_split, high, low):
+    return [_run(s, {high_split: _every(high_split, average_hops=_scored(composed=high + 0.02 * s),
+                                        ties_hops=_scored(composed=high))[high_split],
+                     low_split: _every(low_split, average_hops=_scored(composed=low),
+                                       ties_hops=_scored(composed=low))[low_split]}, fmt) for s in range(4)]
+
+
+@pytest.mark.parametrize("fmt", ["latent", "cot"])
+@pytest.mark.parametrize("claim,low_split", [("REUSE-3", "F"), ("REUSE-OOD", "O")])
+def test_split_gaps_are_r_minus_the_other_split_on_hops_and_flip_with_it(claim, low_split, fmt):
+    measure = REUSE[f"{claim}-{fmt}"]
+    worse = _split_results(fmt, "R", low_split, 0.6, 0.1)  # the other split composes worse: the claim
+    np.testing.assert_allclose(measure.per_seed(worse), [0.5 + 0.01 * s for s in range(4)])
+    assert judge_measure(measure, worse)[0].outcome == SUPPORTED
+    better = [_run(s, {"R": r.result["splits"][low_split]["models"], low_split: r.result["splits"]["R"]["models"]},
+                   fmt) for s, r in enumerate(worse)]  # the two splits swapped
+    np.testing.assert_allclose(measure.per_seed(better), [-0.5 - 0.01 * s for s in range(4)])
+    assert judge_measure(measure, better)[0].outcome == NOT_SUPPORTED
+    assert missing(measure, worse) is None
+
+
+@pytest.mark.parametrize("fmt", ["latent", "cot"])
+def test_reuse_ood_is_not_measured_without_split_o_and_says_how_to_get_it(fmt):
+    measure = REUSE[f"REUSE-OOD-{fmt}"]
+    without = _split_results(fmt, "R", "F", 0.6, 0.1)
+    why = missing(measure, without)
+    assert why.startswith("split O (OOD subjects) is not in these results (splits R, F)")
+    assert OOD_COMMAND in why
+
+
+def test_the_opt_in_commands_the_claims_name_build_their_configs():
+    """REUSE-OOD's command gives a config with split O; REUSE-4's a base that sees no two-hop chain.
+    Their ``--set`` assignments are applied in order to a quick config."""
+    from analysis.experiments.two_hop_reuse import grid
+    from toymodels.config import apply_overrides
+
+    config = apply_overrides(grid("quick")[0], [a for a in OOD_COMMAND.split() if "=" in a])
+    assert "O" in config.pipeline.familiarities and config.pipeline.base.task.ood_frac > 0
+    config = apply_overrides(grid("quick")[-1], [a for a in UNSEEN_TEMPLATE_COMMAND.split() if "=" in a])
+    assert config.pipeline.base.task.two_hop_ratio == 0 and config.condition == "shared"
+    assert UNSEEN_TEMPLATE_COMMAND in template_confound([Result("k", config, {})])
+
+
+def test_split_claims_read_the_joint_lora_on_r_as_their_ceiling():
+    """REUSE-3 and REUSE-OOD are not testable when the joint-data LoRA does not compose on R."""
+    worse = _split_results("cot", "R", "F", 0.6, 0.1)
+    for r in worse:
+        r.result["splits"]["R"]["models"]["joint/hops"] = _scored(composed=0.2)
+    assert judge_measure(REUSE["REUSE-3-cot"], worse)[0].outcome == NOT_TESTABLE
+
+
+def test_mech_2_probe_reads_the_probe_on_latent_r_against_the_probe_finding_the_base_bridge():
+    """MECH-2-probe: the probe's accuracy on B in average/hops (latent R, inner layers), read against
+    the same probe reading the base's own bridge; raising B's accuracy flips the verdict."""
+    measure = next(m for m in registry.get("mechanism").claims if m.claim.id == "MECH-2-probe")
+    assert measure.per_seed is probe_bridge_inside
+
+    def results(new, old=(0.0, 0.5, 0.6, 0.7)):
+        out = []
+        for s in range(4):
+            r = _lens(s, [0.0] * 4, familiarity="R")
+            r.result["models"]["average/hops"]["probe_bridge_acc"] = [0.9, new + 0.01 * s, 0.0, 0.9]
+            r.result["models"]["base"]["probe_old_bridge_acc"] = list(old)
+            out += [r, _lens(s, [0.0] * 4, familiarity="F")]  # F has no probe: not read
+        return out
+    np.testing.assert_allclose(probe_bridge_inside(results(0.05)), [0.05, 0.06, 0.07, 0.08])
+    assert judge_measure(measure, results(0.05))[0].outcome == SUPPORTED
+    assert judge_measure(measure, results(0.6))[0].outcome == NOT_SUPPORTED
+    assert judge_measure(measure, results(0.05, old=(0.9, 0.1, 0.1, 0.9)))[0].outcome == NOT_TESTABLE

@@ -9,7 +9,7 @@ from analysis.cache import MissingResultsError
 from analysis.experiments import mechanism as mech
 from analysis.figures.mechanism import bridge_figure, router_figure
 from analysis.report import claim_verdicts, draw_figures
-from analysis.verdict import OUTCOMES
+from analysis.verdict import NOT_TESTABLE, UNDERPOWERED
 from toymodels.presets import tiny_two_hop
 from sweep_helpers import sweep_tiny
 
@@ -50,8 +50,9 @@ def test_per_layer_measurements_have_one_value_per_layer(results):
 def test_figures_and_claims(results, tmp_path):
     written = draw_figures(EXPERIMENT, results, tmp_path, "quick")
     assert {p.name for p in written} >= {f"{n}.png" for n in EXPERIMENT.figures}
-    for verdict, values in claim_verdicts(EXPERIMENT, results):
-        assert verdict.outcome in OUTCOMES and len(values) == 2
+    for verdict, values in claim_verdicts(EXPERIMENT, results):  # both seeds on one base model: 1 unit
+        expected = NOT_TESTABLE if verdict.ceiling is not None and not verdict.ceiling.reached else UNDERPOWERED
+        assert (verdict.outcome, verdict.units, len(values)) == (expected, 1, 2), verdict.claim.id
 
 
 def test_figure_with_missing_data_names_the_command():

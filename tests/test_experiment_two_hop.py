@@ -10,8 +10,8 @@ from analysis.cache import MissingResultsError
 from analysis.experiments import two_hop_reuse as th
 from analysis.figures.two_hop import templates_figure
 from analysis.registry import Result
-from analysis.report import claim_verdicts, draw_figures
-from analysis.verdict import NOT_SUPPORTED, OUTCOMES, SUPPORTED, judge
+from analysis.report import claim_verdicts, draw_figures, missing
+from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, UNDERPOWERED, judge
 from toymodels.presets import tiny_two_hop
 from sweep_helpers import sweep_tiny
 
@@ -27,7 +27,8 @@ TINY = th.make_grid(tiny_pipeline, {"main": (1, 0), "shared": (1, 1)}, range(2),
 
 def test_registered_with_quick_and_paper_grids():
     assert "two_hop_reuse" in registry.experiments()
-    assert set(EXPERIMENT.figures) == {"two_hop_methods", "two_hop_libraries", "two_hop_templates"}
+    assert set(EXPERIMENT.figures) == {"two_hop_methods", "two_hop_libraries", "two_hop_templates", "two_hop_retention",
+                                       "two_hop_conditional", "two_hop_specificity", "two_hop_ood"}
     quick, paper = EXPERIMENT.configs("quick"), EXPERIMENT.configs("paper")
     assert len(quick) == 2 * len(th.CONDITIONS) * 3 == len({c.key() for c in quick})
     assert all(c.base_seed == c.seed for c in quick) and {c.seed for c in quick} == {0, 1, 2}  # independent
@@ -61,11 +62,18 @@ def test_figures_draw_from_the_results(results, tmp_path):
 
 
 def test_claims_produce_verdicts_from_the_data(results):
+    """Two seeds, each its own base: every measured claim is underpowered, or not testable where its
+    ceiling fails; the tiny grid has no split O, so REUSE-OOD is not measured."""
     rows = claim_verdicts(EXPERIMENT, results)
-    assert [v.claim.id for v, _ in rows] == ["REUSE-0", "REUSE-0L", "REUSE-1-latent", "REUSE-1-cot", "REUSE-2",
-                                             "REUSE-3", "REUSE-4"]
+    unmeasured = {m.claim.id for m in EXPERIMENT.claims if missing(m, results) is not None}
+    assert {"REUSE-OOD-latent", "REUSE-OOD-cot"} <= unmeasured <= {"REUSE-OOD-latent", "REUSE-OOD-cot",
+                                                                   "REUSE-1-latent-conditional",
+                                                                   "REUSE-1-cot-conditional"}
+    assert [v.claim.id for v, _ in rows] == [m.claim.id for m in EXPERIMENT.claims if m.claim.id not in unmeasured]
     for verdict, values in rows:
-        assert verdict.outcome in OUTCOMES and len(values) == 2
+        expected = NOT_TESTABLE if verdict.ceiling is not None and not verdict.ceiling.reached else UNDERPOWERED
+        assert verdict.outcome == expected and verdict.units == 2, verdict.claim.id
+        assert len(values) == 2 or verdict.claim.id.endswith("-conditional")  # a seed may know no two hops
 
 
 def _planted(results, composed, broadcast):
@@ -87,8 +95,9 @@ def test_reuse_1_verdict_follows_planted_numbers_both_ways(results):
     composes = _planted(results, lambda s: 0.9 + 0.01 * s, 0.05)
     fails = _planted(results, lambda s: 0.02 * s, 0.3)
     # 2 seeds: the verdict is underpowered; its CI still reads one way or the other
-    assert judge(measure.claim, measure.per_seed(composes)).reading == NOT_SUPPORTED
-    assert judge(measure.claim, measure.per_seed(fails)).reading == SUPPORTED
+    for planted, reading in ((composes, NOT_SUPPORTED), (fails, SUPPORTED)):
+        verdict = judge(measure.claim, measure.per_seed(planted))
+        assert (verdict.outcome, verdict.reading) == (UNDERPOWERED, reading)
 
 
 def test_figure_with_missing_data_names_the_command(results):

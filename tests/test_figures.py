@@ -29,7 +29,8 @@ from analysis import registry
 from analysis.plotstyle import EMPTY_NOTE, new_figure, save_figure
 
 RATE_FIGURES = {"mechanism_bridge", "rank_depth_accuracy", "two_hop_methods", "two_hop_libraries",
-                "two_hop_templates", "pretrained_two_hop", "code_reuse_methods"}  # every panel plots shares in [0, 1]
+                "two_hop_templates", "two_hop_retention", "two_hop_conditional", "two_hop_specificity", "two_hop_ood",
+                "pretrained_two_hop", "code_reuse_methods"}  # every panel plots shares in [0, 1]
 
 
 # --- the checks: each returns a list of problems (empty: the figure follows the rule) ---------
@@ -253,3 +254,30 @@ def test_saved_figures_are_byte_identical_on_rerun(tmp_path):
         save_figure(fig, tmp_path / out, "p1", data, {"claim": "P1"})
     for ext in ("png", "pdf", "json"):
         assert (tmp_path / "a" / f"p1.{ext}").read_bytes() == (tmp_path / "b" / f"p1.{ext}").read_bytes()
+
+
+def test_two_hop_metric_figures_plot_what_the_results_hold():
+    """Recomputed by hand from the synthetic results: retention is the mean of the AB and BC facts,
+    conditional composition pools right / n over seeds (each bar labelled with its n), split O is
+    drawn where the results have it (CoT) and named as missing where they do not (latent)."""
+    figures, results = registry.get("two_hop_reuse").figures, two_hop_results()
+    main = [r for r in results if r.config.condition == "main"]
+    cot_r = [r.result["splits"]["R"]["models"]["average/hops"] for r in main if r.config.fmt == "cot"]
+
+    _, data = figures["two_hop_retention"](results)
+    retention = np.mean([(m["facts"]["AB"] + m["facts"]["BC"]) / 2 for m in cot_r])
+    assert data["cot/R"]["average/hops"]["retention"]["mean"] == pytest.approx(retention)
+    assert "latent/O" not in data and "cot/O" in data
+
+    fig, data = figures["two_hop_conditional"](results)
+    n = sum(m["conditional"]["n"] for m in cot_r)
+    right = sum((m["conditional"]["composed"] or 0) * m["conditional"]["n"] for m in cot_r)
+    bar = data["cot/R"]["{AB, BC}"][data["cot/R"]["models"].index("average")]
+    assert (bar["n"], bar["mean"]) == (n, pytest.approx(right / n))
+    panel = next(ax for ax in _panels(fig) if ax.get_title() == "cot, split R")
+    assert str(n) in [t.get_text() for t in panel.texts]
+
+    fig, data = figures["two_hop_ood"](results)
+    titles = [ax.get_title() for ax in _panels(fig)]
+    assert "O" in data["cot"] and "O" not in data["latent"]
+    assert "split O not in these results" in titles[0] and "split O" not in titles[1]

@@ -18,8 +18,8 @@ from analysis import provenance, registry
 from analysis.cache import ResultCache, load_results, make_record
 from analysis.experiments.rank_depth import recall_by_rank
 from analysis.registry import Ceiling, ClaimMeasure, Result
-from analysis.report import (NO_FIGURE, anchor, build_report, draw_figures, independent_units, questions_per_split,
-                             write_report)
+from analysis.report import (NO_FIGURE, NOT_MEASURED, anchor, build_report, claim_verdicts, draw_figures,
+                             independent_units, questions_per_split, write_report)
 from analysis.stats import DIFFERENCE
 from analysis.sweep import run_sweep
 from analysis.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim
@@ -28,9 +28,9 @@ SELFTEST = registry.get("_selftest")
 THEORY = [{"id": "P1.exact", "statement": "rank-one edit", "predicted": 0.0, "measured": 1e-12,
            "tolerance": 1e-9, "status": "PASS"}]
 # The claims whose measure no figure plots (issue 8: REUSE-0/0L linked two_hop_methods, whose
-# "base" bar is the NEW composed questions; REUSE-3 is with_AC per split, which no figure shows;
-# MATH-0 / CODE-0 are the bases' own held-out problems / cross_test, which the methods figures do not plot).
-WITHOUT_FIGURE = {"REUSE-0", "REUSE-0L", "REUSE-3", "MATH-0", "CODE-0"}
+# "base" bar is the NEW composed questions; MATH-0 / CODE-0 are the bases' own held-out problems /
+# cross_test, which the methods figures do not plot).
+WITHOUT_FIGURE = {"REUSE-0", "REUSE-0L", "MATH-0", "CODE-0"}
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +301,22 @@ def test_sizes_name_configs_seeds_questions_and_splits():
     assert provenance.sizes(grid("quick")) == ("12 configs, 3 seeds (0, 1, 2), base-model seeds 0, 1, 2, "
                                                "8 composed questions per familiarity split, splits F, H, R")
     assert provenance.sizes(SELFTEST.configs("quick")[:1]) == "1 config, 1 seed (0)"
+
+
+def test_a_claim_the_results_cannot_measure_is_listed_as_not_measured_with_the_reason(filled):
+    """``ClaimMeasure.needs``: no verdict, no per-seed values read; the row and section say why."""
+    results, figures = filled
+    experiments = _three_verdicts()
+    low, high, edge = experiments["_selftest"].claims
+    def broken(rs):
+        raise AssertionError("a claim that is not measured must not be judged")
+    absent = dataclasses.replace(high, per_seed=broken, needs=lambda rs: f"split O is not in these {len(rs)} results")
+    experiments = {"_selftest": dataclasses.replace(SELFTEST, claims=(low, absent, edge))}
+    text = build_report(experiments, "quick", results, figures, figures, THEORY)
+    row = next(line for line in text.splitlines() if line.startswith("| SELFTEST-HIGH |"))
+    assert f"**{NOT_MEASURED}**" in row and "[SELFTEST-HIGH](#claim-selftest-high)" in row
+    n = len(load_results(SELFTEST.name, SELFTEST.configs("quick"), results, "quick"))
+    assert f"- Verdict: **{NOT_MEASURED}**: split O is not in these {n} results" in text
+    assert "- Verdict: **supported**" in text  # the other claims are judged as before
+    rs = load_results(SELFTEST.name, SELFTEST.configs("quick"), results, "quick")
+    assert [v.claim.id for v, _ in claim_verdicts(experiments["_selftest"], rs)] == ["SELFTEST-LOW", "SELFTEST-EDGE"]

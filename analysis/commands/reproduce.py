@@ -57,7 +57,7 @@ def _reproduce(args, display) -> int:
     from analysis.commands.run import device_name, parse_jobs, preflight, sweep_and_draw
     from analysis.commands.theory import check_theory, print_summary
     from analysis.errors import UsageError
-    from analysis.report import claim_verdicts, write_report
+    from analysis.report import NOT_MEASURED, claim_verdicts, missing, write_report
     from theory.claims import ClaimSettings
 
     experiments = registry.experiments()
@@ -95,6 +95,9 @@ def _reproduce(args, display) -> int:
             continue
         for verdict, _ in claim_verdicts(experiment, results):
             print(f"{verdict.claim.id}: {verdict.outcome} - {verdict.claim.statement} ({verdict.reason})")
+        for measure in experiment.claims:
+            if (why := missing(measure, results)) is not None:
+                print(f"{measure.claim.id}: {NOT_MEASURED} - {measure.claim.statement} ({why})")
     if failed_configs:
         print(f"\n{failed_configs} config(s) failed; no report written. Fix and rerun "
               f"`lora-limits reproduce --profile {args.profile}` to compute the rest.", file=sys.stderr)

@@ -19,6 +19,9 @@ clean), and measures per model and layer on the composed prompts "A r1 r2":
 - the Arrow router's weights per token and layer, and each model's composed accuracy and
   broadcast-control rate (``scoring.score_model``).
 
+The claims, each bridge claim read against its positive control (the instrument finding the
+base model's own bridge): :mod:`analysis.experiments.mechanism_claims`.
+
 Seeds: quick 3, paper 5, each an independent replication with its own base model (base seed
 = seed, shared with ``two_hop_reuse``'s configs of that seed). The expert data and each LoRA
 draw the streams ``two_hop_reuse`` uses for the split (``("experts", fam)``, ``("lora", fam,
@@ -34,9 +37,8 @@ import numpy as np
 import torch
 
 from analysis.progress import current
-from analysis.registry import ClaimMeasure, Experiment, Result, register
-from analysis.stats import ACCURACY
-from analysis.verdict import Claim
+from analysis.experiments.mechanism_claims import claims
+from analysis.registry import Experiment, register
 from toymodels.config import Config
 from toymodels.pipeline import LIBRARIES, PipelineConfig, train_lora
 from toymodels.presets import quick_two_hop
@@ -183,33 +185,6 @@ def run(config: MechanismConfig, device: str, results: Path | str) -> dict:
     return out
 
 
-# --- claims (one value per seed) ------------------------------------------------------
-
-def _per_seed(results: list[Result], fmt: str, value) -> list[float]:
-    seeds: dict[int, list[float]] = {}
-    for r in results:
-        if r.config.fmt == fmt:
-            seeds.setdefault(r.config.seed, []).append(value(r.result))
-    return [float(np.mean(v)) for _, v in sorted(seeds.items())]
-
-
-def key_excess(fmt: str):
-    """Per seed: max over layers of (two-hop - control) key overlap, average/hops, mean over splits."""
-    def excess(res: dict) -> float:
-        keys = res["models"]["average/hops"]["keys"]
-        return float(np.max(np.subtract(keys["two_hop"], keys["control"])))
-
-    def measure(results: list[Result]) -> list[float]:
-        return _per_seed(results, fmt, excess)
-    measure.__name__ = f"key_excess_{fmt}"
-    return measure
-
-
-def bridge_inside(results: list[Result]) -> list[float]:
-    """Latent: max over inner layers of the logit-lens top-1 of the new bridge, average/hops."""
-    return _per_seed(results, "latent", lambda res: max(res["models"]["average/hops"]["lens_bridge_top1"][1:-1]))
-
-
 def _figures() -> dict:
     from analysis.figures import mechanism as f
 
@@ -220,29 +195,5 @@ def _figures() -> dict:
 EXPERIMENT = register(Experiment(
     name="mechanism",
     description="per-layer bridge decodability, T2 key overlaps and Arrow routing on two-hop prompts",
-    grid=grid, run=run, figures=_figures(),
-    claims=(
-        ClaimMeasure(Claim("MECH-1", "T2 in the toy GPT (latent): at every MLP, the averaged {AB, BC} model's key "
-                           "on a true two-hop prompt overlaps the BC expert's key no more than control prompts' "
-                           "keys do", "max over layers of (two-hop - control) T2 coefficient <v2,v'>/||v2||^2, "
-                           "average/hops, mean over splits", "below", 0.1,
-                           "T2 writes the BC edit's output as a2 * delta_2 with a2 = <v2,v'>/||v2||^2 = 1 on the "
-                           "expert's own prompt 'B r2', so 0.1 is a tenth of the edit's full effect: a convention "
-                           "for an excess over controls too small to be composition"),
-                     key_excess("latent"), ("mechanism_keys",)),
-        ClaimMeasure(Claim("MECH-1-cot", "with chain of thought the bridge B is in context, so at the answer "
-                           "position the two-hop key overlaps the BC expert's key more than controls do (the "
-                           "'bridge' T2 says a single pass lacks)", "max over layers of (two-hop - control) T2 "
-                           "coefficient, average/hops, CoT, mean over splits", "above", 0.1,
-                           "the scale of MECH-1: 0.1 is a tenth of the BC edit's full effect (a2 = 1 on 'B r2', "
-                           "T2), a convention for an excess over controls that counts"), key_excess("cot"),
-                     ("mechanism_keys",)),
-        ClaimMeasure(Claim("MECH-2", "the averaged {AB, BC} model does not resolve the new bridge B inside the "
-                           "network on latent two-hop prompts", "max over inner layers of the logit-lens top-1 "
-                           "share of B, average/hops, mean over splits", "below", 0.25,
-                           "a convention: 0.25 is 2 of a split's 8 composed prompts with B as the logit lens's "
-                           "top-1 entity at some inner layer, far above chance (1 / #entity tokens, under 0.01)"),
-                     bridge_inside,
-                     ("mechanism_bridge",), bounds=ACCURACY),
-    ),
+    grid=grid, run=run, figures=_figures(), claims=claims(),
 ))

@@ -40,21 +40,24 @@ def stat(results: list[Result], value: Callable[[Result], float]) -> dict:
     return {"mean": s.mean, "low": s.low, "high": s.high, "n": s.n}
 
 
-def bars(ax, groups: Sequence[str], series: Sequence[tuple[str, dict, list[dict]]]) -> None:
+def bars(ax, groups: Sequence[str], series: Sequence[tuple[str, dict, list[dict]]],
+         empty: str = "every bar is 0 here") -> None:
     """Grouped bars: ``series`` = (label, :func:`analysis.plotstyle.bar_style` keywords, one stat
-    dict per group). A panel whose bars are all 0 says so."""
+    dict per group; no error bar where no stat has an interval). A panel whose bars are all 0
+    says so (``empty``)."""
     x, width = np.arange(len(groups)), 0.8 / len(series)
     for i, (label, style, stats) in enumerate(series):
         mean = np.array([s["mean"] for s in stats])
         # shares live in [0, 1]: the drawn interval is clipped there (the sidecar keeps the raw one)
         err = np.array([[s["mean"] - max(s["low"], 0), min(s["high"], 1) - s["mean"]] if np.isfinite(s["low"])
                         else [0, 0] for s in stats]).T  # (2, groups)
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, mean, width, yerr=err, capsize=2, label=label,
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, mean, width, yerr=err if err.any() else None, capsize=2,
+               label=label,
                error_kw={"elinewidth": 0.8}, **style)
     ax.set_xticks(x, groups, rotation=35, ha="right")
     ax.set_ylim(0, 1.05)
     if is_empty([s["mean"] for _, _, stats in series for s in stats]):
-        note_empty(ax, "every bar is 0 here")
+        note_empty(ax, empty)
 
 
 def _formats(results: list[Result]) -> list[str]:
