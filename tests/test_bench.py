@@ -34,6 +34,7 @@ def test_bench_json_rows_have_the_schema_and_results_file_describes_the_machine(
     pytest.param(["--only", "nope"], "--only nope", id="unknown-benchmark"),
     pytest.param(["--threads", "0"], "--threads", id="threads-0"),
     pytest.param(["--threads", "x"], "--threads", id="threads-x"),
+    pytest.param(["--tf32", "--device", "cpu", "--only", "t2"], "--tf32", id="tf32-on-cpu"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, needle):
     assert main(["bench", "--quick", "--out", str(tmp_path / "out"), *argv]) == 2

@@ -18,6 +18,7 @@ examples:
   lora-limits bench --quick                  # the whole suite in minutes on 2 CPU cores
   lora-limits bench --quick --json           # [{"name", "value", "reference", "ratio", "target", "met"}]
   lora-limits bench --only stacked_adapters --device cuda
+  lora-limits bench --quick --device cuda --tf32    # TF32 matmuls on the GPU
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where converted GGUF models are cached (default results/pretrained)")
     parser.add_argument("--note", default="", metavar="TEXT", help="a note stored with the results, e.g. on machine load")
     parser.add_argument("--check", action="store_true", help="exit 1 when a row misses its target")
+    parser.add_argument("--tf32", action="store_true",
+                        help="CUDA only: let float32 matmuls use TF32 tensor cores (faster, ~1e-3 relative rounding)")
     parser.add_argument("--breakdown", action="store_true",
                         help="instead of the suite: where the quick reproduction's time goes, from the cached "
                              "records in --results and live, phase by phase, on one quick two-hop config, "
@@ -82,6 +85,17 @@ def _threads(text: str | None) -> int | None:
     return int(text)
 
 
+def fast_matmul(tf32: bool, device) -> None:
+    """``--tf32``: TF32 float32 matmuls on CUDA (a usage error elsewhere)."""
+    if not tf32:
+        return
+    if device.type != "cuda":
+        raise UsageError(f"--tf32: needs a CUDA device, got {device.type} (drop --tf32 or use --device cuda)")
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def print_rows(rows, out=None) -> None:
     from analysis.tables import print_table
 
@@ -107,9 +121,10 @@ def run(args) -> int:
         raise UsageError(f"--only {' '.join(unknown)}: unknown benchmark; valid: {', '.join(NAMES)}")
     threads = _threads(args.threads)
     device = torch.device(device_name(args.device))
+    fast_matmul(args.tf32, device)
     if threads is not None:
         torch.set_num_threads(threads)
-    machine = describe_machine(device)
+    machine = describe_machine(device) | {"tf32": args.tf32}
     machine["loadavg_start"] = list(os.getloadavg())
     start = time.perf_counter()
     progress = (lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
@@ -156,13 +171,14 @@ def breakdown(args) -> int:
         raise UsageError(f"--results {args.results}: no such folder (the result cache --breakdown reads)")
     threads = _threads(args.threads)
     device = torch.device(device_name(args.device))
+    fast_matmul(args.tf32, device)
     try:
         cached = records.from_records(results)
     except FileNotFoundError as exc:
         raise UsageError(f"--results {args.results}: {exc}") from None
     if threads is not None:
         torch.set_num_threads(threads)
-    machine = describe_machine(device) | {"loadavg_start": list(os.getloadavg())}
+    machine = describe_machine(device) | {"tf32": args.tf32, "loadavg_start": list(os.getloadavg())}
     config = phases.quick_config()
     print(f"bench: timing {config.fmt} {config.condition} seed {config.seed} (key {config.key()}) ...",
           file=sys.stderr, flush=True)
