@@ -7,10 +7,10 @@
   and seed, vs S ``train`` runs; and the ceiling of that gain where the base's step spends
   its time (``_mlp_ceiling``: one MLP map + GELU, S stacked vs S separate). Measured on 2
   shared CPU cores, 1 thread: the matmuls are compute-bound at batch 256 (a bmm over 4
-  stacked weights: 1.05x of 4 matmuls in CPU time, W_in's shape alone), and stacking makes every activation 4x larger
-  (10 MB per MLP map), out of cache, so GELU, LayerNorm and Adam run slower per element
-  (torch profiler: GELU and its backward ~3.5x the time per element): the mlp ceiling row
-  is below 1.0x there, and S = 4 cannot reach 1.2x at this batch on this CPU.
+  stacked weights: 1.05x of 4 matmuls in CPU time, W_in's shape alone), and stacking makes
+  every activation 4x larger (10 MB per MLP map), out of cache, so GELU, LayerNorm and Adam
+  run slower per element (torch profiler: GELU and its backward ~3.5x the time per element).
+  The ceiling row is below 1.0x there, so S = 4 stays near 1.0x at this batch on this CPU.
 Early stopping is off (``target_acc=None``) so that both sides do exactly the same steps.
 """
 from __future__ import annotations
