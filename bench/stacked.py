@@ -10,7 +10,8 @@
   stacked weights: 1.05x of 4 matmuls in CPU time, W_in's shape alone), and stacking makes
   every activation 4x larger (10 MB per MLP map), out of cache, so GELU, LayerNorm and Adam
   run slower per element (torch profiler: GELU and its backward ~3.5x the time per element).
-  The ceiling row is below 1.0x there, so S = 4 stays near 1.0x at this batch on this CPU.
+  The ceiling row reads 0.75-1.02x across runs there, so S = 4 stays near 1.0x at this
+  batch on this CPU.
 Early stopping is off (``target_acc=None``) so that both sides do exactly the same steps.
 """
 from __future__ import annotations
