@@ -95,12 +95,14 @@ def from_records(results_dir: Path | str, profile: str = "quick") -> dict:
 
 
 def record_table(breakdown: dict) -> tuple[tuple[str, ...], list[tuple]]:
-    """Header and rows of the per-experiment table (shares of the summed spans)."""
+    """Header and rows of the per-experiment table (shares of the summed spans); LoRA runs
+    are "-" where the records keep no training summaries (the runs happen, uncounted)."""
     head = ("experiment", "configs", "span s", "share", "worker s", "base train s", "bases", "LoRA runs",
             "LoRA steps")
     span = breakdown["total"]["span_s"] or 1.0
     body = []
     for name, r in [*breakdown["experiments"].items(), ("total", breakdown["total"])]:
         body.append((name, f"{r['cached']}/{r['configs']}", int(round(r["span_s"])), f"{r['span_s'] / span:.0%}",
-                     int(round(r["worker_s"])), int(round(r["base_s"])), r["bases"], r["lora_runs"], r["lora_steps"]))
+                     int(round(r["worker_s"])), int(round(r["base_s"])), r["bases"], r["lora_runs"] or "-",
+                     r["lora_steps"] or "-"))
     return head, body

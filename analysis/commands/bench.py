@@ -189,6 +189,8 @@ def breakdown(args) -> int:
     text = io.StringIO()
     print(f"Cached quick records ({results}), per experiment:", file=text)
     print_table(*records.record_table(cached), text, rule=True)
+    print("(span: first start to last finish; worker: sum of the configs' seconds; LoRA runs '-': the records "
+          "keep no training summaries)", file=text)
     print(f"\nOne config live ({label}, {machine['threads']} thread(s), load average "
           f"{machine['loadavg_start'][0]:.1f} -> {machine['loadavg_end'][0]:.1f} on {machine['cores']} cores):",
           file=text)
