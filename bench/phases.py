@@ -22,6 +22,7 @@ rounding difference moves an early stop).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Iterator
 
@@ -101,7 +102,8 @@ def agreement(a: dict, b: dict) -> dict:
     left = {p: v for p, v in numbers(a) if not p.endswith("/seconds")}
     right = {p: v for p, v in numbers(b) if not p.endswith("/seconds")}
     common = sorted(set(left) & set(right))
-    diffs = {p: abs(left[p] - right[p]) for p in common}
+    diffs = {p: 0.0 if math.isnan(left[p]) and math.isnan(right[p]) else abs(left[p] - right[p]) for p in common}
+    diffs = {p: math.inf if math.isnan(d) else d for p, d in diffs.items()}  # NaN on one side only
     steps = [p for p in common if p.endswith("/steps")]
     return {"leaves": len(common), "unmatched_leaves": len(set(left) ^ set(right)),
             "max_abs_diff": max(diffs.values(), default=0.0),

@@ -216,3 +216,15 @@ def test_breakdown_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
     assert not (tmp_path / "out").exists()
+
+
+def test_agreement_counts_differences_steps_and_nan_on_one_side():
+    from bench.phases import agreement
+
+    nan = float("nan")
+    a = {"x": [1.0, nan, nan, 0.5], "e": {"AB": {"steps": 3, "seconds": 1.0}, "BC": {"steps": 4}}}
+    b = {"x": [1.00001, nan, 2.0, 0.7], "e": {"AB": {"steps": 3, "seconds": 9.0}, "BC": {"steps": 5}}, "y": 1}
+    got = agreement(a, b)
+    assert got["leaves"] == 6 and got["unmatched_leaves"] == 1  # seconds ignored, y only on one side
+    assert got["leaves_differing_over_1e-4"] == 3 and got["max_abs_diff"] == float("inf")
+    assert (got["lora_runs"], got["lora_runs_with_other_steps"]) == (2, 1)
