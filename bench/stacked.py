@@ -4,7 +4,14 @@
   evaluation every 5 steps) on the quick base's shape, each on its own expert-sized data
   (8 facts; every 4th, a joint LoRA's 32), vs K ``train`` runs one after another.
 - bases: S = 4, 8 base models of ``quick_base``'s shape and batch, each on its own corpus
-  and seed, vs S ``train`` runs.
+  and seed, vs S ``train`` runs; and the ceiling of that gain where the base's step spends
+  its time (``_mlp_ceiling``: one MLP map + GELU, S stacked vs S separate). Measured on 2
+  shared CPU cores, 1 thread: the matmuls are compute-bound at batch 256 (a bmm over 4
+  stacked weights: 1.05x of 4 matmuls in CPU time, W_in's shape alone), and stacking makes
+  every activation 4x larger (10 MB per MLP map), out of cache, so GELU, LayerNorm and Adam
+  run slower per element (torch profiler: GELU and its backward ~3.5x the time per element).
+  The ceiling row reads 0.75-1.02x across runs there, so S = 4 stays near 1.0x at this
+  batch on this CPU.
 Early stopping is off (``target_acc=None``) so that both sides do exactly the same steps.
 """
 from __future__ import annotations
@@ -88,4 +95,30 @@ def stacked_bases(device: torch.device, quick: bool) -> list[Row]:
         rows.append(_versus(f"stacked_bases_S{S}", S * steps, stacked, sequential, device, quick, S == 4,
                             "model-steps/s", (1.2, 3.0) if S == 4 else None,
                             f"quick_base shape (d_model 128, 4 layers), batch {cfg.batch_size}, {steps} steps each"))
+    rows.append(_mlp_ceiling(base_cfg.model, cfg.batch_size, data[0].tokens.shape[1] - 1, device, quick))
     return rows
+
+
+def _mlp_ceiling(model, batch: int, T: int, device: torch.device, quick: bool, S: int = 4) -> Row:
+    """What stacking S base models can gain where their step spends its time: one MLP input
+    map and its GELU (forward + backward) at the base's shape, one batched matmul over S
+    stacked weights vs S separate ones. Near 1.0x means the step is compute-bound and S
+    models cost S times one: stacking only saves per-op overhead, small at this batch."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(S, batch * T, model.d_model, generator=g).to(device)
+    W = torch.randn(S, model.d_mlp, model.d_model, generator=g).to(device)
+    grad = torch.randn(S, batch * T, model.d_mlp, generator=g).to(device)
+
+    def stacked():
+        xs, Ws = x.clone().requires_grad_(), W.clone().requires_grad_()
+        torch.nn.functional.gelu(torch.bmm(xs, Ws.mT)).backward(grad)  # (S, B * T, d_mlp)
+
+    def sequential():
+        for s in range(S):
+            xs, Ws = x[s].clone().requires_grad_(), W[s].clone().requires_grad_()
+            torch.nn.functional.gelu(xs @ Ws.T).backward(grad[s])  # (B * T, d_mlp)
+
+    t = interleaved({"stacked": stacked, "sequential": sequential}, 5 if quick else 20, device)
+    return Row(f"stacked_bases_S{S}_mlp_ceiling", S / t["stacked"], S / t["sequential"], "model-maps/s", None,
+               f"one W_in map + GELU, fwd+bwd, {batch}x{T} rows, d_model {model.d_model} -> d_mlp {model.d_mlp}: "
+               "bmm over S stacked weights vs S matmuls (what stacking can gain in the base's main cost)")

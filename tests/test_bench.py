@@ -34,6 +34,7 @@ def test_bench_json_rows_have_the_schema_and_results_file_describes_the_machine(
     pytest.param(["--only", "nope"], "--only nope", id="unknown-benchmark"),
     pytest.param(["--threads", "0"], "--threads", id="threads-0"),
     pytest.param(["--threads", "x"], "--threads", id="threads-x"),
+    pytest.param(["--tf32", "--device", "cpu", "--only", "t2"], "--tf32", id="tf32-on-cpu"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, needle):
     assert main(["bench", "--quick", "--out", str(tmp_path / "out"), *argv]) == 2
@@ -102,3 +103,128 @@ def test_hf_comparison_trains_the_same_adapter_as_peft():
     rows = compare(tiny_llama(seeded(0)), "tiny", (2, 8), torch.device("cpu"), repeats=1)
     assert [r.name for r in rows] == ["hf_lora_step_tiny", "hf_lora_peak_memory_tiny"]
     assert all(r.value > 0 and r.reference > 0 for r in rows)
+
+
+# --- the time breakdown (bench --breakdown) ---
+
+def test_phase_clock_gives_each_slice_between_protocol_events_its_phase(monkeypatch):
+    """The event sequence of run_protocol (stacked training, then scoring, a sequential LoRA,
+    a merge) on a fake clock: every slice lands in its phase, CPU like wall."""
+    from bench import phases
+
+    now = [0.0]
+    monkeypatch.setattr(phases, "_now", lambda: (now[0], now[0] / 2))
+    clock = phases.PhaseClock(("average",))
+
+    def wait(s):
+        now[0] += s
+
+    wait(1)  # expert data and family: other
+    title = clock(desc="split F", total=9)
+    wait(3)  # the stacked engine trains every LoRA
+    title.set_postfix_str("scoring base")
+    wait(2)
+    title.update()
+    wait(0.5)  # between the update and the next LoRA's bar: other
+    lora = clock(desc="LoRA AB train", total=10)
+    wait(5)
+    lora.update()
+    lora.set_postfix_str("loss 0.1")  # a LoRA bar's postfix is not a protocol event
+    wait(1)
+    lora.close()
+    title.update()
+    title.set_postfix_str("scoring single/AB")
+    wait(1)
+    title.update()
+    wait(4)  # building the merged model
+    title.set_postfix_str("scoring average/hops")
+    wait(2)
+    title.update()
+    title.close()
+    clock.switch("other")
+    t = clock.totals()
+    assert t["wall_s"] == {"base_training": 0.0, "lora_training": 9.0, "merges": 4.0, "scoring": 5.0, "other": 1.5}
+    assert t["cpu_s"] == {k: v / 2 for k, v in t["wall_s"].items()}
+    assert t["total_wall_s"] == now[0]
+
+
+def test_breakdown_runs_one_split_both_ways_and_the_outputs_agree():
+    """A tiny config's F split, sequential and stacked: every phase is seen, and the two runs'
+    scores agree (the same seeds)."""
+    import dataclasses
+
+    from bench.phases import PHASES, measure
+    from toymodels.presets import tiny_two_hop
+
+    cfg = dataclasses.replace(tiny_two_hop("cot"), familiarities=("F",), methods=("average", "ties"))
+    live = measure(cfg, 0, "cpu")
+    assert live["base_steps"] > 0 and live["base_training"]["wall_s"] > 0
+    for mode in ("sequential", "stacked"):
+        wall = live["modes"][mode]["wall_s"]
+        assert set(wall) == set(PHASES) and wall["base_training"] == 0.0
+        assert all(wall[p] > 0 for p in ("lora_training", "merges", "scoring")), wall
+    agree = live["agreement"]
+    assert agree["leaves"] > 100 and agree["unmatched_leaves"] == 0
+    assert agree["max_abs_diff"] < 1e-4 and agree["lora_runs_with_other_steps"] == 0
+
+
+def _store(root, experiment, config, seconds, start, result):
+    from analysis.atomic import atomic_write_json
+    from analysis.cache import config_json
+
+    timing = {"seconds": seconds, "started_utc": f"2026-12-01T07:{start:02d}:00+00:00",
+              "finished_utc": f"2026-12-01T07:{start + 1:02d}:00+00:00"}
+    atomic_write_json(root / experiment / f"{config.key()}.json",
+                      {"experiment": experiment, "key": config.key(), "config": config_json(config),
+                       "result": result, "timing": timing, "versions": {}})
+
+
+def test_breakdown_from_records_sums_time_bases_and_lora_runs_per_experiment(tmp_path):
+    from analysis.atomic import atomic_write_json
+    from analysis.experiments import mechanism, two_hop_reuse
+    from bench.breakdown import from_records
+
+    with pytest.raises(FileNotFoundError, match="no cached record"):
+        from_records(tmp_path)
+    a, b = [c for c in two_hop_reuse.grid("quick") if c.fmt == "latent" and c.seed == 0]  # main, shared: one base
+    lora = {"steps": 5, "reached_target": True}
+    result = {"base": {"steps": 300, "reached_target": False},
+              "splits": {"F": {"experts": {"AB": lora, "joint/hops": dict(lora, steps=7)}}}}
+    _store(tmp_path, "two_hop_reuse", a, 10.0, 0, result)
+    _store(tmp_path, "two_hop_reuse", b, 20.0, 3, result)
+    m = next(c for c in mechanism.grid("quick") if c.pipeline.base.key() == a.pipeline.base.key() and c.seed == 0)
+    _store(tmp_path, "mechanism", m, 2.0, 10, {"base": {"steps": 300, "reached_target": True}})
+    atomic_write_json(tmp_path / "models" / f"{a.pipeline.base.key()}-s0.json", {"seconds": 7.5})
+    out = from_records(tmp_path)
+    th, me = out["experiments"]["two_hop_reuse"], out["experiments"]["mechanism"]
+    assert (th["cached"], th["configs"]) == (2, 12)
+    assert th["worker_s"] == 30.0 and th["span_s"] == 4 * 60  # 07:00 -> 07:04
+    assert (th["base_s"], th["bases"]) == (7.5, 1), "the shared base counts once"
+    assert (th["lora_runs"], th["lora_steps"]) == (4, 24)
+    assert (me["cached"], me["base_s"], me["lora_runs"]) == (1, 0.0, 0), "a base is charged to its first (earliest) user"
+    assert out["total"]["worker_s"] == 32.0
+
+
+@pytest.mark.parametrize("argv,needle", [
+    pytest.param(["--results", "{tmp}/none"], "--results", id="no-results-folder"),
+    pytest.param(["--results", "{tmp}", "--quick"], "--breakdown", id="with-quick"),
+    pytest.param(["--results", "{tmp}"], "no cached record", id="empty-cache"),
+])
+def test_breakdown_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, needle):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(["bench", "--breakdown", "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_agreement_counts_differences_steps_and_nan_on_one_side():
+    from bench.phases import agreement
+
+    nan = float("nan")
+    a = {"x": [1.0, nan, nan, 0.5], "e": {"AB": {"steps": 3, "seconds": 1.0}, "BC": {"steps": 4}}}
+    b = {"x": [1.00001, nan, 2.0, 0.7], "e": {"AB": {"steps": 3, "seconds": 9.0}, "BC": {"steps": 5}}, "y": 1}
+    got = agreement(a, b)
+    assert got["leaves"] == 6 and got["unmatched_leaves"] == 1  # seconds ignored, y only on one side
+    assert got["leaves_differing_over_1e-4"] == 3 and got["max_abs_diff"] == float("inf")
+    assert (got["lora_runs"], got["lora_runs_with_other_steps"]) == (2, 1)

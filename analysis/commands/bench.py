@@ -7,10 +7,18 @@ memory); the factored SVD of a merged delta vs a dense SVD; T2 instances per sec
 row's target (issue 11) applies to its ratio. Results go to <out>/<machine>.json (with
 --only: <machine>+<names>.json), with a description of the machine and its load average.
 
+With --breakdown it runs no suite: it sums the quick reproduction's cached records per
+experiment (wall span, worker seconds, base training, LoRA runs) and times base training,
+LoRA training, merges and scoring of one quick two-hop config (chain-of-thought, main,
+seed 0), every split sequential and stacked side by side; to <out>/<machine>+breakdown.json
+and .txt.
+
 examples:
+  lora-limits bench --breakdown --results results --threads 1
   lora-limits bench --quick                  # the whole suite in minutes on 2 CPU cores
   lora-limits bench --quick --json           # [{"name", "value", "reference", "ratio", "target", "met"}]
   lora-limits bench --only stacked_adapters --device cuda
+  lora-limits bench --quick --device cuda --tf32    # TF32 matmuls on the GPU
 """
 from __future__ import annotations
 
@@ -42,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where converted GGUF models are cached (default results/pretrained)")
     parser.add_argument("--note", default="", metavar="TEXT", help="a note stored with the results, e.g. on machine load")
     parser.add_argument("--check", action="store_true", help="exit 1 when a row misses its target")
+    parser.add_argument("--tf32", action="store_true",
+                        help="CUDA only: let float32 matmuls use TF32 tensor cores (faster, ~1e-3 relative rounding)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead of the suite: where the quick reproduction's time goes, from the cached "
+                             "records in --results and live, phase by phase, on one quick two-hop config, "
+                             "sequential vs stacked (minutes)")
+    parser.add_argument("--results", default="results", metavar="DIR",
+                        help="result cache that --breakdown reads (default results/; only read)")
 
 
 def describe_machine(device) -> dict:
@@ -69,6 +85,17 @@ def _threads(text: str | None) -> int | None:
     return int(text)
 
 
+def fast_matmul(tf32: bool, device) -> None:
+    """``--tf32``: TF32 float32 matmuls on CUDA (a usage error elsewhere)."""
+    if not tf32:
+        return
+    if device.type != "cuda":
+        raise UsageError(f"--tf32: needs a CUDA device, got {device.type} (drop --tf32 or use --device cuda)")
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def print_rows(rows, out=None) -> None:
     from analysis.tables import print_table
 
@@ -87,14 +114,17 @@ def run(args) -> int:
     from bench import NAMES
     from bench.suite import run_suite
 
+    if args.breakdown:
+        return breakdown(args)
     names = list(dict.fromkeys(args.only)) if args.only else list(NAMES)
     if unknown := [n for n in names if n not in NAMES]:
         raise UsageError(f"--only {' '.join(unknown)}: unknown benchmark; valid: {', '.join(NAMES)}")
     threads = _threads(args.threads)
     device = torch.device(device_name(args.device))
+    fast_matmul(args.tf32, device)
     if threads is not None:
         torch.set_num_threads(threads)
-    machine = describe_machine(device)
+    machine = describe_machine(device) | {"tf32": args.tf32}
     machine["loadavg_start"] = list(os.getloadavg())
     start = time.perf_counter()
     progress = (lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
@@ -121,3 +151,64 @@ def run(args) -> int:
             print(f"skipped {name}: {reason}")
         print(f"results: {path}")
     return 1 if args.check and any(r.met is False for r in rows) else 0
+
+
+def breakdown(args) -> int:
+    """``bench --breakdown`` (module docstring)."""
+    import io
+
+    import torch
+
+    from analysis.atomic import atomic_write_bytes, atomic_write_json
+    from analysis.commands.run import device_name
+    from analysis.tables import print_table
+    from bench import breakdown as records, phases
+
+    if args.only or args.quick:
+        raise UsageError("--breakdown runs on its own: drop --only/--quick")
+    results = Path(args.results)
+    if not results.is_dir():
+        raise UsageError(f"--results {args.results}: no such folder (the result cache --breakdown reads)")
+    threads = _threads(args.threads)
+    device = torch.device(device_name(args.device))
+    fast_matmul(args.tf32, device)
+    try:
+        cached = records.from_records(results)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--results {args.results}: {exc}") from None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    machine = describe_machine(device) | {"tf32": args.tf32, "loadavg_start": list(os.getloadavg())}
+    config = phases.quick_config()
+    print(f"bench: timing {config.fmt} {config.condition} seed {config.seed} (key {config.key()}) ...",
+          file=sys.stderr, flush=True)
+    live = phases.measure(config.pipeline, config.seed, str(device))
+    machine["loadavg_end"] = list(os.getloadavg())
+    label = f"quick two_hop_reuse {config.fmt}/{config.condition}/seed {config.seed}"
+    rows = phases.rows(live, label)
+    text = io.StringIO()
+    print(f"Cached quick records ({results}), per experiment:", file=text)
+    print_table(*records.record_table(cached), text, rule=True)
+    print("(span: first start to last finish; worker: sum of the configs' seconds; LoRA runs '-': the records "
+          "keep no training summaries)", file=text)
+    print(f"\nOne config live ({label}, {machine['threads']} thread(s), load average "
+          f"{machine['loadavg_start'][0]:.1f} -> {machine['loadavg_end'][0]:.1f} on {machine['cores']} cores):",
+          file=text)
+    print_table(*phases.phase_table(live), text, rule=True)
+    agree = live["agreement"]
+    print(f"\nstacked vs sequential outputs: {agree['leaves']} numbers, max |diff| {agree['max_abs_diff']:.2g}, "
+          f"{agree['leaves_differing_over_1e-4']} differ by > 1e-4, {agree['lora_runs_with_other_steps']} of "
+          f"{agree['lora_runs']} LoRAs stopped at another step", file=text)
+    record = {"machine": machine, "note": args.note, "config": {"key": config.key(), "label": label},
+              "records": cached, "live": live, "rows": [r.as_json(full=True) for r in rows], "table": text.getvalue()}
+    stem = Path(args.out) / f"{machine_name(machine)}+breakdown"
+    atomic_write_json(stem.with_suffix(".json"), record)
+    atomic_write_bytes(stem.with_suffix(".txt"), text.getvalue().encode())
+    if args.json:
+        json.dump([r.as_json() for r in rows], sys.stdout, indent=1)
+        print()
+    else:
+        print(text.getvalue(), end="")
+        print_rows(rows)
+        print(f"results: {stem}.json")
+    return 0
