@@ -52,8 +52,10 @@ def fact_lines(ws: list[str]) -> list[tuple[str, str, int]]:
     return [(a, e, int(v.replace(" ", ""))) for a, e, v in re.findall(pattern, text)]
 
 
-def check_row(pre, tokens, mask, p, fmt):
-    """Parse one problem row from its tokens and check it against the SymPy oracle."""
+def check_row(pre, tokens, mask, p, fmt, given_new=False):
+    """Parse one problem row from its tokens and check it against the SymPy oracle. Context
+    entities' values must be stated in the text, familiar ones' never; new ones' stated exactly
+    when ``given_new`` (pretraining's stated-value problems, which also name new entities)."""
     world, tok, cfg = pre.world, pre.world.tokenizer, pre.world.config
     ws = words(tok, tokens)
     n_question = int((~mask[:len(ws)]).sum())
@@ -67,7 +69,7 @@ def check_row(pre, tokens, mask, p, fmt):
     values = {}
     for sym in expr.free_symbols:
         attr, ent = str(sym).split("_")
-        if ent.startswith("c"):  # context entity: the value must be stated in the text
+        if ent.startswith("c") or (ent.startswith("n") and given_new):  # the value must be stated in the text
             values[sym] = stated[str(sym)]
         else:
             assert str(sym) not in stated  # recalled facts are never given in context
@@ -117,7 +119,8 @@ def test_every_generated_answer_equals_the_sympy_evaluation_and_every_worked_ste
             for p in source[name]:
                 q, a = problem_row(tok, p, fmt)
                 tokens = torch.tensor(q + a)
-                check_row(pre, tokens, torch.tensor([False] * len(q) + [True] * len(a)), p, fmt)
+                check_row(pre, tokens, torch.tensor([False] * len(q) + [True] * len(a)), p, fmt,
+                          given_new=source is pre.problems and name.startswith("context"))
                 checked += 1
     assert checked > 500
     # the rows inside the Examples are those rows, padded
@@ -219,16 +222,42 @@ def test_generation_is_deterministic_per_seed(pre, both):
         assert torch.equal(both["same"].train[name].tokens, both["different"].train[name].tokens)
 
 
-def test_pretraining_never_shows_new_entities_new_qtypes_or_held_out_combinations(pre):
+def test_pretraining_never_shows_new_qtypes_nor_a_fixed_value_of_a_new_entity(pre):
+    """new_names (default): a new entity's name appears only in rows whose question states every
+    one of its facts the answer uses (``attr n = v ;`` in the text), with values that vary across
+    the corpus; new_names=False: its token never appears. New question types never do."""
     world, tok = pre.world, pre.world.tokenizer
-    new = {tok.entity(int(e)) for e in world.new} | {tok.qtype(q) for q in world.new_qtypes}
-    assert not new & token_set(pre.train)
+    new_ents = {tok.entity(int(e)) for e in world.new}
+    assert not {tok.qtype(q) for q in world.new_qtypes} & token_set(pre.train)
+    stated: dict[tuple[int, int], set] = {}
+    named = 0
+    for tokens, mask in zip(pre.train.tokens.tolist(), pre.train.answer_mask.tolist()):
+        question = [t for t, m in zip(tokens, mask) if not m and t != PAD]
+        answer = [t for t, m in zip(tokens, mask) if m]
+        if not new_ents & set(tokens):
+            continue
+        named += 1
+        assert not new_ents & {question[1]}  # never the subject of an atomic row
+        for i, t in enumerate(answer):
+            if t in new_ents:  # a lookup line attr n = v ; copied from the text
+                end = answer.index(tok.symbol(";"), i)
+                line = answer[i - 1:end + 1]
+                assert any(question[j:j + len(line)] == line for j in range(len(question)))
+                stated.setdefault((line[0], t), set()).add(tuple(line[3:-1]))
+    assert named > 20 and sum(len(v) > 1 for v in stated.values()) > len(stated) // 2
+    hidden = make_math_pretraining(MathTaskConfig(world=WORLD, n_context_problems=200, n_memory_problems=150,
+                                                  n_eval=64, new_names=False), np.random.default_rng(0))
+    assert not new_ents & token_set(hidden.train)
+
+
+def test_pretraining_holds_out_its_test_combinations(pre):
+    world = pre.world
     held = pre.heldout_combos
     assert held and not {(p.qtype, p.entities) for p in pre.problems["memory"]} & held
     assert {(p.qtype, p.entities) for p in pre.problems["memory_test"]} <= held
     assert not row_set(pre.eval_sets["context_test"]) & row_set(pre.train)
     assert not row_set(pre.eval_sets["arith_test"]) & row_set(pre.train)
-    assert all(e in world.context for p in pre.problems["context"] for e in p.entities)
+    assert all(e in world.context or e in world.new for p in pre.problems["context"] for e in p.entities)
     assert all(e in world.familiar for p in pre.problems["memory"] for e in p.entities)
 
 

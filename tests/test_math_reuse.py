@@ -13,8 +13,8 @@ from analysis.experiments import math_reuse as mr
 from analysis.figures.math_reuse import methods_figure
 from analysis.registry import Result
 from analysis.report import claim_verdicts, draw_figures
-from toymodels.math_reuse import MathReuseConfig, make_corpus, with_condition_probes
-from toymodels.presets import tiny_math_reuse
+from toymodels.math_reuse import LIBRARIES, MathReuseConfig, libraries, make_corpus, with_condition_probes
+from toymodels.presets import math_finetune, math_lora, tiny_math_reuse
 from toymodels.seeds import numpy_rng
 from toymodels.span_family import rows
 from toymodels.tasks.math_experts import make_math_expert_set
@@ -46,6 +46,27 @@ def test_bad_configs_name_the_field():
         dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_vocab=8))
     with pytest.raises(ValueError, match="methods"):
         dataclasses.replace(cfg, methods=("nope",))
+
+
+def test_quick_grid_runs_in_reproduce_with_the_math_recipe_and_the_skills_library():
+    quick, paper = EXPERIMENT.configs("quick"), EXPERIMENT.configs("paper")
+    assert "quick" in EXPERIMENT.reproduce_profiles
+    for c in quick:
+        assert (c.run.finetune, c.run.lora, c.run.libraries) == (math_finetune(), math_lora(), ("skills",))
+        assert c.run.finetune.target_acc is None and c.run.experts.n_composed >= 32  # fixed steps; issue 12 item 5
+    assert all(c.run.libraries == LIBRARIES for c in paper)
+    assert (MathReuseConfig().finetune, MathReuseConfig().lora) == (math_finetune(), math_lora())
+
+
+def test_libraries_pick_the_reused_sets_and_bad_names_are_errors():
+    cfg = tiny_math_reuse()
+    for bad in [("skills", "nope"), (), ("skills", "skills")]:
+        with pytest.raises(ValueError, match="math_reuse.libraries"):
+            dataclasses.replace(cfg, libraries=bad)
+    es = make_math_expert_set(make_corpus(cfg, 0), cfg.experts, numpy_rng(0, "experts"))
+    assert libraries(es, ("skills",)) == {"skills": ["facts", "procedure", "D0"]}
+    assert libraries(es) == {"skills": ["facts", "procedure", "D0"],
+                             "with_composed": ["facts", "procedure", "composed", "D0"]}
 
 
 def _contains(seq: list, sub: list) -> bool:

@@ -5,8 +5,9 @@ one call on the one protocol (:func:`toymodels.protocol.run_protocol`).
 or takes a given one, draws the expert set (:mod:`toymodels.tasks.math_experts`: ``facts``,
 ``procedure``, ``composed``, distractors ``D*``), and scores with :mod:`toymodels.span_family`
 the base, every single expert, a joint-data LoRA per library and every reuse method on two
-libraries: ``skills`` = {facts, procedure, D*} (data-free composition of the two skills) and
-``with_composed`` = ``skills`` + the composed expert (trained on the composed problems themselves).
+libraries (``MathReuseConfig.libraries`` picks which): ``skills`` = {facts, procedure, D*} (data-free
+composition of the two skills) and ``with_composed`` = ``skills`` + the composed expert (trained on
+the composed problems themselves). The composed expert is scored alone (``single/composed``) either way.
 
 Conditional composition (``needs``): a composed problem counts when the model still answers
 every row the facts expert was taught that holds one of the problem's facts (probe
@@ -42,22 +43,31 @@ from toymodels.tasks.math_problems import MathTokenizer, make_problem
 from toymodels.train import TrainConfig, TrainResult, recipe, resolve_device
 
 PRECONDITION_SETS = ("atomic", "context_test", "memory_test")  # the base's own skills, held out
+LIBRARIES = ("skills", "with_composed")
+
+
+def _math_lora() -> LoRAConfig:
+    from toymodels.presets import math_lora  # imported when called: presets imports this module
+
+    return math_lora()
 
 
 @dataclass(frozen=True)
 class MathReuseConfig(Config):
-    """Base (task, model, train), experts, LoRA, fine-tune recipe, reuse methods and options;
-    ``decode_extra``: greedy decoding may run this many tokens past a gold answer's length."""
+    """Base (task, model, train), experts, LoRA, fine-tune recipe, reuse methods and options, the
+    libraries reused (of :data:`LIBRARIES`; module docstring); ``decode_extra``: greedy decoding
+    may run this many tokens past a gold answer's length."""
 
     task: MathTaskConfig = field(default_factory=MathTaskConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256,
                                                                    d_vocab=128, n_ctx=64))
     train: TrainConfig = field(default_factory=TrainConfig)
     experts: MathExpertConfig = field(default_factory=MathExpertConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    finetune: TrainConfig = field(default_factory=lambda: recipe("careful_finetune"))
+    lora: LoRAConfig = field(default_factory=lambda: _math_lora())
+    finetune: TrainConfig = field(default_factory=lambda: recipe("math_finetune"))
     methods: tuple[str, ...] = ("average", "sum", "ties", "arrow")
     reuse: ReuseOptions = field(default_factory=ReuseOptions)
+    libraries: tuple[str, ...] = LIBRARIES
     decode_extra: int = 8
 
     @property
@@ -73,6 +83,9 @@ class MathReuseConfig(Config):
         check_fields("math_reuse", self, {
             "methods": (bool(self.methods) and all(m in METHODS for m in self.methods),
                         f"a non-empty tuple of {', '.join(METHODS)}"),
+            "libraries": (bool(self.libraries) and len(set(self.libraries)) == len(self.libraries)
+                          and all(lib in LIBRARIES for lib in self.libraries),
+                          f"a non-empty tuple of distinct names of {', '.join(LIBRARIES)}"),
             "decode_extra": (isinstance(self.decode_extra, int) and self.decode_extra >= 0, "an integer >= 0")})
 
 
@@ -112,10 +125,11 @@ def with_condition_probes(pre: MathPretraining, es: MathExpertSet, rng: np.rando
     return dataclasses.replace(es, probes=probes), needs
 
 
-def libraries(es: MathExpertSet) -> dict[str, list[str]]:
+def libraries(es: MathExpertSet, names: tuple[str, ...] = LIBRARIES) -> dict[str, list[str]]:
     distractors = [n for n in es.experts if n.startswith("D")]
-    return {"skills": ["facts", "procedure"] + distractors, "with_composed": ["facts", "procedure", "composed"]
-            + distractors}
+    every = {"skills": ["facts", "procedure"] + distractors, "with_composed": ["facts", "procedure", "composed"]
+             + distractors}
+    return {name: every[name] for name in names}
 
 
 def chance_levels(pre: MathPretraining, es: MathExpertSet) -> dict:
@@ -134,13 +148,16 @@ def precondition(result: TrainResult) -> dict:
 
 
 def run_math_reuse(cfg: MathReuseConfig, seed: int = 0, device: str = "auto", progress: Progress | None = None,
-                   base: SpanBase | None = None) -> dict:
+                   base: SpanBase | None = None, stacked: bool = True) -> dict:
     """Returns (JSON-able)::
 
         {"config", "key", "seed", "template", "n_composed", "chance",
          "base": {steps, seconds, reached_target, final, losses, "precondition": {set: accuracy}},
          "experts": {name | "joint/<library>": training summary},
          "models": {"base" | "single/<expert>" | "joint/<library>" | "<method>/<library>": scores}}
+
+    ``stacked``: every LoRA trained in one stacked run (:func:`toymodels.protocol.run_protocol`),
+    equal to sequential training up to float rounding and cheaper on a CPU.
     """
     resolve_device(device)
     base = base or train_math_base(cfg, seed, device, progress)
@@ -152,11 +169,11 @@ def run_math_reuse(cfg: MathReuseConfig, seed: int = 0, device: str = "auto", pr
     es = make_math_expert_set(pre, cfg.experts, seeds.numpy_rng(seed, "experts"))
     es, needs = with_condition_probes(pre, es, seeds.numpy_rng(seed, "experts", "twins"))
     sep = pre.world.tokenizer.symbol("ANS") if pre.config.fmt == "worked" else None
-    family = span_family(es, libraries(es), cfg.reuse, sep, needs, cfg.decode_extra)
+    family = span_family(es, libraries(es, cfg.libraries), cfg.reuse, sep, needs, cfg.decode_extra)
     # scope ("math",) for both templates: the two conditions share LoRA inits and merge draws (paired)
     done = run_protocol(family, Backend(base.model, role_modules(base.model), device), cfg, seed, ("math",),
                         summary=lambda r: train_summary(r, curves=False), title="math experts and scores",
-                        progress=progress)
+                        progress=progress, stacked=stacked)
     return {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed, "template": es.template,
             "n_composed": len(es.composed), "chance": chance_levels(pre, es),
             "base": {**train_summary(base.result, curves=False), "precondition": precondition(base.result)}, **done}

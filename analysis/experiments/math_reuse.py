@@ -14,8 +14,9 @@ joint-data ceiling; a failed ceiling cannot satisfy it) and TEMPLATE-1-different
 method beats its control). Where the joint-data ceiling itself does not compose, read a
 TEMPLATE-1-different "supported" as not testable (floor effect): the detail line prints the ceiling.
 
-Profiles. ``quick``: :func:`presets.quick_math_reuse`, methods average, sum, TIES, Arrow, 3 seeds.
-``paper``: 5 seeds, 9 methods (LoraHub and the oracle included), 32 composed problems.
+Profiles. ``quick``: :func:`presets.quick_math_reuse` (the ``skills`` library, 32 composed problems),
+methods average, sum, TIES, Arrow, 3 seeds. ``paper``: 5 seeds, 9 methods (LoraHub and the oracle
+included), both libraries.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from pathlib import Path
 from typing import Callable
 
 from analysis.registry import Ceiling, ClaimMeasure, Experiment, Result, register
+from analysis.stats import ACCURACY, DIFFERENCE
 from analysis.verdict import Claim
 from toymodels.config import Config
-from toymodels.math_reuse import MathReuseConfig
+from toymodels.math_reuse import LIBRARIES, MathReuseConfig
 from toymodels.presets import quick_math_reuse
 from toymodels.tasks.math_experts import TEMPLATES
 
@@ -37,6 +39,7 @@ DATA_FREE = ("average", "sum", "cat", "task_arithmetic", "ties", "dare", "svd", 
 KEEP = ("composed", "composed_chain", "composed_logprob", "specificity", "conditional", "facts", "retention",
         "broadcast", "probes")
 MARGIN, CLOSE, SOLVES = 0.1, 0.2, 0.8
+NEAR = (-1.0 - MARGIN, 1.0 - MARGIN)  # the range of composes_near_ceiling's min(...)
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,7 @@ def grid(profile: str) -> list[MathReuseExpConfig]:
     if profile == "quick":
         return [MathReuseExpConfig(dataclasses.replace(quick_math_reuse(), methods=QUICK_METHODS), seed=s)
                 for s in range(3)]
-    run = quick_math_reuse()
-    run = dataclasses.replace(run, methods=PAPER_METHODS, experts=dataclasses.replace(run.experts, n_composed=32))
+    run = dataclasses.replace(quick_math_reuse(), methods=PAPER_METHODS, libraries=LIBRARIES)
     return [MathReuseExpConfig(run, seed=s) for s in range(5)]
 
 
@@ -122,15 +124,34 @@ def composes_near_ceiling(results: list[Result]) -> list[float]:
     return per_seed(results, one)
 
 
+def own_rows(r: Result, template: str, lora: str) -> float:
+    """Exact match of one trained LoRA (an expert or ``joint/<library>``) on its own training rows."""
+    return r.result["templates"][template]["experts"][lora]["final"]["facts"]
+
+
 def _detail(template: str) -> Callable[[list[Result]], str]:
     def detail(results: list[Result]) -> str:
         mean = lambda f: sum(per_seed(results, f)) / max(1, len(results))  # noqa: E731
         best = mean(lambda r: max(value(r, template, f"{m}/skills") for m in data_free([r])))
+        learnt = ", ".join(f"{n} {mean(lambda r, n=n: own_rows(r, template, n)):.2f}"
+                           for n in ("facts", "procedure", "joint/skills"))
         return (f"{template} template: best data-free composed {best:.2f}, joint-data ceiling "
                 f"{mean(lambda r: value(r, template, 'joint/skills')):.2f}, composed-expert LoRA "
                 f"{mean(lambda r: value(r, template, 'single/composed')):.2f}, base "
-                f"{mean(lambda r: value(r, template, 'base')):.2f} (means over seeds)")
+                f"{mean(lambda r: value(r, template, 'base')):.2f}; LoRAs on their own rows: {learnt} "
+                "(means over seeds)")
     return detail
+
+
+def composed_questions(results: list[Result]) -> dict[str, int]:
+    """Composed problems per template condition (the smallest over seeds)."""
+    return {t: min(r.result["templates"][t]["n_composed"] for r in results) for t in results[0].result["templates"]}
+
+
+def _base_detail(results: list[Result]) -> str:
+    return "; ".join(f"seed {r.config.seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                           r.result["base"]["precondition"].items())
+                     for r in sorted(results, key=lambda r: r.config.seed))
 
 
 # A reuse verdict is read against the joint-data LoRA on the same experts' data (issue 12): when it
@@ -150,7 +171,8 @@ def _control_claim(template: str, direction: str, statement: str) -> ClaimMeasur
         f"TEMPLATE-1-{template}", statement,
         f"max over data-free methods of (composed - composed-control rate), skills library, {template} template",
         direction, MARGIN, f"a convention: {MARGIN:g} is about 1.6 of the 16 composed problems"),
-        beyond_control(template), ("math_reuse_methods",), _detail(template), ceiling=joint_ceiling(template))
+        beyond_control(template), ("math_reuse_methods",), _detail(template), bounds=DIFFERENCE,
+        ceiling=joint_ceiling(template), questions=composed_questions)
 
 
 def _claims() -> tuple[ClaimMeasure, ...]:
@@ -159,7 +181,8 @@ def _claims() -> tuple[ClaimMeasure, ...]:
             "MATH-0", "the base solves its own familiar problems: held-out problems with the facts stated and with "
             "familiar facts recalled (precondition of the reuse test)",
             "worse of context_test, memory_test exact match of the base", "above", SOLVES,
-            f"a convention: {SOLVES:g} = the base solves 4 of 5 held-out problems of each skill"), base_solves),
+            f"a convention: {SOLVES:g} = the base solves 4 of 5 held-out problems of each skill"), base_solves,
+            detail=_base_detail, bounds=ACCURACY),
         ClaimMeasure(Claim(
             "TEMPLATE-1-same", "with a shared solution template, a data-free merge or routing of the facts and "
             "procedure adapters answers composed problems beyond the broadcast control and close to the joint-data "
@@ -168,7 +191,8 @@ def _claims() -> tuple[ClaimMeasure, ...]:
             "composed)), skills library, same template", "above", 0.0,
             f"0 is where both conventions hold: composed exceeds its control by {MARGIN:g} (about 1.6 of the 16 "
             f"composed problems) and lies within {CLOSE:g} (about 3 of 16) of the joint-data ceiling"),
-            composes_near_ceiling, ("math_reuse_methods",), _detail("same"), ceiling=joint_ceiling("same")),
+            composes_near_ceiling, ("math_reuse_methods",), _detail("same"), bounds=NEAR,
+            ceiling=joint_ceiling("same"), questions=composed_questions),
         _control_claim("different", "below", "without a shared template (facts as atomic rows), no data-free merge "
                        "or routing answers composed problems beyond the broadcast control"),
     )
@@ -211,7 +235,8 @@ EXPERIMENT = register(Experiment(
     name="math_reuse",
     description="toy math word problems: facts + procedure LoRAs reused, same vs different solution template",
     grid=grid, run=run, figures=_figures(), claims=_claims(), summary=summary,
-    # quick grid measured at ~5 min per config on an idle 2-core machine (base ~1.5 min + 2 protocols),
-    # ~15 min for 3 seeds: over the quick reproduce budget, so reproduce runs it in the paper profile only
-    reproduce_profiles=("paper",),
+    # quick grid MEASURED (reproduce --profile quick --only math_reuse, --jobs 2, 3 seeds, load ~8 on 2
+    # cores): 321 CPU s (user+sys), 11.5 min wall; over the 240 CPU s target, about 150 CPU s of it the
+    # three 1,000-step bases (800 steps fail the precondition on seed 0: 0.76 / 0.83)
+    reproduce_profiles=("quick", "paper"),
 ))
