@@ -41,14 +41,14 @@ from toymodels.lora import LoRAConfig
 from toymodels import presets
 from toymodels.peft_backend import train_lora_peft
 from toymodels.pretrained import LogitsLM
-from toymodels.pretrained_metrics import encode_wrong, score_rows, split_metrics, split_probes
+from toymodels.pretrained_metrics import answer_rows, encode_wrong, score_rows, split_metrics, split_probes
 from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_lora, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
 from toymodels.seeds import numpy_rng
 from toymodels.tasks import Examples
-from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, answer_scores, broadcast_controls,
+from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, broadcast_controls,
                                      encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
 from toymodels.train import TrainConfig, recipe
 
@@ -133,7 +133,7 @@ def broadcast(model: nn.Module, controls: list[Control], rows: Examples | None) 
     if rows is None:
         return {}
     model.eval()
-    exact, out, start = answer_scores(model, rows)[0], {}, 0
+    exact, out, start = answer_rows(model, rows)[0], {}, 0
     for c in controls:
         n = len(c.questions) * len(c.new_answers)
         hit = exact[start:start + n].reshape(len(c.questions), len(c.new_answers)).any(1)  # (questions,)
@@ -167,6 +167,7 @@ def _keep_experts(trainer, experts: dict, kept: dict, backend, data, *args, **kw
     return adapter, result
 
 
+_WRONG = "\0wrong"  # the specificity's wrong-answer rows, scored with the eval sets
 LORA_BACKENDS = ("ours", "peft")  # who trains the LoRAs: our LoRALinear, or PEFT (toymodels.peft_backend)
 
 
@@ -190,7 +191,7 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     fact_pairs = known_fact_pairs(cfg.familiarity_facts)
     bar = open_bar(progress, "base model familiarity", 1)
-    fact_exact = answer_scores(lm.eval(), encode_pairs(fact_pairs, tokenizer))[0]
+    fact_exact = answer_rows(lm, encode_pairs(fact_pairs, tokenizer))[0]
     bar.close()
     known = {pair for pair, ok in zip(fact_pairs, fact_exact.tolist()) if ok}
     chains = draw_chains(cfg.task, seed, known if cfg.r_known_only else None)
@@ -213,8 +214,8 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
            "questions": {p.familiarity: {"composed": len(p.composed), "wrong": len(p.wrong)} for p in probes}}
 
     def score_one(model, members, method):
-        rows = score_rows(model, sets)
-        wrong = None if wrong_rows is None else answer_scores(model, wrong_rows)
+        rows = score_rows(model, {**sets, _WRONG: wrong_rows})  # one pass over every row
+        wrong = rows.pop(_WRONG, None)
         return means(rows), broadcast(model, controls, control_rows), split_metrics(rows, probes, wrong)
 
     family = TaskFamily(experts=train_sets, libraries=LIBRARIES, shots=train_sets["AC"][:cfg.reuse.lorahub_shots],

@@ -39,6 +39,7 @@ from toymodels.config import Config, check_fields, counts
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
 from toymodels.pretrained import LogitsLM
+from toymodels.pretrained_metrics import answer_rows
 from toymodels.pretrained_two_hop import broadcast, encode_controls
 from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
@@ -48,7 +49,7 @@ from toymodels.seeds import numpy_rng
 from toymodels.tasks.history_qa import (SPLITS, TRAINED, Chain, QAConfig, broadcast_controls, composed_chains,
                                         expert_pairs, known_fact_pairs, make_chains)
 from toymodels.tasks.natural import TEMPLATES as NATURAL_TEMPLATES
-from toymodels.tasks.natural import WORLD, answer_scores, encode_pairs
+from toymodels.tasks.natural import WORLD, encode_pairs
 from toymodels.train import TrainConfig
 
 Pair = tuple[str, str]
@@ -112,8 +113,7 @@ class Sheet:
         self.rows = encode_pairs(list(unique), tokenizer)
 
     def score(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        model.eval()
-        exact, logprob = answer_scores(model, self.rows)
+        exact, logprob = answer_rows(model, self.rows)
         return {name: (exact[i], logprob[i]) for name, i in self.index.items()}
 
 
@@ -212,7 +212,7 @@ def run_qa_reuse(cfg: QAReuseConfig, hf_model: nn.Module, tokenizer, seed: int =
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     fact_pairs = known_fact_pairs(cfg.task.relations2)
     bar = open_bar(progress, "base model familiarity", 1)
-    fact_exact = answer_scores(lm.eval(), encode_pairs(fact_pairs, tokenizer))[0]
+    fact_exact = answer_rows(lm, encode_pairs(fact_pairs, tokenizer))[0]
     bar.close()
     known = {pair for pair, ok in zip(fact_pairs, fact_exact.tolist()) if ok}
     chains = make_chains(cfg.task, numpy_rng(seed, "qa", "chains"), known if cfg.r_known_only else None)
