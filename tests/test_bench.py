@@ -102,3 +102,13 @@ def test_hf_comparison_trains_the_same_adapter_as_peft():
     rows = compare(tiny_llama(seeded(0)), "tiny", (2, 8), torch.device("cpu"), repeats=1)
     assert [r.name for r in rows] == ["hf_lora_step_tiny", "hf_lora_peak_memory_tiny"]
     assert all(r.value > 0 and r.reference > 0 for r in rows)
+
+
+def test_answer_positions_rows_compare_the_fast_and_full_logit_paths():
+    pytest.importorskip("transformers")
+    from bench.hf_lora import answer_positions
+    from toymodels.pretrained import tiny_llama
+
+    rows = answer_positions(tiny_llama(seeded(0)), "tiny", (2, 8), torch.device("cpu"), repeats=1)
+    assert [r.name for r in rows] == ["hf_answer_logits_step_tiny", "hf_answer_logits_score_tiny"]
+    assert all(r.value > 0 and r.reference > 0 and r.target == (">=", 1.0) for r in rows)
