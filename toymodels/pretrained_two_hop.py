@@ -84,16 +84,17 @@ class PretrainedTwoHopConfig(Config):
 
 
 def quick() -> PretrainedTwoHopConfig:
-    """SmolLM2-135M on 2 CPU cores (README: ~2,700 CPU-seconds per seed, measured unit costs
-    extrapolated; over the 20-minute target for two seeds): 6 countries x 3 cities
-    per familiarity, capital and language, one city per country in AC, so 24 held-out
-    composed questions per split (R: fewer where the base knows fewer facts; the report
-    says how many); 10 steps per LoRA at batch 8, evaluated once at the end; average and
-    Arrow; no other-subject controls (specificity measures broadcast on the true prompts,
-    one wrong answer per question)."""
+    """SmolLM2-135M on 2 CPU cores, one config per core: 6 countries x 3 cities per
+    familiarity, capital and language, one city per country in AC, so 24 held-out composed
+    questions per split (R: fewer where the base knows fewer facts; the report says how many);
+    each LoRA trains until it answers all its own rows exactly (checked every 5 steps) or
+    60 steps at batch 16 (``presets.pretrained_finetune``), and the report prints how well
+    each learned; average and Arrow; no other-subject controls (specificity measures
+    broadcast on the true prompts, one wrong answer per question). Cost: see
+    ``analysis/experiments/pretrained_two_hop.py``."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=6, cities_per_country=3, ac_frac=0.34),
-        finetune=presets.pretrained_finetune(steps=10, batch_size=8, eval_every=10),
+        finetune=presets.pretrained_finetune(),
         methods=("average", "arrow"), r_known_only=True, n_control=0, n_wrong=1)
 
 
