@@ -1,5 +1,6 @@
 """Our LoRA injected into a Hugging Face causal LM against PEFT's ``get_peft_model`` on the
-same model: training-step time and peak memory of one step.
+same model: training-step time and peak memory of one step. And (:func:`answer_positions`)
+logits at the answer positions only against full logits, for a LoRA step and a scoring pass.
 
 Both sides: the same frozen model (a deep copy each), LoRA rank 8 (alpha 16) on every role
 of its role map (``toymodels.hf_roles``; Llama: every q/k/v/o/gate/up/down projection),
@@ -76,12 +77,62 @@ def compare(hf_model: nn.Module, label: str, batch: tuple[int, int], device: tor
                 f"{shape}; peak bytes allocated during one step above the bytes before it")]
 
 
+class _FullLogits(nn.Module):
+    """The model without its ``logits_at``: ``toymodels.train.logits_at`` then indexes the full logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
+
+
+def answer_positions(hf_model: nn.Module, label: str, batch: tuple[int, int], device: torch.device,
+                     repeats: int) -> list[Row]:
+    """A LoRA step and a scoring pass on rows whose last 3 tokens are the answer, with logits
+    only at the answer positions (``LogitsLM.logits_at``) against the full logits indexed there."""
+    from toymodels.hf_roles import role_map
+    from toymodels.pretrained import LogitsLM
+    from toymodels.pretrained_metrics import answer_rows
+    from toymodels.tasks import Examples
+    from toymodels.train import answer_loss
+
+    roles = role_map(hf_model)
+    targets = tuple(dict.fromkeys(role for role, _ in roles))
+    model = inject_lora(LogitsLM(hf_model.requires_grad_(False)).to(device),
+                        LoRAConfig(rank=RANK, alpha=ALPHA, targets=targets), roles, torch.Generator().manual_seed(0))
+    B, T = batch
+    tokens = torch.randint(hf_model.config.vocab_size, (B, T + 1), generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, -3:] = True
+    rows = Examples(tokens, mask).to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(m):
+        def run():
+            loss = answer_loss(m, rows)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return run
+    full = _FullLogits(model)
+    t = interleaved({"fast": step(model), "full": step(full)}, repeats, device)
+    s = interleaved({"fast": lambda: answer_rows(model, rows), "full": lambda: answer_rows(full, rows)}, repeats, device)
+    shape = f"{label}, batch {B}x{T}, 3 answer tokens per row"
+    return [Row(f"hf_answer_logits_step_{label}", B * T / t["fast"], B * T / t["full"], "tokens/s", (">=", 1.0),
+                f"{shape}; LoRA step, logits at the answer positions only; reference: full logits"),
+            Row(f"hf_answer_logits_score_{label}", B * T / s["fast"], B * T / s["full"], "tokens/s", (">=", 1.0),
+                f"{shape}; scoring pass (answer_rows); reference: full logits")]
+
+
 def tiny(device: torch.device, quick: bool) -> list[Row]:
     _libs()
     from toymodels.pretrained import tiny_llama
 
     model = tiny_llama(torch.Generator().manual_seed(0), vocab=512, d_model=256, n_layers=4)
-    return compare(model, "tiny_llama", (8, 64), device, 3 if quick else 10)
+    return (compare(model, "tiny_llama", (8, 64), device, 3 if quick else 10)
+            + answer_positions(model, "tiny_llama", (16, 16), device, 3 if quick else 10))
 
 
 def smollm2(device: torch.device, quick: bool, cache_dir: Path) -> list[Row]:
@@ -93,4 +144,5 @@ def smollm2(device: torch.device, quick: bool, cache_dir: Path) -> list[Row]:
     except FileNotFoundError as exc:
         raise Skipped(str(exc)) from None
     model, _ = load_causal_lm(None, cache_dir)
-    return compare(model, "smollm2_135m", (4, 64), device, 2 if quick else 5)
+    return (compare(model, "smollm2_135m", (4, 64), device, 2 if quick else 5)
+            + answer_positions(model, "smollm2_135m", (16, 16), device, 2 if quick else 5))

@@ -228,3 +228,11 @@ def test_agreement_counts_differences_steps_and_nan_on_one_side():
     assert got["leaves"] == 6 and got["unmatched_leaves"] == 1  # seconds ignored, y only on one side
     assert got["leaves_differing_over_1e-4"] == 3 and got["max_abs_diff"] == float("inf")
     assert (got["lora_runs"], got["lora_runs_with_other_steps"]) == (2, 1)
+def test_answer_positions_rows_compare_the_fast_and_full_logit_paths():
+    pytest.importorskip("transformers")
+    from bench.hf_lora import answer_positions
+    from toymodels.pretrained import tiny_llama
+
+    rows = answer_positions(tiny_llama(seeded(0)), "tiny", (2, 8), torch.device("cpu"), repeats=1)
+    assert [r.name for r in rows] == ["hf_answer_logits_step_tiny", "hf_answer_logits_score_tiny"]
+    assert all(r.value > 0 and r.reference > 0 and r.target == (">=", 1.0) for r in rows)

@@ -318,6 +318,7 @@ def test_reproduce_only_writes_its_report_and_figures_without_theory(tiny_folder
     for claim in ("PRE-1-F-logprob", "PRE-1-H-exact", "PRE-1-R-logprob", "PRE-2", "PRE-3"):
         assert f"{claim}:" in out and claim in report
     assert "underpowered: 2 seed(s), fewer than 3 independent units" in report
+    assert "LoRAs' exact match on their own training rows: AB " in report and "(2/2 steps)" in report
     saved = sorted((tmp_path / "res" / "pretrained" / "adapters").glob("*/*"))  # 2 seeds x AB, BC, AC
     assert [p.name for p in saved] == ["AB", "AC", "BC"] * 2 and all(str(p) in report for p in saved)
     assert main(["inspect", *map(str, saved[:3]), "--base", str(tiny_folder), "--json", "--no-figures"]) == 0

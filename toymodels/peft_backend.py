@@ -28,6 +28,7 @@ from torch import nn
 from theory.merge import Factors
 from toymodels.adapters import Adapter
 from toymodels.lora import LoRAConfig, LoRALinear, is_fan_in_fan_out, target_paths
+from toymodels.pretrained import hf_logits_at
 from toymodels.progress import Progress
 from toymodels.tasks import Examples
 from toymodels.train import TrainConfig, TrainResult, train
@@ -44,6 +45,10 @@ class PeftLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.peft_model(input_ids=tokens, use_cache=False).logits
+
+    def logits_at(self, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``self(tokens)[at]``, unembedding only where needed (``toymodels.pretrained.hf_logits_at``)."""
+        return hf_logits_at(self.peft_model, tokens, at)
 
 
 def _hf_model(model: nn.Module) -> nn.Module:

@@ -267,6 +267,22 @@ class LogitsLM(torch.nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._hf[0](input_ids=tokens, use_cache=False).logits  # (B, T, d_vocab)
 
+    def logits_at(self, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``self(tokens)[at]``, unembedding only the columns where ``at`` has a position
+        (:func:`hf_logits_at`); ``toymodels.train.logits_at`` calls it."""
+        return hf_logits_at(self._hf[0], tokens, at)
+
+
+def hf_logits_at(hf_model, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """``(n, d_vocab)`` logits of a HF causal LM at the ``n`` True positions of ``at`` ``(B, T)``,
+    row-major, equal to ``hf_model(tokens).logits[at]`` up to float rounding. The model's own
+    forward runs with ``logits_to_keep`` = the columns holding any True position (a 1-D index
+    tensor, supported by every family with a role map), so each family's output step (Gemma 2's
+    soft-capping) is kept and the vocabulary-sized matmul covers those ``B x columns`` only."""
+    columns = at.any(0).nonzero()[:, 0]  # (C,) ascending, so row-major order is kept
+    logits = hf_model(input_ids=tokens, use_cache=False, logits_to_keep=columns).logits  # (B, C, d_vocab)
+    return logits[at[:, columns]]  # (n, d_vocab)
+
 
 def tiny_causal_lm(config, generator: torch.Generator):
     """A HF causal LM for ``config`` (any family) with every matrix drawn ``N(0, 0.2^2)`` from

@@ -1,6 +1,7 @@
 """Per-familiarity metrics of one model on the natural-language two-hop questions (the
 session's shared metric names; issue 12 item 1), all on the SAME composed prompts with the
-same teacher-forced decoding as :func:`toymodels.tasks.natural.answer_scores`:
+same teacher-forced decoding as :func:`toymodels.tasks.natural.answer_scores` (computed by
+:func:`answer_rows`):
 
 - ``composed``: exact match of the gold answer on the held-out two-hop questions
   (``two_hop_unseen``); ``composed_logprob``: their mean gold-answer log-probability (sum
@@ -23,10 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from toymodels.tasks import Examples
-from toymodels.tasks.natural import FAMILIARITIES, Chain, answer_scores, encode_pairs
+from toymodels.tasks.natural import FAMILIARITIES, Chain, encode_pairs
+from toymodels.train import logits_at
 
 Pair = tuple[str, str]
 
@@ -114,7 +117,38 @@ def split_metrics(per_set: dict[str, tuple[torch.Tensor, torch.Tensor]], probes:
     return out
 
 
-def score_rows(model: nn.Module, sets: dict[str, Examples]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per-row ``(exact, logprob)`` of every set, ``model`` in eval mode."""
+@torch.inference_mode()
+def answer_rows(model: nn.Module, examples: Examples, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(exact (N,) bool, logprob (N,))`` of every row, ``model`` in eval mode: the numbers of
+    :func:`toymodels.tasks.natural.answer_scores` (teacher-forced exact match of the whole
+    answer, its total log-probability), up to float rounding, computed faster: rows sorted by
+    length and batched, each batch cut to its longest row (rows are right-padded and
+    attention is causal, so the padding cut never reaches a scored position), and logits only
+    at the answer positions (:func:`toymodels.train.logits_at`)."""
     model.eval()
-    return {name: answer_scores(model, ex) for name, ex in sets.items()}
+    device = next(model.parameters()).device
+    lengths = examples.answer_mask.shape[1] - examples.answer_mask.flip(1).int().argmax(1)  # (N,) end of each answer
+    order = torch.argsort(lengths, stable=True)
+    exact, logprob = torch.ones(len(examples), dtype=torch.bool), torch.zeros(len(examples))
+    for i in range(0, len(examples), batch_size):
+        rows = order[i:i + batch_size]
+        T = int(lengths[rows].max())
+        tokens, mask = examples.tokens[rows, :T].to(device), examples.answer_mask[rows, :T].to(device)  # (B, T)
+        at, target = mask[:, 1:], tokens[:, 1:][mask[:, 1:]]  # position t predicts token t + 1; (n,)
+        logits = logits_at(model, tokens[:, :-1], at).float()  # (n, d_vocab)
+        owner = rows[at.nonzero()[:, 0].cpu()]  # (n,) the row of each scored position
+        gold = F.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0].cpu()  # (n,)
+        exact[owner[(logits.argmax(-1) != target).cpu()]] = False
+        logprob.index_add_(0, owner, gold)
+    return exact, logprob
+
+
+def score_rows(model: nn.Module, sets: dict[str, Examples]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-row ``(exact, logprob)`` of every set (:func:`answer_rows`), all sets' rows in one
+    pass so that batches hold rows of like length whatever set they come from."""
+    sets = {name: ex for name, ex in sets.items() if ex is not None}
+    if not any(len(ex) for ex in sets.values()):
+        return {name: answer_rows(model, ex) for name, ex in sets.items()}
+    exact, logprob = answer_rows(model, Examples.cat(list(sets.values())))
+    sizes = [len(ex) for ex in sets.values()]
+    return {name: (e, lp) for name, e, lp in zip(sets, exact.split(sizes), logprob.split(sizes))}

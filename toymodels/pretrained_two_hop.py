@@ -41,14 +41,14 @@ from toymodels.lora import LoRAConfig
 from toymodels import presets
 from toymodels.peft_backend import train_lora_peft
 from toymodels.pretrained import LogitsLM
-from toymodels.pretrained_metrics import encode_wrong, score_rows, split_metrics, split_probes
+from toymodels.pretrained_metrics import answer_rows, encode_wrong, score_rows, split_metrics, split_probes
 from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_lora, train_summary
 from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
 from toymodels.seeds import numpy_rng
 from toymodels.tasks import Examples
-from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, answer_scores, broadcast_controls,
+from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, broadcast_controls,
                                      encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
 from toymodels.train import TrainConfig, recipe
 
@@ -84,21 +84,27 @@ class PretrainedTwoHopConfig(Config):
 
 
 def quick() -> PretrainedTwoHopConfig:
-    """SmolLM2-135M on 2 CPU cores (README: ~2,700 CPU-seconds per seed, measured unit costs
-    extrapolated; over the 20-minute target for two seeds): 6 countries x 3 cities
-    per familiarity, capital and language, one city per country in AC, so 24 held-out
-    composed questions per split (R: fewer where the base knows fewer facts; the report
-    says how many); 10 steps per LoRA at batch 8, evaluated once at the end; average and
-    Arrow; no other-subject controls (specificity measures broadcast on the true prompts,
-    one wrong answer per question)."""
+    """SmolLM2-135M on 2 CPU cores, one config per core: 6 countries x 3 cities per
+    familiarity, capital and language, one city per country in AC, so 24 held-out composed
+    questions per split (R: fewer where the base knows fewer facts; the report says how many);
+    each LoRA trains until it answers all its own rows exactly (checked every 5 steps) or
+    60 steps at batch 16 (``presets.pretrained_finetune``), and the report prints how well
+    each learned; average and Arrow; no other-subject controls (specificity measures
+    broadcast on the true prompts, one wrong answer per question). Cost: see
+    ``analysis/experiments/pretrained_two_hop.py``."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=6, cities_per_country=3, ac_frac=0.34),
-        finetune=presets.pretrained_finetune(steps=10, batch_size=8, eval_every=10),
+        finetune=presets.pretrained_finetune(),
         methods=("average", "arrow"), r_known_only=True, n_control=0, n_wrong=1)
 
 
 def paper() -> PretrainedTwoHopConfig:
-    """For a GPU: 8 countries x 3 cities, capital and language, every method, 300 steps."""
+    """For a GPU: 8 countries x 3 cities, capital and language, every method, 300 steps.
+    Not run yet. Measured on SmolLM2 at 1 CPU thread: a LoRA step (rank 8 on 7 roles, batch
+    32) 3.3-3.4 CPU-s. Extrapolated per config: 5 LoRAs x 30-300 steps (early stopping at
+    1.00 on their own rows; quick's LoRAs stopped at 20-60) ~500-5,100 CPU-s, plus ~30 scored
+    model passes (11 methods x 2 libraries, oracle per adapter) x ~15 CPU-s ~450 CPU-s: about
+    1,000-5,600 CPU-s per config, 3 seeds ~25 min to ~2.5 h on 2 idle cores (an estimate)."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=8, cities_per_country=3),
         lora=LoRAConfig(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down")),
@@ -133,7 +139,7 @@ def broadcast(model: nn.Module, controls: list[Control], rows: Examples | None) 
     if rows is None:
         return {}
     model.eval()
-    exact, out, start = answer_scores(model, rows)[0], {}, 0
+    exact, out, start = answer_rows(model, rows)[0], {}, 0
     for c in controls:
         n = len(c.questions) * len(c.new_answers)
         hit = exact[start:start + n].reshape(len(c.questions), len(c.new_answers)).any(1)  # (questions,)
@@ -167,6 +173,7 @@ def _keep_experts(trainer, experts: dict, kept: dict, backend, data, *args, **kw
     return adapter, result
 
 
+_WRONG = "\0wrong"  # the specificity's wrong-answer rows, scored with the eval sets
 LORA_BACKENDS = ("ours", "peft")  # who trains the LoRAs: our LoRALinear, or PEFT (toymodels.peft_backend)
 
 
@@ -190,7 +197,7 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     fact_pairs = known_fact_pairs(cfg.familiarity_facts)
     bar = open_bar(progress, "base model familiarity", 1)
-    fact_exact = answer_scores(lm.eval(), encode_pairs(fact_pairs, tokenizer))[0]
+    fact_exact = answer_rows(lm, encode_pairs(fact_pairs, tokenizer))[0]
     bar.close()
     known = {pair for pair, ok in zip(fact_pairs, fact_exact.tolist()) if ok}
     chains = draw_chains(cfg.task, seed, known if cfg.r_known_only else None)
@@ -213,8 +220,8 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
            "questions": {p.familiarity: {"composed": len(p.composed), "wrong": len(p.wrong)} for p in probes}}
 
     def score_one(model, members, method):
-        rows = score_rows(model, sets)
-        wrong = None if wrong_rows is None else answer_scores(model, wrong_rows)
+        rows = score_rows(model, {**sets, _WRONG: wrong_rows})  # one pass over every row
+        wrong = rows.pop(_WRONG, None)
         return means(rows), broadcast(model, controls, control_rows), split_metrics(rows, probes, wrong)
 
     family = TaskFamily(experts=train_sets, libraries=LIBRARIES, shots=train_sets["AC"][:cfg.reuse.lorahub_shots],

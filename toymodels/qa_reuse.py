@@ -39,6 +39,7 @@ from toymodels.config import Config, check_fields, counts
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
 from toymodels.pretrained import LogitsLM
+from toymodels.pretrained_metrics import answer_rows
 from toymodels.pretrained_two_hop import broadcast, encode_controls
 from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
@@ -48,7 +49,7 @@ from toymodels.seeds import numpy_rng
 from toymodels.tasks.history_qa import (SPLITS, TRAINED, Chain, QAConfig, broadcast_controls, composed_chains,
                                         expert_pairs, known_fact_pairs, make_chains)
 from toymodels.tasks.natural import TEMPLATES as NATURAL_TEMPLATES
-from toymodels.tasks.natural import WORLD, answer_scores, encode_pairs
+from toymodels.tasks.natural import WORLD, encode_pairs
 from toymodels.train import TrainConfig
 
 Pair = tuple[str, str]
@@ -77,14 +78,14 @@ class QAReuseConfig(Config):
 def quick() -> QAReuseConfig:
     """CPU-sized: F and H 2 countries x 4 cities, R 8 and OOD 8 people, country only,
     ac_frac 1/4 (AB and BC 24 rows, AC 6; 6 composed questions per F/H/R split, 8 OOD), 25
-    steps per LoRA, methods average, TIES and Arrow (12 scored models). NOT timed on SmolLM2
-    (its package was absent where this was written). Measured instead on a random-weight
-    Llama of SmolLM2-135M's shape (word tokenizer, so rows ~30% shorter than with its BPE) on 2
-    CPU cores shared with ~8 other jobs (load ~16): the familiarity pass (115 rows) 25 CPU-s,
-    scoring one model (~260 rows, before rows shared by two lists were scored once) 49 CPU-s,
-    LoRA AB (24 rows, memorised after 10 steps) 198 CPU-s. Hence roughly 1,600-2,800 CPU-s
-    per config (5 LoRAs of 10-25 steps, 12 scored models): ~15-25 min per config on 2 idle
-    cores, x 2 seeds; a loaded machine's CPU-seconds overstate an idle one's."""
+    steps per LoRA, methods average, TIES and Arrow (12 scored models). Not run end to end on
+    SmolLM2; its unit costs were measured there at 1 thread (one config per core, as
+    reproduce runs it), with logits at the answer positions only: a LoRA step at batch 16
+    1.6 CPU-s, scoring ~0.045 CPU-s per row (~12 CPU-s for ~260 rows). Extrapolated: 5 LoRAs
+    x <= 25 steps ~200 CPU-s + 12 scored models ~150 CPU-s + loading ~30 CPU-s: ~400 CPU-s
+    per config, ~7 min wall for its 2 seeds on 2 idle cores (an estimate, not a measurement).
+    (The earlier 1,600-2,800 CPU-s came from 2 threads per process on a machine with load ~16,
+    where waiting threads burn CPU-seconds: 2-5x what 1 thread per config costs.)"""
     return QAReuseConfig(task=QAConfig(n_countries=2, cities_per_country=4, n_real=8, n_ood=8, ac_frac=0.25),
                          finetune=presets.pretrained_finetune(steps=25),
                          methods=("average", "ties", "arrow"), n_control=3, r_known_only=True)
@@ -112,8 +113,7 @@ class Sheet:
         self.rows = encode_pairs(list(unique), tokenizer)
 
     def score(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        model.eval()
-        exact, logprob = answer_scores(model, self.rows)
+        exact, logprob = answer_rows(model, self.rows)
         return {name: (exact[i], logprob[i]) for name, i in self.index.items()}
 
 
@@ -212,7 +212,7 @@ def run_qa_reuse(cfg: QAReuseConfig, hf_model: nn.Module, tokenizer, seed: int =
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     fact_pairs = known_fact_pairs(cfg.task.relations2)
     bar = open_bar(progress, "base model familiarity", 1)
-    fact_exact = answer_scores(lm.eval(), encode_pairs(fact_pairs, tokenizer))[0]
+    fact_exact = answer_rows(lm, encode_pairs(fact_pairs, tokenizer))[0]
     bar.close()
     known = {pair for pair, ok in zip(fact_pairs, fact_exact.tolist()) if ok}
     chains = make_chains(cfg.task, numpy_rng(seed, "qa", "chains"), known if cfg.r_known_only else None)

@@ -104,10 +104,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def logits_at(model: nn.Module, tokens: Tensor, at: Tensor) -> Tensor:
+    """``(n, d_vocab)`` = ``model(tokens)[at]``: the logits at the ``n`` True positions of
+    ``at`` ``(B, T)`` bool, row-major. A model with its own ``logits_at(tokens, at)`` (a Hugging
+    Face LM, ``toymodels.pretrained.LogitsLM``) computes only those positions' logits: the
+    unembedding over a large vocabulary at every position is most of what a loss or a score
+    on a few answer tokens would otherwise cost."""
+    own = getattr(model, "logits_at", None)
+    return own(tokens, at) if own is not None else model(tokens)[at]
+
+
 def answer_loss(model: nn.Module, batch: Examples) -> Tensor:
-    logits = model(batch.tokens[:, :-1])  # (B, T-1, d_vocab)
     mask = batch.answer_mask[:, 1:]  # (B, T-1): position t predicts token t+1
-    return F.cross_entropy(logits[mask], batch.tokens[:, 1:][mask])
+    return F.cross_entropy(logits_at(model, batch.tokens[:, :-1], mask), batch.tokens[:, 1:][mask])
 
 
 @torch.no_grad()
@@ -117,8 +126,9 @@ def exact_match_rows(model: nn.Module, examples: Examples, batch_size: int = 204
     out = []
     for i in range(0, len(examples), batch_size):
         batch = examples[i:i + batch_size].to(device)
-        pred = model(batch.tokens[:, :-1]).argmax(-1)  # (B, T-1)
-        ok = (pred == batch.tokens[:, 1:]) | ~batch.answer_mask[:, 1:]
+        mask = batch.answer_mask[:, 1:]  # (B, T-1)
+        ok = torch.ones_like(mask)
+        ok[mask] = logits_at(model, batch.tokens[:, :-1], mask).argmax(-1) == batch.tokens[:, 1:][mask]
         out.append(ok.all(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 

@@ -95,8 +95,23 @@ def detail(fam: str | None) -> Callable[[list[Result]], str]:
         saved = [p for r in results for p in (r.result.get("adapters") or {}).values()]
         where = (f"; expert adapters (PEFT format; `lora-limits inspect DIR ...`): {', '.join(saved)}"
                  if saved else "")
-        return f"{power}; composed questions per split and seed: {n}; ceiling joint/hops composed exact: {ceil}{where}"
+        return (f"{power}; composed questions per split and seed: {n}; ceiling joint/hops composed exact: {ceil}; "
+                f"{learned(results)}{where}")
     return line
+
+
+def learned(results: list[Result]) -> str:
+    """How well each LoRA learned its own training rows (exact match at the end, mean over
+    seeds) and in how many steps: a claim about reusing experts that did not learn their
+    facts says nothing."""
+    runs: dict[str, list[tuple[float, int]]] = {}
+    for r in results:
+        for name, s in r.result["protocol"]["experts"].items():
+            if "facts" in s.get("final", {}):
+                runs.setdefault(name, []).append((s["final"]["facts"], s["steps"]))
+    cells = [f"{name} {np.mean([a for a, _ in v]):.2f} ({'/'.join(str(n) for _, n in v)} steps)"
+             for name, v in runs.items()]
+    return "LoRAs' exact match on their own training rows: " + (", ".join(cells) or "not recorded")
 
 
 # a difference of two accuracy differences (the method's composed - wrong_exact, minus the base's)
