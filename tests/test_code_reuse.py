@@ -17,7 +17,7 @@ from analysis.report import claim_verdicts, draw_figures
 from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, UNDERPOWERED, judge
 from toymodels import seeds
 from toymodels.code_reuse import CodeReuseConfig, composed_execution, make_corpus, with_probes
-from toymodels.presets import tiny_code_reuse
+from toymodels.span_presets import tiny_code_reuse
 from toymodels.span_family import final_answer_rows
 from toymodels.tasks.code_corpus import random_inputs
 from toymodels.tasks.code_dsl import Program, render

@@ -14,7 +14,8 @@ from analysis.figures.math_reuse import methods_figure
 from analysis.registry import Result
 from analysis.report import claim_verdicts, draw_figures
 from toymodels.math_reuse import LIBRARIES, MathReuseConfig, libraries, make_corpus, with_condition_probes
-from toymodels.presets import math_finetune, math_lora, tiny_math_reuse
+from toymodels.presets import math_finetune, math_lora
+from toymodels.span_presets import tiny_math_reuse
 from toymodels.seeds import numpy_rng
 from toymodels.span_family import rows
 from toymodels.tasks.math_experts import make_math_expert_set

@@ -12,10 +12,10 @@ not in the shared model cache (``analysis.basemodels`` stores two-hop bases): tr
 once per seed is what keeps the quick profile in CPU minutes, and the two styles are paired on
 the same base, tasks, inputs and LoRA inits.
 
-Profiles. ``quick`` (CPU): ``presets.quick_code_reuse``, methods average, sum, TIES and Arrow, 3
+Profiles. ``quick`` (CPU): ``span_presets.quick_code_reuse``, methods average, sum, TIES and Arrow, 3
 seeds. ``paper`` (GPU): 9 methods (LoraHub and the oracle included), 5 seeds.
 
-MEASURED (seed 0 only, quick methods, 2026-12-01; bases: ``presets.quick_code_reuse``): with weight
+MEASURED (seed 0 only, quick methods, 2026-12-01; bases: ``span_presets.quick_code_reuse``): with weight
 decay 0.1 (cross_test 0.42) and 1.0 (cross_test 0.58, the preset) no data-free method and not even
 the joint-data LoRA on {semantics, syntax, D0} writes a single composed question exactly, in either
 style (one 0.12 execution accuracy each: TIES on call, average + composed on inline); the composed
@@ -35,7 +35,7 @@ from analysis.stats import paired_differences
 from analysis.verdict import Claim
 from toymodels.code_reuse import CodeReuseConfig
 from toymodels.config import Config, check_fields
-from toymodels.presets import quick_code_reuse
+from toymodels.span_presets import quick_code_reuse
 from toymodels.tasks.code_world import STYLES
 
 QUICK_METHODS = ("average", "sum", "ties", "arrow")

@@ -14,7 +14,7 @@ joint-data ceiling; a failed ceiling cannot satisfy it) and TEMPLATE-1-different
 method beats its control). Where the joint-data ceiling itself does not compose, read a
 TEMPLATE-1-different "supported" as not testable (floor effect): the detail line prints the ceiling.
 
-Profiles. ``quick``: :func:`presets.quick_math_reuse` (the ``skills`` library, 32 composed problems),
+Profiles. ``quick``: :func:`span_presets.quick_math_reuse` (the ``skills`` library, 32 composed problems),
 methods average, sum, TIES, Arrow, 3 seeds. ``paper``: 5 seeds, 9 methods (LoraHub and the oracle
 included), both libraries.
 """
@@ -30,7 +30,7 @@ from analysis.stats import ACCURACY, DIFFERENCE
 from analysis.verdict import Claim
 from toymodels.config import Config
 from toymodels.math_reuse import LIBRARIES, MathReuseConfig
-from toymodels.presets import quick_math_reuse
+from toymodels.span_presets import quick_math_reuse
 from toymodels.tasks.math_experts import TEMPLATES
 
 QUICK_METHODS = ("average", "sum", "ties", "arrow")
