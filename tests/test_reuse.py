@@ -213,3 +213,14 @@ def test_merged_and_routed_models_give_the_same_logits_on_cuda(base, experts):
         torch.testing.assert_close(model.to("cuda")(x.to("cuda")).cpu(), cpu, atol=1e-4, rtol=1e-4)
     lora = apply_adapter(copy.deepcopy(base).to("cuda"), experts[0])
     assert all(p.device.type == "cuda" for p in lora.parameters())
+
+
+def test_data_free_methods_are_every_default_method_but_the_ones_that_see_task_data():
+    # LoraHub tunes on composed examples and the oracle picks per eval set; all else sees only
+    # the adapters. The experiments' claims read this one tuple (a new method needs no edit there).
+    assert reuse.DATA_FREE == ("average", "sum", "task_arithmetic", "cat", "ties", "dare", "svd",
+                               "factor_average", "arrow")
+    assert set(reuse.DATA_FREE) | set(reuse.USES_TASK_DATA) == set(reuse.DEFAULT_METHODS)
+    from analysis.experiments import code_reuse, math_reuse, pretrained_claims, qa_reuse, two_hop_read
+    for module in (code_reuse, math_reuse, pretrained_claims, qa_reuse, two_hop_read):
+        assert module.DATA_FREE is reuse.DATA_FREE, module.__name__

@@ -21,6 +21,9 @@ from toymodels.tasks.twohop import TwoHopConfig
 from toymodels.train import TrainConfig
 
 N_CTX = 8  # CoT rows are 7 tokens (6 fed in), latent rows 6; one position to spare
+# The reuse methods every toy experiment's profiles run: quick (2 CPU cores) and paper.
+QUICK_METHODS = ("average", "sum", "ties", "arrow")
+PAPER_METHODS = ("average", "sum", "ties", "dare", "svd", "factor_average", "arrow", "lorahub", "oracle")
 
 
 def careful_finetune(**change) -> TrainConfig:

@@ -157,6 +157,12 @@ METHODS: dict[str, Callable[..., nn.Module]] = {
 }
 # What an experiment runs unless told otherwise: ours; the PEFT-named merges are opt-in.
 DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in peft_merges.MERGES)
+# Methods that see data of the target task: LoraHub tunes its weights on a few composed
+# examples, the oracle picks the best adapter per eval set. Every other method is data-free
+# (it sees only the adapters): the reuse claims are about those, so a new method is data-free
+# unless it is listed here.
+USES_TASK_DATA: tuple[str, ...] = ("lorahub", "oracle")
+DATA_FREE: tuple[str, ...] = tuple(m for m in DEFAULT_METHODS if m not in USES_TASK_DATA)
 
 
 def reuse(method: str, base: nn.Module, adapters: Sequence[Adapter], **options) -> nn.Module:

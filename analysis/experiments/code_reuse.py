@@ -35,14 +35,11 @@ from analysis.stats import paired_differences
 from analysis.verdict import Claim
 from toymodels.code_reuse import CodeReuseConfig
 from toymodels.config import Config, check_fields
+from toymodels.presets import PAPER_METHODS, QUICK_METHODS
+from toymodels.reuse import DATA_FREE
 from toymodels.span_presets import quick_code_reuse
 from toymodels.tasks.code_world import STYLES
 
-QUICK_METHODS = ("average", "sum", "ties", "arrow")
-PAPER_METHODS = ("average", "sum", "ties", "dare", "svd", "factor_average", "arrow", "lorahub", "oracle")
-# Methods that see no data of the composed task (LoraHub tunes on composed questions, the oracle
-# picks the best adapter per eval set): TEMPLATE-1 is about these.
-DATA_FREE = ("average", "sum", "cat", "task_arithmetic", "ties", "dare", "svd", "factor_average", "arrow")
 MARGIN = 0.1
 NEAR = 0.2
 PRECONDITION = 0.5

@@ -30,12 +30,11 @@ from analysis.stats import ACCURACY, DIFFERENCE
 from analysis.verdict import Claim
 from toymodels.config import Config
 from toymodels.math_reuse import LIBRARIES, MathReuseConfig
+from toymodels.presets import PAPER_METHODS, QUICK_METHODS
+from toymodels.reuse import DATA_FREE
 from toymodels.span_presets import quick_math_reuse
 from toymodels.tasks.math_experts import TEMPLATES
 
-QUICK_METHODS = ("average", "sum", "ties", "arrow")
-PAPER_METHODS = ("average", "sum", "ties", "dare", "svd", "factor_average", "arrow", "lorahub", "oracle")
-DATA_FREE = ("average", "sum", "cat", "task_arithmetic", "ties", "dare", "svd", "factor_average", "arrow")
 KEEP = ("composed", "composed_chain", "composed_logprob", "specificity", "conditional", "facts", "retention",
         "broadcast", "probes")
 MARGIN, CLOSE, SOLVES = 0.1, 0.2, 0.8

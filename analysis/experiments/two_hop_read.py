@@ -20,11 +20,9 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from analysis.registry import Result
+from toymodels.reuse import DATA_FREE  # the claims are about the data-free methods
 
 FORMATS = ("latent", "cot")
-# Methods that see no data of the composed task (LoraHub tunes on a few composed questions,
-# the oracle picks the best adapter per eval set): the claims are about these.
-DATA_FREE = ("average", "sum", "cat", "task_arithmetic", "ties", "dare", "svd", "factor_average", "arrow")
 HOPS = ("AB", "BC")  # the one-hop experts a composed question needs
 METRICS = ("composed", "broadcast", "margin", "right", "wrong", "retention")
 

@@ -39,13 +39,12 @@ from analysis.experiments.two_hop_read import (DATA_FREE, FORMATS, by_seed, data
 from analysis.registry import Experiment, Result, register
 from toymodels.config import Config, opt_in
 from toymodels.pipeline import PipelineConfig, run_two_hop
-from toymodels.presets import TWO_HOP_RECIPES, quick_large_two_hop, quick_two_hop, with_recipe
+from toymodels.presets import (PAPER_METHODS, QUICK_METHODS, TWO_HOP_RECIPES, quick_large_two_hop, quick_two_hop,
+                               with_recipe)
 
 # name -> (distractor experts, shared-template examples per expert)
 CONDITIONS = {"main": (2, 0), "shared": (2, 4)}  # quick: the distractor contrast is paper-only (budget)
 PAPER_CONDITIONS = {"main": (2, 0), "no_distractors": (0, 0), "shared": (2, 8), "shared_no_distractors": (0, 8)}
-QUICK_METHODS = ("average", "sum", "ties", "arrow")
-PAPER_METHODS = ("average", "sum", "ties", "dare", "svd", "factor_average", "arrow", "lorahub", "oracle")
 
 
 @dataclass(frozen=True)
