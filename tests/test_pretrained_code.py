@@ -130,6 +130,7 @@ def test_claim_on_planted_results_both_sides(python, javascript, outcome):
     detail = measure.detail(results)
     assert f"Python {np.mean([python + 0.02 * s for s in range(3)]):.3f}" in detail
     assert ("is not run" in detail) == (outcome != SUPPORTED) and "UNDERPOWERED" not in detail
+    assert measure.questions(results) == {"Python": 48, "JavaScript": 48}
 
 
 def test_two_seeds_are_underpowered_and_the_gate_says_why():

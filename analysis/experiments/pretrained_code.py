@@ -121,13 +121,18 @@ def gate(results: list[Result]) -> str:
     return line + (f"; UNDERPOWERED ({len(seeds)} seed(s) < 3)" if len(seeds) < 3 else "")
 
 
+def tasks_per_language(results: list[Result]) -> dict[str, int]:
+    """Tasks scored per language and seed (the fewest over seeds)."""
+    return {NAMES[lang]: min(r.result["scores"]["n_programs"] for r in results) for lang in languages(results[0])}
+
+
 CLAIMS = (ClaimMeasure(Claim(
     "CODE-PRE-0", "precondition: the pretrained base writes the code base task (an English description -> its "
     "program) in both syntaxes, Python and JavaScript, few-shot",
     "min over the two languages of exact match (teacher-forced argmax of the gold program's tokens)",
     "above", THRESHOLD, "a convention: the base writes at least half of the tasks exactly in each language, "
     "so that a composed task it fails is not failed for want of the language"),
-    worst_language, ("pretrained_code",), gate, bounds=ACCURACY),)
+    worst_language, ("pretrained_code",), gate, bounds=ACCURACY, questions=tasks_per_language),)
 
 
 # --- terminal table -------------------------------------------------------------------------
