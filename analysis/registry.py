@@ -40,6 +40,7 @@ EXPERIMENT_MODULES: list[str] = [
     "analysis.experiments.qa_reuse",  # "qa_reuse": history/geography QA reuse on SmolLM2 (F/H/R/OOD)
     "analysis.experiments.math_reuse",  # "math_reuse": toy math facts + procedure LoRAs, shared template or not
     "analysis.experiments.code_reuse",  # "code_reuse": toy cross-lingual code, semantics + syntax adapters
+    "analysis.experiments.pretrained_code",  # "pretrained_code": can SmolLM2 write the code base task (gate)
 ]
 
 

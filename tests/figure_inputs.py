@@ -199,9 +199,24 @@ def code_reuse_results() -> list[Result]:
     return out
 
 
+@cache
+def pretrained_code_results() -> list[Result]:
+    """pretrained_code, two seeds; JavaScript exact match 0 in one seed (as a weak base gives)."""
+    from analysis.experiments import pretrained_code as pcode
+
+    rng, out = np.random.default_rng(5), []
+    for c in pcode.grid("quick"):
+        langs = {lang: {"exact": float(rng.uniform(0, 0.6)) * (lang == "python" or c.seed == 0),
+                        "logprob": -float(rng.uniform(5, 30)), "logprob_per_token": -float(rng.uniform(0.2, 2)),
+                        "answer_tokens": 18.0, "by_ops": {"1": 0.3, "2": 0.1}} for lang in ("python", "javascript")}
+        scores = {"n_programs": 48, "config": {"n_shots": 3}, "languages": langs}
+        out.append(Result(c.key(), c, {"model": "tiny (synthetic)", "seed": c.seed, "scores": scores}))
+    return out
+
+
 SYNTHETIC = {"mechanism": mechanism_results, "two_hop_reuse": two_hop_results, "rank_depth": rank_depth_results,
              "pretrained_two_hop": pretrained_results, "qa_reuse": qa_results, "math_reuse": math_reuse_results,
-             "code_reuse": code_reuse_results}
+             "code_reuse": code_reuse_results, "pretrained_code": pretrained_code_results}
 
 
 @cache
