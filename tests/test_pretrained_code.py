@@ -146,7 +146,7 @@ def test_two_seeds_are_underpowered_and_the_gate_says_why():
 def test_registered_for_paper_reproduce_only():
     e = registry.get("pretrained_code")
     assert e.reproduce_profiles == ("paper",) and [m.claim.id for m in e.claims] == ["CODE-PRE-0"]
-    assert [c.seed for c in e.configs("quick")] == [0, 1] and [c.seed for c in e.configs("paper")] == [0, 1, 2]
+    assert [c.seed for c in e.configs("quick")] == [0, 1, 2] and [c.seed for c in e.configs("paper")] == [0, 1, 2, 3, 4]
     assert all(c.protocol.n_programs >= 48 for p in ("quick", "paper") for c in e.configs(p))
 
 
