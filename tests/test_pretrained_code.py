@@ -155,10 +155,10 @@ def test_cli_run_prints_table_and_figure(tiny_folder, tmp_path, capsys):
             "--set", f"model={tiny_folder}", "--set", "protocol.n_shots=1", "--set", "protocol.n_programs=6"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "2 computed" in text and "JavaScript" in text and "logprob/token" in text
+    assert "3 computed" in text and "JavaScript" in text and "logprob/token" in text
     sidecar = json.loads((tmp_path / "fig" / "pretrained_code.json").read_text())
-    assert sidecar["data"]["seeds"] == [0, 1] and sidecar["data"]["languages"] == ["python", "javascript"]
-    assert set(sidecar["data"]["panels"]["exact"]) == {"seed 0", "seed 1"}
+    assert sidecar["data"]["seeds"] == [0, 1, 2] and sidecar["data"]["languages"] == ["python", "javascript"]
+    assert set(sidecar["data"]["panels"]["exact"]) == {"seed 0", "seed 1", "seed 2"}
     assert (tmp_path / "fig" / "pretrained_code.png").stat().st_size > 0
 
 
