@@ -91,6 +91,9 @@ def cycle_style(i: int) -> dict[str, Any]:
     return dict(entries[i % len(entries)])
 
 
+HATCHES = ("", "///", "...", "xxx", "\\\\\\", "ooo", "+++", "---")  # bar series told apart in greyscale
+
+
 def bar_style(color: str, hatch: str = "", filled: bool = True) -> dict[str, Any]:
     """Bar keywords that differ in grey as well as in colour: filled, filled light with a
     hatch (the hatch drawn in ``color``), or white with a hatch."""

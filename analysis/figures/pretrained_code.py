@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.cache import MissingResultsError, run_command
-from analysis.plotstyle import COLORS, DASHED, bar_style, cycle_style, is_empty, legend_below, new_figure, note_empty
+from analysis.plotstyle import (COLORS, DASHED, HATCHES, bar_style, cycle_style, is_empty, legend_below, new_figure,
+                                note_empty)
 from analysis.registry import Result
 
 
@@ -33,7 +34,7 @@ def code_base_figure(results: list[Result]):
             values = [r.result["scores"]["languages"][lang][key] for lang in langs]
             color = cycle_style(i)["color"]
             ax.bar(x + (i - (len(results) - 1) / 2) * width, values, width, label=f"seed {seeds[i]}",
-                   **bar_style(color, "" if i % 2 == 0 else "///"))
+                   **bar_style(color, HATCHES[i % len(HATCHES)]))
             panel[f"seed {seeds[i]}"] = values
         data["panels"][key] = panel
         if is_empty([v for vs in panel.values() for v in vs]):
