@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install install-pretrained pretrained reproduce test theory mutation clean
+.PHONY: install install-pretrained pretrained pretrained-tasks reproduce test theory mutation clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ install-pretrained: $(STAMP)
 # figures/pretrained/. The theory checks are not rerun (make reproduce / make theory do).
 pretrained: install-pretrained
 	$(BIN)/lora-limits reproduce --profile quick --only pretrained_two_hop --figures figures/pretrained
+
+# The journal version's task families on the pretrained model, quick profile: history/geography
+# QA reuse, math word problems in English, and the code family's precondition (can the base write
+# the code task at all). Report + figures in figures/pretrained_tasks/.
+pretrained-tasks: install-pretrained
+	$(BIN)/lora-limits reproduce --profile quick --only qa_reuse --only pretrained_math --only pretrained_code \
+	  --figures figures/pretrained_tasks
 
 reproduce: $(STAMP)
 	$(BIN)/lora-limits reproduce --profile quick

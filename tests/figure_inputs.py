@@ -137,6 +137,26 @@ def pretrained_results() -> list[Result]:
 
 
 @cache
+def pretrained_peft_results() -> list[Result]:
+    """pretrained_peft, two seeds x two backends; PEFT's numbers a small perturbation of ours."""
+    from analysis.experiments import pretrained_peft as pp
+
+    rng, fams, out = np.random.default_rng(6), ("F", "H", "R"), []
+    models = ["base", "single/AB", "joint/hops", "average/hops", "arrow/with_AC"]
+    tables = {}
+    for c in pp.grid("quick"):
+        ours = tables.setdefault(c.seed, {m: {f: {"composed": float(rng.uniform()),
+                                                  "specificity": {"logprob_margin": float(rng.uniform(-2, 3))}}
+                                              for f in fams} for m in models})
+        table = ours if c.lora_backend == "ours" else {
+            m: {f: {"composed": min(1.0, v["composed"] + float(rng.choice([0.0, 1 / 24]))),
+                    "specificity": {"logprob_margin": v["specificity"]["logprob_margin"] + float(rng.normal(0, 0.05))}}
+                for f, v in row.items()} for m, row in ours.items()}
+        out.append(Result(c.key(), c, {"model": "tiny (synthetic)", "seed": c.seed, "table": table}))
+    return out
+
+
+@cache
 def qa_results() -> list[Result]:
     """qa_reuse, two seeds; OOD has no broadcast (no expert learned an answer for it)."""
     from analysis.experiments import qa_reuse as qa
@@ -216,7 +236,8 @@ def pretrained_code_results() -> list[Result]:
 
 SYNTHETIC = {"mechanism": mechanism_results, "two_hop_reuse": two_hop_results, "rank_depth": rank_depth_results,
              "pretrained_two_hop": pretrained_results, "qa_reuse": qa_results, "math_reuse": math_reuse_results,
-             "code_reuse": code_reuse_results, "pretrained_code": pretrained_code_results}
+             "code_reuse": code_reuse_results, "pretrained_code": pretrained_code_results,
+             "pretrained_peft": pretrained_peft_results}
 
 
 @cache
