@@ -102,9 +102,8 @@ class PretrainedMathConfig(Config):
 
 def quick() -> PretrainedMathConfig:
     """CPU-sized (defaults): 3 fact entities (18 facts rows), 24 procedure problems, 10 composed
-    and 10 control questions, 6 in-context probes, a 24-problem gate with 2 shots; 1-2 steps,
-    numbers 1-9, results <= 99; at most 15 LoRA steps at batch 8; average, TIES, Arrow; no
-    distractor expert (the toy's quick grid has one: cut for CPU time)."""
+    and 10 control questions, 6 in-context probes, a 24-problem gate with 2 shots; 1-2 steps, numbers
+    1-9, results <= 99; <= 15 LoRA steps at batch 8; average, TIES, Arrow; no distractor expert."""
     return PretrainedMathConfig()
 
 
@@ -228,11 +227,11 @@ def greedy_texts(model: nn.Module, prompts: list[str], tokenizer, max_new: int, 
 
 
 def finals(model: nn.Module, prompts: list[str], tokenizer, max_new: int) -> list[int | None]:
+    """The number each greedy continuation gives as its final answer (None: no final line)."""
     return [nat.final_answer(t) for t in greedy_texts(model, prompts, tokenizer, max_new)]
 
 
-def _mean(xs) -> float | None:
-    return float(np.mean(xs)) if len(xs) else None
+_mean = lambda xs: float(np.mean(xs)) if len(xs) else None  # noqa: E731
 
 
 def run_gate(data: MathData, cfg: PretrainedMathConfig, model: nn.Module, tokenizer, max_new: int) -> dict:
