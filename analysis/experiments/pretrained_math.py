@@ -22,6 +22,19 @@ Claims (the rules of ``math_reuse``'s, on greedy final-answer accuracy):
 Both TEMPLATE claims are "not testable" unless the joint-data LoRA answers half the composed
 problems; a seed whose base fails MATH-PRE-0's threshold counts 0 in that ceiling. The detail line
 says UNDERPOWERED when one composed problem moves accuracy by more than MARGIN.
+
+MEASURED (bundled SmolLM2-135M-Instruct, quick profile, 2026-12-02, CPU, one thread, a machine
+shared with other runs). The gate, forward passes only (~60-75 CPU-s a seed): exact match 0.00 /
+0.125 / 0.125 of 24 (seeds 0 / 1 / 2; seed 1: 1-step 0.50, 2-step 0.00; seeds 0 and 2 drew only
+2-step new question types): the base copies the worked format from the shots but misreads stated
+values and operations. MATH-PRE-0 fails, so TEMPLATE-1-pre is not testable here. The full seed 0
+(`run pretrained_math --set seed=0`): 2,148 CPU-s (user + sys), so 3 seeds did not fit the ~20
+CPU-minute budget and only seed 0 ran. Composed / control (10 problems), skills library:
+same template: average, TIES and Arrow 0.20 / 0.30, 0.30, 0.40, joint-data LoRA 0.10 / 0.10, the
+facts LoRA alone 0.20 / 0.20, base 0.00; different template: every method 0.00 / 0.00, joint 0.20
+/ 0.30. No method beats its broadcast control; the joint-data ceiling fails (<= 0.2) in both. In
+15 steps the facts LoRA learned 0.39 of its worked rows (same) and 1.00 of its atomic ones
+(different); the procedure LoRA 0.92 of its rows.
 """
 from __future__ import annotations
 
@@ -130,7 +143,7 @@ def detail(template: str) -> Callable[[list[Result]], str]:
         n = min(composed_questions(results).values())
         power = f"; UNDERPOWERED (one of {n} composed problems moves accuracy by more than {MARGIN:g})" \
             if 1 / n > MARGIN else ""
-        return (f"{template} template: best data-free composed {best:.2f}, control of the best "
+        return (f"{template} template: best data-free composed {best:.2f}, largest data-free control "
                 f"{mean(lambda r: max(value(r, template, f'{m}/skills', 'control') for m in data_free([r]))):.2f}, "
                 f"joint-data ceiling {mean(lambda r: value(r, template, 'joint/skills')):.2f}, base "
                 f"{mean(lambda r: value(r, template, 'base')):.2f}; LoRAs on their own rows: {own} "
