@@ -234,10 +234,29 @@ def pretrained_code_results() -> list[Result]:
     return out
 
 
+@cache
+def pretrained_math_results() -> list[Result]:
+    """pretrained_math, three seeds; the gate low (as SmolLM2's) and every control 0 in the
+    different-template panel (an all-zero series, not an all-zero panel)."""
+    from analysis.experiments import pretrained_math as pmath
+
+    rng, out = np.random.default_rng(6), []
+    for c in pmath.grid("quick"):
+        names = ["base", "single/facts", "single/procedure", "joint/skills"] + [f"{m}/skills" for m in c.run.methods]
+        templates = {t: {"n_composed": 10, "n_control": 10, "experts": {},
+                         "models": {n: {"composed": float(rng.uniform(0, 0.6)),
+                                        "broadcast": {"composed": float(rng.uniform(0, 0.3)) * (t == "same")}}
+                                    for n in names}} for t in c.run.templates}
+        gate = {"exact": float(rng.uniform(0, 0.2)), "problems": 24, "by_steps": {"1": 0.3, "2": 0.0}}
+        out.append(Result(c.key(), c, {"model": "tiny (synthetic)", "seed": c.seed, "templates": templates,
+                                       "protocol": {"gate": gate}}))
+    return out
+
+
 SYNTHETIC = {"mechanism": mechanism_results, "two_hop_reuse": two_hop_results, "rank_depth": rank_depth_results,
              "pretrained_two_hop": pretrained_results, "qa_reuse": qa_results, "math_reuse": math_reuse_results,
              "code_reuse": code_reuse_results, "pretrained_code": pretrained_code_results,
-             "pretrained_peft": pretrained_peft_results}
+             "pretrained_peft": pretrained_peft_results, "pretrained_math": pretrained_math_results}
 
 
 @cache
