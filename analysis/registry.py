@@ -41,11 +41,8 @@ EXPERIMENT_MODULES: list[str] = [
     "analysis.experiments.math_reuse",  # "math_reuse": toy math facts + procedure LoRAs, shared template or not
     "analysis.experiments.code_reuse",  # "code_reuse": toy cross-lingual code, semantics + syntax adapters
     "analysis.experiments.pretrained_code",  # "pretrained_code": can SmolLM2 write the code base task (gate)
-<<<<<<< HEAD
     "analysis.experiments.pretrained_peft",  # "pretrained_peft": PEFT's LoRA vs ours on the pretrained two-hop protocol
-=======
     "analysis.experiments.pretrained_math",  # "pretrained_math": English math problems on SmolLM2, TEMPLATE-1-pre
->>>>>>> mathpre
 ]
 
 
