@@ -28,6 +28,7 @@ transformers = pytest.importorskip("transformers")
 
 from analysis.experiments import pretrained_math as exp  # noqa: E402
 from toymodels.pretrained import LogitsLM, load_causal_lm, tiny_causal_lm  # noqa: E402
+from toymodels.pretrained_metrics import greedy_texts  # noqa: E402
 
 TINY = pm.PretrainedMathConfig(
     world=MathWorldConfig(n_entities=2, n_context=4, n_new=6, n_qtypes=3, n_new_qtypes=2), n_fact_entities=2,
@@ -174,7 +175,7 @@ def test_greedy_texts_equal_an_independent_loop(tiny_folder):
     lm = LogitsLM(model)
     data = pm.draw_data(TINY, 0)
     prompts = [nat.question(data.world, p) for p in data.problems["procedure"] + data.problems["composed"]]
-    got = pm.greedy_texts(lm, prompts, tok, max_new=6, batch_size=3)
+    got = greedy_texts(lm, prompts, tok, max_new=6, batch_size=3, stop=nat.FINAL_DONE_RE)
     for prompt, text in zip(prompts, got):
         ids = tok.encode(prompt, add_special_tokens=False)
         for _ in range(6):
@@ -267,7 +268,7 @@ def test_cli_run_prints_table_and_figure(tiny_folder, tmp_path, capsys):
             "run.world.n_qtypes": 3, "run.world.n_new_qtypes": 2, "run.n_fact_entities": 2, "run.n_procedure": 4,
             "run.n_composed": 3, "run.n_probe": 2, "run.n_gate": 2, "run.n_shots": 1, "run.decode_extra": 2,
             "run.lora.rank": 2, "run.lora.targets": "q,v", "run.finetune.steps": 4, "run.finetune.batch_size": 4,
-            "run.finetune.eval_every": 2, "run.methods": "average,arrow", "seed": 0}
+            "run.finetune.eval_every": 2, "run.methods": "average,arrow", "seed": 0, "reuse_below_gate": "true"}
     argv = ["run", "pretrained_math", "--quiet", "--results", str(tmp_path / "r"), "--figures", str(tmp_path / "fig")]
     for k, v in sets.items():
         argv += ["--set", f"{k}={v}"]
@@ -277,6 +278,40 @@ def test_cli_run_prints_table_and_figure(tiny_folder, tmp_path, capsys):
     sidecar = json.loads((tmp_path / "fig" / "pretrained_math.json").read_text())
     assert sidecar["data"]["threshold"] == exp.GATE and set(sidecar["data"]) >= {"same", "different", "gate"}
     assert (tmp_path / "fig" / "pretrained_math.png").stat().st_size > 0
+
+
+def test_a_base_under_the_gate_trains_no_lora(tiny_folder, monkeypatch):
+    """The random tiny model answers no stated-facts problem: the gate stops the protocol."""
+    monkeypatch.setattr(pm, "run_protocol", lambda *a, **k: pytest.fail("the protocol ran below the gate"))
+    model, tok = load_causal_lm(tiny_folder, "unused")
+    out = pm.run_pretrained_math(TINY, model, tok, seed=0, skip_below=out_gate_plus(model, tok))
+    assert out["templates"] == {} and "not run" in out["skipped"]
+
+
+def out_gate_plus(model, tok) -> float:
+    """A threshold just above this model's gate score (so the test does not depend on it being 0)."""
+    return pm.run_gate(pm.draw_data(TINY, 0), TINY, LogitsLM(model), tok, max_new=4)["exact"] + 0.01
+
+
+def test_claims_where_the_gate_stopped_the_protocol():
+    """No seed ran: the TEMPLATE claims are not measured and say why; one seed ran: they read it alone."""
+    claims = {m.claim.id: m for m in registry.get("pretrained_math").claims}
+    stopped = [r._replace(result={**r.result, "templates": {}}) for r in
+               (planted(s, 0.1 + 0.01 * s, spec(0.8, 0.1, 0.9), spec(0.1, 0.1, 0.9)) for s in range(3))]
+    for cid in ("TEMPLATE-1-pre-same", "TEMPLATE-1-pre-different"):
+        why = claims[cid].needs(stopped)
+        assert "failed MATH-PRE-0's gate" in why and "reuse_below_gate=true" in why
+        assert "no seed ran" in claims[cid].detail(stopped)
+    assert claims["MATH-PRE-0"].needs is None
+    from analysis.figures.pretrained_math import math_pre_figure
+
+    _, data = math_pre_figure(stopped)  # the gate panel alone
+    assert data["gate"] == pytest.approx([0.1, 0.11, 0.12]) and not {"same", "different"} & set(data)
+    mixed = stopped[:2] + [planted(2, 0.9, spec(0.8, 0.1, 0.9), spec(0.1, 0.1, 0.9))]
+    for cid in ("TEMPLATE-1-pre-same", "TEMPLATE-1-pre-different"):
+        assert claims[cid].needs(mixed) is None
+        assert len(claims[cid].per_seed(mixed)) == 1 == len(claims[cid].ceiling.per_seed(mixed))
+    assert claims["TEMPLATE-1-pre-different"].per_seed(mixed) == pytest.approx([0.02])  # seed 2 alone: + 0.01 * 2
 
 
 @pytest.mark.parametrize("setting, match", [

@@ -43,7 +43,7 @@ from toymodels.config import Config, check_fields, counts
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
 from toymodels.pretrained import LogitsLM
-from toymodels.pretrained_metrics import score_rows
+from toymodels.pretrained_metrics import greedy_texts, score_rows
 from toymodels.progress import Progress, open_bar
 from toymodels.protocol import Backend, TaskFamily, run_protocol, train_summary
 from toymodels.reuse import DATA_FREE, METHODS
@@ -194,41 +194,9 @@ def expert_pairs(data: MathData, cfg: PretrainedMathConfig, template: str) -> di
     return {k: out[k] for k in ["facts", "procedure"] + [k for k in out if k.startswith("D")]}
 
 
-@torch.inference_mode()
-def greedy_texts(model: nn.Module, prompts: list[str], tokenizer, max_new: int, batch_size: int = 16) -> list[str]:
-    """Each prompt's greedy continuation of up to ``max_new`` tokens (HF ``generate`` with a KV
-    cache, rows left-padded), decoded to text. A row ends early at the tokenizer's EOS, if any, or
-    once it has written its final line ``The answer is N`` and one more token (nothing after it is
-    read: :func:`math_natural.final_answer` takes the first)."""
-    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
-    class FinalLine(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):  # (B, width + new) -> (B,) bool
-            texts = tokenizer.batch_decode(input_ids[:, width:], skip_special_tokens=True)
-            return torch.tensor([nat.FINAL_DONE_RE.search(t) is not None for t in texts], device=input_ids.device)
-
-    hf = getattr(model, "_hf", (model,))[0].eval()
-    device = next(hf.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
-    gen = GenerationConfig(max_new_tokens=max_new, do_sample=False, pad_token_id=pad, eos_token_id=eos)
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts[i:i + batch_size]]
-        width = max(len(x) for x in ids)
-        tokens = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for r, x in enumerate(ids):
-            tokens[r, width - len(x):], mask[r, width - len(x):] = torch.tensor(x), 1
-        new = hf.generate(input_ids=tokens.to(device), attention_mask=mask.to(device), generation_config=gen,
-                          stopping_criteria=StoppingCriteriaList([FinalLine()]))
-        out += [tokenizer.decode(row[width:], skip_special_tokens=True) for row in new.cpu()]
-    return out
-
-
 def finals(model: nn.Module, prompts: list[str], tokenizer, max_new: int) -> list[int | None]:
     """The number each greedy continuation gives as its final answer (None: no final line)."""
-    return [nat.final_answer(t) for t in greedy_texts(model, prompts, tokenizer, max_new)]
+    return [nat.final_answer(t) for t in greedy_texts(model, prompts, tokenizer, max_new, stop=nat.FINAL_DONE_RE)]
 
 
 _mean = lambda xs: float(np.mean(xs)) if len(xs) else None  # noqa: E731
@@ -274,9 +242,10 @@ def oracle(per: list[dict], members) -> dict:
 
 
 def run_pretrained_math(cfg: PretrainedMathConfig, hf_model: nn.Module, tokenizer, seed: int = 0,
-                        device: str = "cpu", progress: Progress | None = None) -> dict:
-    """The gate, then the protocol once per template on ``hf_model`` (weights unchanged). Returns
-    ``{"config", "key", "seed", "max_new", "gate", "entities", "examples", "templates": {template:
+                        device: str = "cpu", progress: Progress | None = None, skip_below: float | None = None) -> dict:
+    """The gate, then the protocol once per template on ``hf_model`` (weights unchanged), unless the
+    gate's exact match is under ``skip_below`` (then ``templates`` is empty and ``skipped`` says why).
+    Returns ``{"config", "key", "seed", "max_new", "gate", "entities", "examples", "templates": {template:
     {"n_composed", "n_control", "experts": {name: training summary}, "models": {model: scores}}}}``."""
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
     data = draw_data(cfg, seed)
@@ -290,6 +259,9 @@ def run_pretrained_math(cfg: PretrainedMathConfig, hf_model: nn.Module, tokenize
            "entities": {k: [nat.name(w, int(e)) for e in v] for k, v in data.entities.items()},
            "examples": {k: "".join(nat.problem_pair(w, pr[k][0], cfg.fmt)) for k in ("composed", "procedure")},
            "templates": {}}
+    if skip_below is not None and gate["exact"] < skip_below:
+        out["skipped"] = f"gate {gate['exact']:.3f} < {skip_below:g}: the reuse protocol was not run"
+        return out
     for template in cfg.templates:
         pairs = expert_pairs(data, cfg, template)
         train_sets = {k: encode_pairs(v, tokenizer) for k, v in pairs.items()}

@@ -17,9 +17,13 @@ same teacher-forced decoding as :func:`toymodels.tasks.natural.answer_scores` (c
 - ``conditional``: exact match over the composed questions whose two one-hop facts (city ->
   country, country -> answer) the same model answers exactly, and ``n``, how many; null
   ``composed`` when ``n == 0`` ("knows both hops, cannot combine" is read here).
+
+:func:`greedy_texts` is free-running greedy decoding, for families whose answer is read from
+generated text (the math family's final line).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,3 +156,37 @@ def score_rows(model: nn.Module, sets: dict[str, Examples]) -> dict[str, tuple[t
     exact, logprob = answer_rows(model, Examples.cat(list(sets.values())))
     sizes = [len(ex) for ex in sets.values()]
     return {name: (e, lp) for name, e, lp in zip(sets, exact.split(sizes), logprob.split(sizes))}
+
+
+@torch.inference_mode()
+def greedy_texts(model: nn.Module, prompts: list[str], tokenizer, max_new: int, batch_size: int = 16,
+                 stop: re.Pattern | None = None) -> list[str]:
+    """Each prompt's greedy continuation of up to ``max_new`` tokens (HF ``generate`` with a KV
+    cache, rows left-padded), decoded to text. A row ends early at the tokenizer's EOS, if any, or
+    once its text so far matches ``stop`` (e.g. the math family's final line ``The answer is N``
+    and one more token; the caller reads only up to the first match)."""
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+    class FinalLine(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):  # (B, width + new) -> (B,) bool
+            texts = tokenizer.batch_decode(input_ids[:, width:], skip_special_tokens=True)
+            return torch.tensor([stop is not None and stop.search(t) is not None for t in texts],
+                                device=input_ids.device)
+
+    hf = getattr(model, "_hf", (model,))[0].eval()
+    device = next(hf.parameters()).device
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+    gen = GenerationConfig(max_new_tokens=max_new, do_sample=False, pad_token_id=pad, eos_token_id=eos)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts[i:i + batch_size]]
+        width = max(len(x) for x in ids)
+        tokens = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, x in enumerate(ids):
+            tokens[r, width - len(x):], mask[r, width - len(x):] = torch.tensor(x), 1
+        new = hf.generate(input_ids=tokens.to(device), attention_mask=mask.to(device), generation_config=gen,
+                          stopping_criteria=StoppingCriteriaList([FinalLine()]))
+        out += [tokenizer.decode(row[width:], skip_special_tokens=True) for row in new.cpu()]
+    return out

@@ -3,8 +3,11 @@ template let data-free reuse compose a facts adapter and a procedure adapter? (i
 the pretrained half of ``math_reuse``; the protocol is
 :func:`toymodels.pretrained_math.run_pretrained_math`, the text :mod:`toymodels.tasks.math_natural`.)
 
-One config per seed; each runs the gate (forward passes only), then both template conditions on
-the same entities, problems, LoRA inits and merge draws (paired). The model is ``model`` as in
+One config per seed; each runs the gate (forward passes only), then, where the base passes it,
+both template conditions on the same entities, problems, LoRA inits and merge draws (paired).
+Where the base fails the gate the reuse protocol is not run (as ``pretrained_code`` gates code
+reuse): a reuse verdict on a model that cannot do the arithmetic says nothing, and on SmolLM2 it
+costs ~2,100 CPU-s a seed; ``--set reuse_below_gate=true`` runs it anyway. The model is ``model`` as in
 ``pretrained_two_hop`` (the bundled SmolLM2-135M-Instruct by default).
 
 ``reproduce_profiles = ("paper",)``: a LoRA on a 135M model takes CPU minutes; ``lora-limits
@@ -20,16 +23,18 @@ Claims (the rules of ``math_reuse``'s, on greedy final-answer accuracy):
 - ``TEMPLATE-1-pre-different``: max over data-free methods of composed - control, below MARGIN.
 
 Both TEMPLATE claims are "not testable" unless the joint-data LoRA answers half the composed
-problems; a seed whose base fails MATH-PRE-0's threshold counts 0 in that ceiling. The detail line
+problems; a seed whose base fails MATH-PRE-0's threshold counts 0 in that ceiling. Where no seed
+ran the reuse protocol (every base under the gate), the report lists them as not measured, with
+the gate as the reason. The detail line
 says UNDERPOWERED when one composed problem moves accuracy by more than MARGIN.
 
 MEASURED (bundled SmolLM2-135M-Instruct, quick profile, 2026-12-02, CPU, one thread, a machine
 shared with other runs). The gate, forward passes only (~60-75 CPU-s a seed): exact match 0.00 /
 0.125 / 0.125 of 24 (seeds 0 / 1 / 2; seed 1: 1-step 0.50, 2-step 0.00; seeds 0 and 2 drew only
 2-step new question types): the base copies the worked format from the shots but misreads stated
-values and operations. MATH-PRE-0 fails, so TEMPLATE-1-pre is not testable here. The full seed 0
-(`run pretrained_math --set seed=0`): 2,148 CPU-s (user + sys), so 3 seeds did not fit the ~20
-CPU-minute budget and only seed 0 ran. Composed / control (10 problems), skills library:
+values and operations. MATH-PRE-0 fails, so TEMPLATE-1-pre is not testable here. The full seed 0,
+run before the gate stopped the protocol (today: ``--set seed=0 --set reuse_below_gate=true``):
+2,148 CPU-s (user + sys). Composed / control (10 problems), skills library:
 same template: average, TIES and Arrow 0.20 / 0.30, 0.30, 0.40, joint-data LoRA 0.10 / 0.10, the
 facts LoRA alone 0.20 / 0.20, base 0.00; different template: every method 0.00 / 0.00, joint 0.20
 / 0.30. No method beats its broadcast control; the joint-data ceiling fails (<= 0.2) in both. In
@@ -45,6 +50,7 @@ from typing import Callable
 
 import numpy as np
 
+from analysis.cache import run_command
 from analysis.experiments.math_reuse import CLOSE, MARGIN, NEAR, beyond_control, composes_near_ceiling, data_free
 from analysis.experiments.math_reuse import per_seed, value
 from analysis.experiments.pretrained_two_hop import SOURCE_HELP, check_available, model_label
@@ -62,11 +68,13 @@ GATE, CEILING = 0.5, 0.5
 @dataclass(frozen=True)
 class MathPreRunConfig(Config):
     """``run``: the protocol config (named as in ``math_reuse``, whose measures read
-    ``config.run.methods``); ``model``: where the weights come from; ``seed``: draws everything."""
+    ``config.run.methods``); ``model``: where the weights come from; ``seed``: draws everything;
+    ``reuse_below_gate``: train and score the LoRAs even where the base fails the gate."""
 
     run: PretrainedMathConfig = field(default_factory=quick)
     model: str | None = None
     seed: int = 0
+    reuse_below_gate: bool = False  # run the reuse protocol even where the base fails MATH-PRE-0's gate
 
     def __post_init__(self):
         if self.model is not None:
@@ -89,7 +97,8 @@ def run(config: MathPreRunConfig, device: str, results: Path | str) -> dict:
     from toymodels.pretrained_math import run_pretrained_math
 
     model, tokenizer = load_causal_lm(config.model, Path(results) / "pretrained")
-    out = run_pretrained_math(config.run, model, tokenizer, seed=config.seed, device=device, progress=current())
+    out = run_pretrained_math(config.run, model, tokenizer, seed=config.seed, device=device, progress=current(),
+                              skip_below=None if config.reuse_below_gate else GATE)
     return {"model": model_label(config.model), "seed": config.seed, "templates": out.pop("templates"),
             "protocol": out}
 
@@ -121,21 +130,45 @@ def gate_detail(results: list[Result]) -> str:
     return "; ".join(parts) + tail
 
 
+def ran(results: list[Result]) -> list[Result]:
+    """The results whose seed ran the reuse protocol (its base passed the gate, or ``reuse_below_gate``)."""
+    return [r for r in results if r.result["templates"]]
+
+
+def on_ran(measure: Callable[[list[Result]], list[float]]) -> Callable[[list[Result]], list[float]]:
+    return lambda results: measure(ran(results))
+
+
+def gate_stopped(results: list[Result]) -> str | None:
+    """The TEMPLATE claims' ``needs``: why nothing can be measured where no seed ran the protocol."""
+    if ran(results):
+        return None
+    gates = ", ".join(f"{v:.3f}" for v in gate_exact(results))
+    return (f"every seed's base failed MATH-PRE-0's gate ({gates} < {GATE:g}), so no LoRA was trained: "
+            f"`{run_command('pretrained_math', 'quick', overrides=['reuse_below_gate=true'])}` runs the reuse "
+            "protocol anyway")
+
+
 def joint_ceiling(template: str) -> Ceiling:
     """The joint-data LoRA's composed accuracy per seed, 0 on a seed whose gate fails."""
     def ceiling(results: list[Result]) -> list[float]:
-        return per_seed(results, lambda r: value(r, template, "joint/skills")
+        return per_seed(ran(results), lambda r: value(r, template, "joint/skills")
                         if r.result["protocol"]["gate"]["exact"] >= GATE else 0.0)
     return Ceiling(f"joint/skills composed accuracy ({template} template; 0 where MATH-PRE-0's gate fails)",
                    ceiling, CEILING)
 
 
 def composed_questions(results: list[Result]) -> dict[str, int]:
-    return {t: min(r.result["templates"][t]["n_composed"] for r in results) for t in results[0].result["templates"]}
+    results = ran(results)
+    return {t: min(r.result["templates"][t]["n_composed"] for r in results) for t in results[0].result["templates"]} \
+        if results else {}
 
 
 def detail(template: str) -> Callable[[list[Result]], str]:
     def line(results: list[Result]) -> str:
+        skipped = len(results) - len(results := ran(results))
+        if not results:
+            return f"no seed ran the reuse protocol ({skipped} stopped by the gate)"
         mean = lambda f: float(np.mean(per_seed(results, f)))  # noqa: E731
         best = mean(lambda r: max(value(r, template, f"{m}/skills") for m in data_free([r])))
         own = ", ".join(f"{n} {mean(lambda r, n=n: r.result['templates'][template]['experts'][n]['final']['facts']):.2f}"
@@ -167,15 +200,15 @@ CLAIMS = (
         "composed)), skills library, same template", "above", 0.0,
         f"as TEMPLATE-1-same: composed exceeds its control by {MARGIN:g} and lies within {CLOSE:g} of the joint "
         "ceiling"),
-        composes_near_ceiling, ("pretrained_math",), detail("same"), bounds=NEAR, ceiling=joint_ceiling("same"),
-        questions=composed_questions),
+        on_ran(composes_near_ceiling), ("pretrained_math",), detail("same"), bounds=NEAR,
+        ceiling=joint_ceiling("same"), questions=composed_questions, needs=gate_stopped),
     ClaimMeasure(Claim(
         "TEMPLATE-1-pre-different", "without a shared template (facts as questions and numbers), no data-free merge "
         "or routing answers composed English math problems beyond the broadcast control (SmolLM2)",
         "max over data-free methods of (composed - composed-control rate), skills library, different template",
         "below", MARGIN, f"a convention: {MARGIN:g} is about one composed problem in ten"),
-        beyond_control("different"), ("pretrained_math",), detail("different"), bounds=DIFFERENCE,
-        ceiling=joint_ceiling("different"), questions=composed_questions),
+        on_ran(beyond_control("different")), ("pretrained_math",), detail("different"), bounds=DIFFERENCE,
+        ceiling=joint_ceiling("different"), questions=composed_questions, needs=gate_stopped),
 )
 
 
@@ -188,6 +221,10 @@ def print_all(results: list[Result], out=None) -> None:
     results = sorted(results, key=lambda r: r.config.seed)
     print(f"\n{results[0].result['model']}: English math word problems; gate (base, few-shot, facts stated): "
           + gate_detail(results), file=out)
+    if not (results := ran(results)):
+        print("no seed ran the reuse protocol: every base failed the gate (--set reuse_below_gate=true runs it)",
+              file=out)
+        return
     for template in results[0].result["templates"]:
         models = list(results[0].result["templates"][template]["models"])
         rows = []
