@@ -30,6 +30,7 @@ def math_pre_figure(results: list[Result]):
     models = ["base", "single/facts", "single/procedure", "joint/skills"] + [f"{m}/skills" for m in methods]
     labels = ["base", "facts", "procedure", "joint"] + methods
     fig, axes = new_figure(ncols=1 + len(templates), width=3.9, height=3.4)
+    axes = np.atleast_1d(axes)  # one panel (the gate alone) comes back unwrapped
     seeds = [r.config.seed for r in results]
     gate = [r.result["protocol"]["gate"]["exact"] for r in results]
     for i, (s, v) in enumerate(zip(seeds, gate)):
