@@ -76,17 +76,19 @@ class QAReuseConfig(Config):
 
 
 def quick() -> QAReuseConfig:
-    """CPU-sized, 3 seeds. Sized by measurement (SmolLM2-135M-Instruct, 2026-12-02): the base
-    answers both hops of only 19 of the 182 PEOPLE (16 distinct birth cities), so R and OOD
-    hold what that allows: n_real 11 (ac_frac 1/3: 7-8 composed) and n_ood 8 (6-7 composed;
-    fewer when its people's cities are R's), one question moving accuracy by 0.12-0.17, so
-    their claims read UNDERPOWERED by construction. F and H: 12 countries x 3 cities (24 and
-    ~22 composed; H has 9 WORLD countries with >= 3 cities whose country the base answers,
-    minus R's and OOD's cities). Country only, 25 steps per LoRA, methods average, TIES and
-    Arrow (12 scored models). Measured cost: see analysis/experiments/qa_reuse.py."""
-    return QAReuseConfig(task=QAConfig(n_countries=12, cities_per_country=3, n_real=11, n_ood=8, ac_frac=1 / 3),
+    """CPU-sized, for 3 seeds. Sized by measurement (SmolLM2-135M-Instruct, 2026-12-02): the
+    base answers both hops of only 19 of the 182 PEOPLE (16 distinct birth cities), so R and
+    OOD hold what that allows: n_real 10 (ac_frac 1/3: 7 composed) and n_ood 9 (6-7 composed
+    on seeds 0-2; fewer than asked when its people's cities are R's), one question moving
+    accuracy by 0.14-0.17: their claims read UNDERPOWERED by construction. F and H: 6 countries x 3
+    cities (12 composed each). Country only, 25 steps per LoRA, 2 wrong answers per question,
+    methods average and Arrow (10 scored models). CPU cost: a first try with F/H 12 x 3, 3
+    wrong answers and TIES too scored ~455 rows at ~50 CPU-s per model (~900 CPU-s a seed),
+    over the ~20 CPU-minute budget of 3 seeds; the measured cost of this one is in
+    analysis/experiments/qa_reuse.py."""
+    return QAReuseConfig(task=QAConfig(n_countries=6, cities_per_country=3, n_real=10, n_ood=9, ac_frac=1 / 3),
                          finetune=presets.pretrained_finetune(steps=25),
-                         methods=("average", "ties", "arrow"), n_control=3, r_known_only=True)
+                         methods=("average", "arrow"), n_control=3, n_wrong=2, r_known_only=True)
 
 
 def paper() -> QAReuseConfig:
