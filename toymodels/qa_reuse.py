@@ -76,16 +76,18 @@ class QAReuseConfig(Config):
 
 
 def quick() -> QAReuseConfig:
-    """CPU-sized, for 3 seeds. Sized by measurement (SmolLM2-135M-Instruct, 2026-12-02): the
+    """CPU-sized, 3 seeds. Sized by measurement (SmolLM2-135M-Instruct, 2026-12-02): the
     base answers both hops of only 19 of the 182 PEOPLE (16 distinct birth cities), so R and
     OOD hold what that allows: n_real 10 (ac_frac 1/3: 7 composed) and n_ood 9 (6-7 composed
     on seeds 0-2; fewer than asked when its people's cities are R's), one question moving
     accuracy by 0.14-0.17: their claims read UNDERPOWERED by construction. F and H: 6 countries x 3
     cities (12 composed each). Country only, 25 steps per LoRA, 2 wrong answers per question,
-    methods average and Arrow (10 scored models). CPU cost: a first try with F/H 12 x 3, 3
-    wrong answers and TIES too scored ~455 rows at ~50 CPU-s per model (~900 CPU-s a seed),
-    over the ~20 CPU-minute budget of 3 seeds; the measured cost of this one is in
-    analysis/experiments/qa_reuse.py."""
+    methods average and Arrow (10 scored models). CPU cost, measured at 1 thread on a 2-core
+    machine at load ~7 (2026-12-02): ~900 CPU-s (24 min wall) per seed, 5 LoRAs of 25 steps
+    ~170-230 s wall each of it; so 3 seeds take ~45 CPU-minutes, not the ~20 it was cut for (a first
+    try with F/H 12 x 3, 3 wrong answers and TIES scored ~455 rows, ~50 CPU-s per model). At 25
+    steps the joint LoRAs memorise only about half their facts (joint/hops 0.48 of 47+47 rows on
+    seed 0), so the joint-data ceiling is weak here."""
     return QAReuseConfig(task=QAConfig(n_countries=6, cities_per_country=3, n_real=10, n_ood=9, ac_frac=1 / 3),
                          finetune=presets.pretrained_finetune(steps=25),
                          methods=("average", "arrow"), n_control=3, n_wrong=2, r_known_only=True)
