@@ -91,7 +91,9 @@ def test_same_seed_same_chains_other_seed_other_chains():
 
 
 def test_real_tables_are_consistent():
-    assert len({city for _, city, _ in h.PEOPLE}) == len(h.PEOPLE)  # distinct birth cities
+    assert len({p for p, _, _ in h.PEOPLE}) == len(h.PEOPLE)  # distinct people
+    assert all(h.CITY_COUNTRY[city] == country for _, city, country in h.PEOPLE)  # one country per city
+    assert len({city for _, city, _ in h.PEOPLE}) < len(h.PEOPLE)  # shared birth cities exist: the split test bites
     world = {c: row[0] for row in WORLD for c in (row[1], *row[3])}
     assert all(world.get(city, country) == country for _, city, country in h.PEOPLE)
     assert set(h.CITY_COUNTRY.values()) <= set(h.CONTINENT)
@@ -114,7 +116,7 @@ def test_broadcast_controls_ask_about_other_subjects():
 @pytest.mark.parametrize("change, field", [
     pytest.param({"n_countries": 0}, "task.n_countries", id="no-countries"),
     pytest.param({"cities_per_country": 5}, "task.cities_per_country", id="too-many-cities"),
-    pytest.param({"n_real": 30, "n_ood": 30}, "task.n_ood", id="too-many-people"),
+    pytest.param({"n_real": 100, "n_ood": len(h.PEOPLE) - 99}, "task.n_ood", id="too-many-people"),
     pytest.param({"ac_frac": 1.5}, "task.ac_frac", id="ac_frac"),
     pytest.param({"ac_frac": 0.1}, "task.ac_frac", id="no-AC-rows"),
     pytest.param({"ac_frac": 1.0}, "task.ac_frac", id="no-test-questions"),
@@ -146,3 +148,30 @@ def test_hybrid_cities_avoid_real_peoples_cities():
     real_cities = {c.city for c in ch if c.split in ("R", "OOD")}
     assert len(real_cities) == 6 and real_cities <= {c for row in WORLD for c in (row[1], *row[3])}
     assert not real_cities & {c.city for c in ch if c.split == "H"}
+
+
+def test_real_and_ood_keep_each_city_in_one_split():
+    """Planted order: R fills first; a person whose city is the other split's is skipped."""
+    people = [("a", "X"), ("b", "Y"), ("c", "X"), ("d", "Z"), ("e", "Y"), ("f", "W")]
+    real, ood = h._real_and_ood(people, h.QAConfig(n_real=2, n_ood=3))
+    assert [p for p, _, _ in real] == ["a", "b"] and [p for p, _, _ in ood] == ["d", "f"]  # c (X), e (Y) are R's
+    real, ood = h._real_and_ood(people, h.QAConfig(n_real=3, n_ood=2))
+    assert [p for p, _, _ in real] == ["a", "b", "c"] and [p for p, _, _ in ood] == ["d", "f"]  # same city in R: fine
+
+
+def test_people_sharing_a_city_stay_in_one_split():
+    """Known: every person born in Paris, Venice, Florence or Rome (several each); R and OOD
+    must not share a city, and OOD's cities stay out of every expert's data."""
+    shared = {"Paris", "Venice", "Florence", "Rome"}
+    known = {(q, a) for q, a in h.known_fact_pairs(("country",))
+             if not q.endswith("was born in the city of") or a.strip() in shared}
+    assert sum(city in shared for _, city, _ in h.PEOPLE) > len(shared) + 4  # the planted table shares cities
+    filled = 0
+    for seed in range(6):
+        ch = chains(seed, h.QAConfig(n_real=3, n_ood=6), known)
+        r, o = ({c.city for c in ch if c.split == sp} for sp in ("R", "OOD"))
+        assert len([c for c in ch if c.split == "R"]) == 3 and r <= shared and not r & o
+        text = " ".join(q + a for pairs in h.expert_pairs(ch).values() for q, a in pairs)
+        assert not any(city in text for city in o)
+        filled += bool(o) and len([c for c in ch if c.split == "OOD"]) > len(o)  # OOD people sharing a city
+    assert filled  # the disjointness above was tested on non-empty OOD splits with shared cities

@@ -12,7 +12,8 @@ import torch
 from analysis import registry
 from analysis.cli import main
 from analysis.registry import Result
-from analysis.verdict import NOT_SUPPORTED, SUPPORTED, UNDERPOWERED, judge
+from analysis.report import judge_measure
+from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, UNDERPOWERED, judge
 from toymodels import qa_reuse as q
 from toymodels.lora import LoRAConfig
 from toymodels.reuse_options import ReuseOptions
@@ -172,9 +173,9 @@ def test_cli_run_prints_table_and_figure(tiny_folder, tmp_path, capsys):
             "--set", "protocol.methods=average,oracle"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "2 computed" in text and "OOD acc" in text and "average/hops" in text and "base one-hop familiarity" in text
+    assert "3 computed" in text and "OOD acc" in text and "average/hops" in text and "base one-hop familiarity" in text
     sidecar = json.loads((tmp_path / "fig" / "qa_reuse.json").read_text())
-    assert sidecar["data"]["splits"] == list(h.SPLITS) and sidecar["data"]["seeds"] == [0, 1]
+    assert sidecar["data"]["splits"] == list(h.SPLITS) and sidecar["data"]["seeds"] == [0, 1, 2]
     panel = sidecar["data"]["panels"]["composed"]["OOD"]
     assert len(panel["values"]) == len(panel["control"]) == len(sidecar["data"]["models"])
     assert (tmp_path / "fig" / "qa_reuse.png").stat().st_size > 0
@@ -182,17 +183,19 @@ def test_cli_run_prints_table_and_figure(tiny_folder, tmp_path, capsys):
 
 def test_registered_for_paper_reproduce_only():
     e = registry.get("qa_reuse")
-    assert e.reproduce_profiles == ("paper",) and len(e.configs("quick")) == 2 and len(e.configs("paper")) == 3
-    assert {c.seed for c in e.configs("quick")} == {0, 1}
+    assert e.reproduce_profiles == ("paper",) and len(e.configs("quick")) == 3 and len(e.configs("paper")) == 3
+    assert {c.seed for c in e.configs("quick")} == {0, 1, 2}  # issue 12: >= 3 independent seeds
     assert [m.claim.id for m in e.claims] == [f"QA-{k}-{s}" for s in h.SPLITS for k in (1, 2)] + ["QA-3"]
 
 
-def planted(seed: int, composed: dict[str, float], base: float = 0.1, cast: float = 0.0, n: int = 12) -> Result:
-    """A result whose hops/with_AC reuse scores ``composed[model]`` on every split."""
+def planted(seed: int, composed: dict[str, float], base: float | dict = 0.1, cast: float = 0.0, n: int = 12) -> Result:
+    """A result whose hops/with_AC reuse scores ``composed[model]`` on every split (half of it on F);
+    ``base``: the base's composed accuracy, one number or per split."""
     def split(acc, margin):
         return {"composed": acc, "composed_logprob": -1.0, "specificity": {"margin": margin},
                 "broadcast": {"AC": cast, "BC": 0.0}}
-    models = {"base": {"splits": {sp: split(base, 0.0) for sp in h.SPLITS}}}
+    base = base if isinstance(base, dict) else dict.fromkeys(h.SPLITS, base)
+    models = {"base": {"splits": {sp: split(base[sp], 0.0) for sp in h.SPLITS}}}
     for name, acc in composed.items():
         models[name] = {"splits": {sp: split(acc * (0.5 if sp == "F" else 1.0), acc) for sp in h.SPLITS}}
     protocol = {"config": {"methods": ["average", "ties", "oracle"]}, "models": models,
@@ -204,7 +207,8 @@ def planted(seed: int, composed: dict[str, float], base: float = 0.1, cast: floa
                                            pytest.param(0.0, NOT_SUPPORTED, id="does-not")])
 def test_claims_on_planted_results_both_sides(gain, outcome):
     results = [planted(s, {"average/hops": 0.1 + gain + 0.01 * s, "ties/hops": 0.1, "oracle/hops": 1.0,
-                           "average/with_AC": 0.2 + gain + 0.01 * s, "ties/with_AC": 0.2 + gain})
+                           "average/with_AC": 0.2 + gain + 0.01 * s, "ties/with_AC": 0.2 + gain,
+                           "joint/hops": 1.0, "joint/with_AC": 1.0})
                for s in range(3)]
     claims = {m.claim.id: m for m in registry.get("qa_reuse").claims}
     qa1 = claims["QA-1-R"].per_seed(results)
@@ -215,6 +219,35 @@ def test_claims_on_planted_results_both_sides(gain, outcome):
     gap = claims["QA-3"].per_seed(results)  # R - F = half the with_AC accuracy, mean over average and ties
     assert gap == pytest.approx([((0.2 + gain + 0.01 * s) + (0.2 + gain)) / 4 for s in range(3)])
     assert "UNDERPOWERED" not in claims["QA-1-R"].detail(results)
+    for claim in ("QA-1-R", "QA-2-H", "QA-3"):  # the joint LoRAs compose: the ceiling is reached
+        assert judge_measure(claims[claim], results)[0].ceiling.reached
+
+
+def test_familiarity_is_read_as_gains_over_the_base():
+    """The base answers R at 0.7 and F at 0: with_AC reuse at 0.8 on R and 0.4 on F (planted: F
+    scores half) gains 0.1 on R and 0.4 on F, so R - F is -0.3 (absolute accuracies would give +0.4)."""
+    results = [planted(s, {"average/with_AC": 0.8, "ties/with_AC": 0.8}, base={"F": 0.0, "H": 0.0, "R": 0.7, "OOD": 0.7})
+               for s in range(3)]
+    claims = {m.claim.id: m for m in registry.get("qa_reuse").claims}
+    assert claims["QA-3"].per_seed(results) == pytest.approx([-0.3] * 3)
+
+
+@pytest.mark.parametrize("joint, testable", [pytest.param(0.9, True, id="ceiling-composes"),
+                                             pytest.param(0.15, False, id="ceiling-fails")])
+def test_ceiling_makes_a_claim_not_testable(joint, testable):
+    """Issue 12: read against the joint-data LoRA on the same data. Its composed accuracy minus the
+    control (base 0.1) must exceed the margin, else the verdict is 'not testable' whatever reuse does."""
+    results = [planted(s, {"average/hops": 0.6 + 0.01 * s, "ties/hops": 0.6, "joint/hops": joint,
+                           "average/with_AC": 0.6, "ties/with_AC": 0.6, "joint/with_AC": joint}) for s in range(3)]
+    claims = {m.claim.id: m for m in registry.get("qa_reuse").claims}
+    qa1 = judge_measure(claims["QA-1-H"], results)[0]
+    assert qa1.ceiling.values == pytest.approx((joint - 0.1,) * 3)
+    assert qa1.outcome == (SUPPORTED if testable else NOT_TESTABLE) and qa1.reading == SUPPORTED
+    qa2 = judge_measure(claims["QA-2-H"], results)[0]  # the joint's margin gain over the base's 0
+    assert qa2.ceiling.values == pytest.approx((joint,) * 3) and qa2.ceiling.reached
+    qa3 = judge_measure(claims["QA-3"], results)[0]  # min over F (joint/2 - 0.1) and R (joint - 0.1)
+    assert qa3.ceiling.values == pytest.approx((joint / 2 - 0.1,) * 3)
+    assert (qa3.outcome == NOT_TESTABLE) == (joint / 2 - 0.1 <= 0.1)
 
 
 def test_broadcast_raises_the_control_and_underpower_is_said():
@@ -231,7 +264,7 @@ def test_broadcast_raises_the_control_and_underpower_is_said():
     pytest.param("model=/nonexistent/nope.gguf", "no such file or folder", id="missing-model"),
     pytest.param("protocol.task.n_countries=0", "task.n_countries", id="bad-size"),
     pytest.param("protocol.n_wrong=0", "n_wrong", id="bad-n_wrong"),
-    pytest.param("protocol.task.cities_per_country=2", "task.ac_frac", id="no-AC-rows"),  # quick's ac_frac 1/4
+    pytest.param("protocol.task.cities_per_country=1", "task.ac_frac", id="no-AC-rows"),  # quick's ac_frac 1/3
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, setting, match):
     assert main(["run", "qa_reuse", "--results", str(tmp_path), "--set", setting]) == 2

@@ -76,19 +76,21 @@ class QAReuseConfig(Config):
 
 
 def quick() -> QAReuseConfig:
-    """CPU-sized: F and H 2 countries x 4 cities, R 8 and OOD 8 people, country only,
-    ac_frac 1/4 (AB and BC 24 rows, AC 6; 6 composed questions per F/H/R split, 8 OOD), 25
-    steps per LoRA, methods average, TIES and Arrow (12 scored models). Not run end to end on
-    SmolLM2; its unit costs were measured there at 1 thread (one config per core, as
-    reproduce runs it), with logits at the answer positions only: a LoRA step at batch 16
-    1.6 CPU-s, scoring ~0.045 CPU-s per row (~12 CPU-s for ~260 rows). Extrapolated: 5 LoRAs
-    x <= 25 steps ~200 CPU-s + 12 scored models ~150 CPU-s + loading ~30 CPU-s: ~400 CPU-s
-    per config, ~7 min wall for its 2 seeds on 2 idle cores (an estimate, not a measurement).
-    (The earlier 1,600-2,800 CPU-s came from 2 threads per process on a machine with load ~16,
-    where waiting threads burn CPU-seconds: 2-5x what 1 thread per config costs.)"""
-    return QAReuseConfig(task=QAConfig(n_countries=2, cities_per_country=4, n_real=8, n_ood=8, ac_frac=0.25),
+    """CPU-sized, 3 seeds. Sized by measurement (SmolLM2-135M-Instruct, 2026-12-02): the
+    base answers both hops of only 19 of the 182 PEOPLE (16 distinct birth cities), so R and
+    OOD hold what that allows: n_real 10 (ac_frac 1/3: 7 composed) and n_ood 9 (6-7 composed
+    on seeds 0-2; fewer than asked when its people's cities are R's), one question moving
+    accuracy by 0.14-0.17: their claims read UNDERPOWERED by construction. F and H: 6 countries x 3
+    cities (12 composed each). Country only, 25 steps per LoRA, 2 wrong answers per question,
+    methods average and Arrow (10 scored models). CPU cost, measured at 1 thread on a 2-core
+    machine at load ~7 (2026-12-02): ~900 CPU-s (24 min wall) per seed, 5 LoRAs of 25 steps
+    ~170-230 s wall each of it; so 3 seeds take ~45 CPU-minutes, not the ~20 it was cut for (a first
+    try with F/H 12 x 3, 3 wrong answers and TIES scored ~455 rows, ~50 CPU-s per model). At 25
+    steps the joint LoRAs memorise only about half their facts (joint/hops 0.48 of 47+47 rows on
+    seed 0), so the joint-data ceiling is weak here."""
+    return QAReuseConfig(task=QAConfig(n_countries=6, cities_per_country=3, n_real=10, n_ood=9, ac_frac=1 / 3),
                          finetune=presets.pretrained_finetune(steps=25),
-                         methods=("average", "ties", "arrow"), n_control=3, r_known_only=True)
+                         methods=("average", "arrow"), n_control=3, n_wrong=2, r_known_only=True)
 
 
 def paper() -> QAReuseConfig:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toymodels.config import Config, check_fields, counts
+from toymodels.tasks.history_people import CONTINENTS, PEOPLE
 from toymodels.tasks.natural import TEMPLATES as NATURAL_TEMPLATES
 from toymodels.tasks.natural import WORLD, Control, fictional_name
 
@@ -49,38 +50,6 @@ TEMPLATES = {
     "two_hop_continent": "{P} was born in a city located on the continent of",
 }
 
-# (person, birth city, country): famous people, each with a distinct birth city.
-PEOPLE = (
-    ("Albert Einstein", "Ulm", "Germany"), ("Wolfgang Amadeus Mozart", "Salzburg", "Austria"),
-    ("Pablo Picasso", "Malaga", "Spain"), ("Napoleon Bonaparte", "Ajaccio", "France"),
-    ("Ludwig van Beethoven", "Bonn", "Germany"), ("Marie Curie", "Warsaw", "Poland"),
-    ("Franz Kafka", "Prague", "Czech Republic"), ("Karl Marx", "Trier", "Germany"),
-    ("Galileo Galilei", "Pisa", "Italy"), ("Christopher Columbus", "Genoa", "Italy"),
-    ("Dante Alighieri", "Florence", "Italy"), ("Antonio Vivaldi", "Venice", "Italy"),
-    ("Charles Dickens", "Portsmouth", "England"), ("Barack Obama", "Honolulu", "United States"),
-    ("Elvis Presley", "Tupelo", "United States"), ("Martin Luther King Jr.", "Atlanta", "United States"),
-    ("Walt Disney", "Chicago", "United States"), ("Lionel Messi", "Rosario", "Argentina"),
-    ("Cristiano Ronaldo", "Funchal", "Portugal"), ("Hans Christian Andersen", "Odense", "Denmark"),
-    ("Confucius", "Qufu", "China"), ("Fyodor Dostoevsky", "Moscow", "Russia"),
-    ("Johann Wolfgang von Goethe", "Frankfurt", "Germany"), ("Jules Verne", "Nantes", "France"),
-    ("Charles de Gaulle", "Lille", "France"), ("Akira Kurosawa", "Tokyo", "Japan"),
-    ("Ludwig Wittgenstein", "Vienna", "Austria"), ("Mother Teresa", "Skopje", "North Macedonia"),
-    ("Rabindranath Tagore", "Kolkata", "India"), ("Mahatma Gandhi", "Porbandar", "India"),
-    ("Gabriel Garcia Marquez", "Aracataca", "Colombia"), ("Bob Marley", "Nine Mile", "Jamaica"),
-    ("Frida Kahlo", "Coyoacan", "Mexico"), ("Salvador Dali", "Figueres", "Spain"),
-    ("Raphael", "Urbino", "Italy"), ("Edvard Munch", "Loten", "Norway"),
-    ("Jean Sibelius", "Hameenlinna", "Finland"), ("Fernando Pessoa", "Lisbon", "Portugal"),
-    ("Victor Hugo", "Besancon", "France"),
-)
-CONTINENTS = {
-    "Europe": ("Germany", "Austria", "Spain", "France", "Poland", "Czech Republic", "Italy", "England",
-               "Portugal", "Denmark", "Russia", "North Macedonia", "Norway", "Finland", "Greece", "Sweden",
-               "Netherlands"),
-    "Asia": ("China", "Japan", "India", "South Korea", "Turkey"),
-    "North America": ("United States", "Jamaica", "Mexico"),
-    "South America": ("Argentina", "Colombia"),
-    "Africa": ("Egypt",),
-}
 CONTINENT = {country: continent for continent, members in CONTINENTS.items() for country in members}
 # every real city this module names -> its country: birth cities and natural.WORLD's cities
 CITY_COUNTRY = {**{city: country for country, capital, _, cities in WORLD for city in (capital, *cities)},
@@ -180,6 +149,20 @@ def _chains(split: str, people: list[tuple[str, str, dict | None]], cfg: QAConfi
     return out
 
 
+def _real_and_ood(people: list[tuple[str, str]], cfg: QAConfig) -> tuple[list, list]:
+    """R then OOD people, in ``people``'s order, each birth city in one split only (people may
+    share a city; OOD's cities must stay out of every expert's data): a person goes to R while
+    R has room and the city is not OOD's, else to OOD while it has room and the city is not R's."""
+    real, ood = [], []
+    for person, city in people:
+        r_cities, o_cities = {c for _, c, _ in real}, {c for _, c, _ in ood}
+        if len(real) < cfg.n_real and city not in o_cities:
+            real.append((person, city, None))
+        elif len(ood) < cfg.n_ood and city not in r_cities:
+            ood.append((person, city, None))
+    return real, ood
+
+
 def make_chains(cfg: QAConfig, rng: np.random.Generator, known: set[tuple[str, str]] | None = None) -> list[Chain]:
     """Every chain of every split, drawn by ``rng``. ``known``: the one-hop ``(prompt, answer)``
     pairs the base answers (:func:`known_fact_pairs`); when given, R and OOD take only people
@@ -194,9 +177,7 @@ def make_chains(cfg: QAConfig, rng: np.random.Generator, known: set[tuple[str, s
                      for _ in range(cfg.cities_per_country)]
     usable = [i for i, (p, city, _) in enumerate(PEOPLE) if _city_known(city, cfg, known)
               and (known is None or (TEMPLATES["born_in"].format(P=p), " " + city) in known)]
-    order = [usable[i] for i in rng.permutation(len(usable))]
-    real = [(PEOPLE[i][0], PEOPLE[i][1], None) for i in order[:cfg.n_real]]
-    ood = [(PEOPLE[i][0], PEOPLE[i][1], None) for i in order[cfg.n_real:cfg.n_real + cfg.n_ood]]
+    real, ood = _real_and_ood([PEOPLE[usable[i]][:2] for i in rng.permutation(len(usable))], cfg)
     used = {city for _, city, _ in real + ood}
     h_people = []
     for i in rng.permutation(len(WORLD)):
