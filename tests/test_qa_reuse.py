@@ -89,8 +89,28 @@ def test_split_scores_against_a_hand_count():
     assert out["specificity"]["right"] == pytest.approx(right)
     assert out["specificity"]["wrong"] == pytest.approx(wrong)
     assert out["specificity"]["margin"] == pytest.approx(right - wrong)
+    logs = torch.tensor([0.5, 0.2, 0.1]).log() - torch.tensor([0.3, 0.4, 0.2]).log()
+    assert out["specificity"]["logprob_margin"] == pytest.approx(float(logs.mean()))
+    assert out["specificity"]["exact_margin"] == pytest.approx(2 / 3) and out["specificity"]["questions"] == 3
     assert out["conditional"] == {"composed": 0.5, "n": 2}
     assert out["facts"] == {"AB": 0.5} and out["broadcast"] == {"BC": 0.5, "AC": 0.25}
+
+
+def test_split_scores_read_specificity_where_a_question_has_wrong_answers():
+    """A fourth question, the only one of its relation, has no wrong answer: specificity is read
+    over the other three (as in the two-hop family: one function), composed over all four."""
+    tests = [chain("a", "X"), chain("b", "Y"), chain("c", "X"), h.Chain("F", "d", "dville", "continent", "Q", False)]
+    t, f = True, False
+    s = {"F/composed": (torch.tensor([t, t, f, t]), torch.tensor([0.5, 0.2, 0.1, 0.9]).log()),
+         "F/wrong": (torch.tensor([f, f, f]), torch.tensor([0.3, 0.4, 0.2]).log()),
+         "F/hop1": (torch.tensor([t, t, t, t]), torch.zeros(4)), "F/hop2": (torch.tensor([t, t, t, t]), torch.zeros(4))}
+    out = q.split_scores(s, "F", tests, 3, [], {})
+    assert out["composed"] == pytest.approx(3 / 4) and out["n_composed"] == 4
+    assert out["specificity"]["right"] == pytest.approx((0.5 + 0.2 + 0.1) / 3)
+    assert out["specificity"]["questions"] == 3
+    alone = q.split_scores({k: (v[0][3:], v[1][3:]) if k != "F/wrong" else (v[0][:0], v[1][:0])
+                            for k, v in s.items()}, "F", tests[3:], 3, [], {})
+    assert alone["specificity"] is None and alone["composed"] == 1.0
 
 
 def test_oracle_picks_the_best_adapter_per_split():

@@ -85,39 +85,48 @@ def _mean(x: torch.Tensor) -> float | None:
     return x.float().mean().item() if len(x) else None
 
 
+def composed_metrics(exact: torch.Tensor, logprob: torch.Tensor, knows: torch.Tensor, owner: torch.Tensor,
+                     wrong: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
+    """One split's metrics (module docstring) from per-question ``exact`` and ``logprob`` of the
+    composed questions, ``knows`` (the same model answers both of the question's one-hop facts),
+    and the wrong-answer rows' ``(exact, logprob)`` with ``owner``, each row's question index.
+    Every family's specificity and conditional composition is this function (two-hop, QA)."""
+    n_q, n = len(exact), len(owner)
+    has = torch.zeros(n_q, dtype=torch.bool)
+    wrong_p, wrong_lp, wrong_hit = (torch.zeros(n_q) for _ in range(3))
+    if n:
+        w_exact, w_lp = wrong
+        count = torch.zeros(n_q).index_add_(0, owner, torch.ones(n))
+        has = count > 0
+        wrong_p = torch.zeros(n_q).index_add_(0, owner, w_lp.exp()) / count.clamp(min=1)
+        wrong_lp = torch.zeros(n_q).index_add_(0, owner, w_lp) / count.clamp(min=1)
+        wrong_hit = torch.zeros(n_q).index_add_(0, owner, w_exact.float()) > 0
+    spec = None
+    if has.any():
+        right, wrong_mean = logprob.exp()[has].mean().item(), wrong_p[has].mean().item()
+        spec = {"right": right, "wrong": wrong_mean, "margin": right - wrong_mean,
+                "logprob_margin": (logprob[has] - wrong_lp[has]).mean().item(),
+                "wrong_exact": wrong_hit[has].float().mean().item(),
+                "exact_margin": (exact[has].float() - wrong_hit[has].float()).mean().item(),
+                "questions": int(has.sum())}
+    return {"n_composed": n_q, "composed": _mean(exact), "composed_logprob": _mean(logprob), "specificity": spec,
+            "conditional": {"composed": _mean(exact[knows]), "n": int(knows.sum())}}
+
+
 def split_metrics(per_set: dict[str, tuple[torch.Tensor, torch.Tensor]], probes: list[SplitProbe],
                   wrong: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, dict]:
-    """``{familiarity: metrics}`` (module docstring) from the per-row ``(exact, logprob)`` of
-    every eval set (``per_set``) and of the wrong-answer rows (``wrong``, in probe order)."""
+    """``{familiarity: metrics}`` (:func:`composed_metrics`) from the per-row ``(exact, logprob)``
+    of every eval set (``per_set``) and of the wrong-answer rows (``wrong``, in probe order)."""
     out, start = {}, 0
     for p in probes:
         exact, logprob = per_set[f"{p.familiarity}/two_hop_unseen"]
         n = len(p.wrong)
-        w_exact, w_lp = (wrong[0][start:start + n], wrong[1][start:start + n]) if n else (None, None)
+        rows = (wrong[0][start:start + n], wrong[1][start:start + n]) if n else None
         start += n
         owner = torch.tensor([i for i, _ in p.wrong], dtype=torch.long)
-        has = torch.zeros(len(p.composed), dtype=torch.bool)
-        wrong_p, wrong_lp, wrong_hit = (torch.zeros(len(p.composed)) for _ in range(3))
-        if n:
-            count = torch.zeros(len(p.composed)).index_add_(0, owner, torch.ones(n))
-            has = count > 0
-            wrong_p = torch.zeros(len(p.composed)).index_add_(0, owner, w_lp.exp()) / count.clamp(min=1)
-            wrong_lp = torch.zeros(len(p.composed)).index_add_(0, owner, w_lp) / count.clamp(min=1)
-            wrong_hit = torch.zeros(len(p.composed)).index_add_(0, owner, w_exact.float()) > 0
-        right_p = logprob.exp()
-        spec = None
-        if has.any():
-            right, wrong_mean = right_p[has].mean().item(), wrong_p[has].mean().item()
-            spec = {"right": right, "wrong": wrong_mean, "margin": right - wrong_mean,
-                    "logprob_margin": (logprob[has] - wrong_lp[has]).mean().item(),
-                    "wrong_exact": wrong_hit[has].float().mean().item(),
-                    "exact_margin": (exact[has].float() - wrong_hit[has].float()).mean().item(),
-                    "questions": int(has.sum())}
         ab_ok, bc_ok = per_set[f"{p.familiarity}/one_hop_AB"][0], per_set[f"{p.familiarity}/one_hop_BC"][0]
         knows = torch.tensor([bool(ab_ok[a]) and bool(bc_ok[b]) for a, b in p.hops], dtype=torch.bool)
-        out[p.familiarity] = {"n_composed": len(p.composed), "composed": _mean(exact), "composed_logprob": _mean(logprob),
-                              "specificity": spec,
-                              "conditional": {"composed": _mean(exact[knows]), "n": int(knows.sum())}}
+        out[p.familiarity] = composed_metrics(exact, logprob, knows, owner, rows)
     return out
 
 

@@ -10,8 +10,11 @@ pass per model) plus the broadcast controls:
 - ``composed``: exact match (teacher-forced argmax = greedy decoding of the answer span) on
   the split's composed questions (two-hop questions no expert trained);
 - ``composed_logprob``: their mean gold-answer log-probability (the primary continuous metric);
-- ``specificity``: ``right`` mean P(gold answer), ``wrong`` mean over questions of the mean
-  P(another composed question's answer of the split) on the same prompt, ``margin``;
+- ``specificity``: over the questions with another composed answer of their relation in the
+  split, ``right`` mean P(gold answer), ``wrong`` mean over questions of the mean P(another
+  answer) on the same prompt, ``margin``, and their log-space and exact-match forms
+  (:func:`toymodels.pretrained_metrics.composed_metrics`, the two-hop family's own); None where
+  no question has another answer;
 - ``conditional``: composed accuracy over the questions whose two one-hop facts (the
   person's birthplace, the city's r2) the same model answers; ``n`` of them;
 - ``facts[name]``: exact match on what member expert ``name`` taught of the split;
@@ -39,7 +42,7 @@ from toymodels.config import Config, check_fields, counts
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
 from toymodels.pretrained import LogitsLM
-from toymodels.pretrained_metrics import answer_rows
+from toymodels.pretrained_metrics import answer_rows, composed_metrics
 from toymodels.pretrained_two_hop import broadcast, encode_controls
 from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
@@ -156,18 +159,12 @@ def _mean(x: torch.Tensor) -> float | None:
 
 def split_scores(s: dict, split: str, tests: list[Chain], n_wrong: int, members: Sequence[str],
                  casts: dict[str, float]) -> dict:
-    """One split's metrics (module docstring) from the sheet's scores ``s``."""
+    """One split's metrics (module docstring; :func:`toymodels.pretrained_metrics.composed_metrics`,
+    the two-hop family's own) from the sheet's scores ``s``."""
     exact, logprob = s[f"{split}/composed"]
-    counts = [len(w) for w in wrong_answers(tests, n_wrong)]
-    wrong_p = s[f"{split}/wrong"][1].exp().split(counts)
-    wrong = [w.mean().item() for w in wrong_p if len(w)]
-    right = logprob.exp().mean().item()
-    wrong_mean = float(np.mean(wrong)) if wrong else None
-    ok = s[f"{split}/hop1"][0] & s[f"{split}/hop2"][0]
-    out = {"n_composed": len(tests), "composed": _mean(exact), "composed_logprob": _mean(logprob),
-           "specificity": {"right": right, "wrong": wrong_mean,
-                           "margin": None if wrong_mean is None else right - wrong_mean},
-           "conditional": {"composed": _mean(exact[ok]), "n": int(ok.sum())}}
+    owner = torch.tensor([i for i, w in enumerate(wrong_answers(tests, n_wrong)) for _ in w], dtype=torch.long)
+    knows = s[f"{split}/hop1"][0] & s[f"{split}/hop2"][0]
+    out = composed_metrics(exact, logprob, knows, owner, s[f"{split}/wrong"] if len(owner) else None)
     if split in TRAINED:
         out["facts"] = {m: _mean(s[f"{split}/facts/{m}"][0]) for m in members if f"{split}/facts/{m}" in s}
         out["broadcast"] = {e: _broadcast_mean(casts, split, e) for e in ("BC", "AC")}

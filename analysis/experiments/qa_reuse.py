@@ -113,9 +113,15 @@ def beyond(r: Result, model: str, split: str) -> float:
     return split_score(r, model, split)["composed"] - control(r, model, split)
 
 
+def margin(score: dict) -> float | None:
+    """A split score's specificity margin P(gold) - P(another composed answer); None where no
+    question of the split has another answer to compare with."""
+    return (score["specificity"] or {}).get("margin")
+
+
 def spec_gain(r: Result, model: str, split: str) -> float | None:
     """``model``'s specificity margin on ``split`` minus the base's (None where either is undefined)."""
-    mine, base = split_score(r, model, split)["specificity"]["margin"], split_score(r, "base", split)["specificity"]["margin"]
+    mine, base = margin(split_score(r, model, split)), margin(split_score(r, "base", split))
     return None if mine is None or base is None else mine - base
 
 
@@ -238,7 +244,7 @@ def print_tables(r: Result, out=None) -> None:
         row = [name]
         for sp in splits:
             s = split_score(r, name, sp)
-            row += [_cell(s["composed"]), _cell(s["composed_logprob"], ".1f"), _cell(s["specificity"]["margin"]),
+            row += [_cell(s["composed"]), _cell(s["composed_logprob"], ".1f"), _cell(margin(s)),
                     _cell(control(r, name, sp))]
         rows.append(row)
     print("composed questions: exact match, mean gold log-prob, specificity margin, control (max of base "

@@ -23,7 +23,7 @@ def _mean(values) -> float:
 
 def qa_figure(results: list[Result]):
     """``(figure, plotted numbers)``."""
-    from analysis.experiments.qa_reuse import control, split_score
+    from analysis.experiments.qa_reuse import control, margin, split_score
 
     if not results:
         raise MissingResultsError(f"figure needs qa_reuse results: run `{run_command('qa_reuse', 'quick')}`")
@@ -38,7 +38,7 @@ def qa_figure(results: list[Result]):
         for i, sp in enumerate(splits):
             def get(r, m):
                 s = split_score(r, m, sp)
-                return None if s is None else (s["composed"] if what == "composed" else s["specificity"]["margin"])
+                return None if s is None else (s["composed"] if what == "composed" else margin(s))
             values = [_mean([get(r, m) for r in results]) for m in models]
             pos = x + (i - (len(splits) - 1) / 2) * width
             color, hatch = SPLIT_STYLE[sp]
