@@ -42,7 +42,7 @@ from toymodels.config import Config, check_fields, counts
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
 from toymodels.pretrained import LogitsLM
-from toymodels.pretrained_metrics import answer_rows, composed_metrics
+from toymodels.pretrained_metrics import answer_rows, composed_metrics, mean_or_none
 from toymodels.pretrained_two_hop import broadcast, encode_controls
 from toymodels.progress import Progress, open_bar
 from toymodels.protocol import LIBRARIES, Backend, TaskFamily, run_protocol, train_summary
@@ -153,10 +153,6 @@ def sheet_parts(chains: list[Chain], n_wrong: int) -> dict[str, list[Pair]]:
     return parts
 
 
-def _mean(x: torch.Tensor) -> float | None:
-    return x.float().mean().item() if len(x) else None
-
-
 def split_scores(s: dict, split: str, tests: list[Chain], n_wrong: int, members: Sequence[str],
                  casts: dict[str, float]) -> dict:
     """One split's metrics (module docstring; :func:`toymodels.pretrained_metrics.composed_metrics`,
@@ -166,7 +162,7 @@ def split_scores(s: dict, split: str, tests: list[Chain], n_wrong: int, members:
     knows = s[f"{split}/hop1"][0] & s[f"{split}/hop2"][0]
     out = composed_metrics(exact, logprob, knows, owner, s[f"{split}/wrong"] if len(owner) else None)
     if split in TRAINED:
-        out["facts"] = {m: _mean(s[f"{split}/facts/{m}"][0]) for m in members if f"{split}/facts/{m}" in s}
+        out["facts"] = {m: mean_or_none(s[f"{split}/facts/{m}"][0]) for m in members if f"{split}/facts/{m}" in s}
         out["broadcast"] = {e: _broadcast_mean(casts, split, e) for e in ("BC", "AC")}
     return out
 
@@ -183,7 +179,7 @@ def score_model(model: nn.Module, sheet: Sheet, chains: list[Chain], n_wrong: in
     casts = broadcast(model, controls, control_rows)
     splits = {split: split_scores(s, split, composed_chains(chains, split), n_wrong, members, casts)
               for split in SPLITS if f"{split}/composed" in s}
-    return {"splits": splits, "retention": {k.split("/", 1)[1]: _mean(v[0]) for k, v in s.items()
+    return {"splits": splits, "retention": {k.split("/", 1)[1]: mean_or_none(v[0]) for k, v in s.items()
                                             if k.startswith("retention/") and len(v[0])}}
 
 

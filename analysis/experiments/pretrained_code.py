@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.experiments.pretrained_two_hop import SOURCE_HELP, check_available, model_label
+from analysis.experiments.pretrained_two_hop import check_available, check_model_source, model_label
 from analysis.figures.pretrained_code import code_base_figure
 from analysis.registry import ClaimMeasure, Experiment, Result, register
 from analysis.stats import ACCURACY
@@ -54,12 +54,7 @@ class CodeRunConfig(Config):
     seed: int = 0
 
     def __post_init__(self):
-        if self.model is not None:
-            if not self.model.strip():
-                raise ValueError(f"model={self.model!r}: give {SOURCE_HELP}")
-            from toymodels.pretrained import resolve_source
-
-            resolve_source(self.model)  # one-line FileNotFoundError / ValueError for a bad path
+        check_model_source(self.model)
 
 
 def grid(profile: str) -> list[CodeRunConfig]:

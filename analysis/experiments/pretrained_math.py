@@ -53,7 +53,7 @@ import numpy as np
 from analysis.cache import run_command
 from analysis.experiments.math_reuse import CLOSE, MARGIN, NEAR, beyond_control, composes_near_ceiling, data_free
 from analysis.experiments.math_reuse import per_seed, value
-from analysis.experiments.pretrained_two_hop import SOURCE_HELP, check_available, model_label
+from analysis.experiments.pretrained_two_hop import check_available, check_model_source, model_label
 from analysis.registry import Ceiling, ClaimMeasure, Experiment, Result, register
 from analysis.stats import ACCURACY, DIFFERENCE
 from analysis.tables import print_table
@@ -77,12 +77,7 @@ class MathPreRunConfig(Config):
     reuse_below_gate: bool = False  # run the reuse protocol even where the base fails MATH-PRE-0's gate
 
     def __post_init__(self):
-        if self.model is not None:
-            if not self.model.strip():
-                raise ValueError(f"model={self.model!r}: give {SOURCE_HELP}")
-            from toymodels.pretrained import resolve_source
-
-            resolve_source(self.model)
+        check_model_source(self.model)
 
 
 def grid(profile: str) -> list[MathPreRunConfig]:

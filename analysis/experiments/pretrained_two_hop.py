@@ -52,6 +52,18 @@ INSTALL = "make install-pretrained"
 SOURCE_HELP = "a .gguf file or a local Hugging Face model folder; default (none): the bundled SmolLM2-135M-Instruct"
 
 
+def check_model_source(model: str | None) -> None:
+    """A config's ``model``: ``None`` (the bundled model) or a path that exists and loads
+    (a one-line ValueError / FileNotFoundError otherwise); every pretrained config calls it."""
+    if model is None:
+        return
+    if not model.strip():
+        raise ValueError(f"model={model!r}: give {SOURCE_HELP}")
+    from toymodels.pretrained import resolve_source
+
+    resolve_source(model)
+
+
 @dataclass(frozen=True)
 class PretrainedRunConfig(Config):
     """``protocol``: the protocol config; ``model``: where the weights come from (module
@@ -66,12 +78,7 @@ class PretrainedRunConfig(Config):
     def __post_init__(self):
         if self.lora_backend not in LORA_BACKENDS:
             raise ValueError(f"lora_backend={self.lora_backend!r}: must be one of {', '.join(LORA_BACKENDS)}")
-        if self.model is not None:
-            if not self.model.strip():
-                raise ValueError(f"model={self.model!r}: give {SOURCE_HELP}")
-            from toymodels.pretrained import resolve_source
-
-            resolve_source(self.model)  # one-line FileNotFoundError / ValueError for a bad path
+        check_model_source(self.model)
 
 
 SEEDS = {"quick": (0, 1), "paper": (0, 1, 2)}  # each an independent draw of entities, controls and LoRA inits

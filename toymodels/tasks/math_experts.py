@@ -77,7 +77,7 @@ class MathExpertSet(SpanExpertSet):
     problems: dict[str, list[Problem]]
 
 
-def _facts_problems(world: MathWorld, ents: np.ndarray, per_fact: int, rng: np.random.Generator) -> list[Problem]:
+def facts_problems_of(world: MathWorld, ents: np.ndarray, per_fact: int, rng: np.random.Generator) -> list[Problem]:
     """``per_fact`` familiar-type problems per fact of ``ents`` holding that fact's lookup line;
     any second slot is another of ``ents``, so no other entity's fact enters the data."""
     out = []
@@ -141,7 +141,7 @@ def _key(p: Problem) -> tuple:
     return p.qtype, p.entities, p.consts, p.facts  # distractor sentences do not make a new question
 
 
-def _distinct(problems: list[Problem], exclude: list[Problem] = ()) -> list[Problem]:
+def distinct_problems(problems: list[Problem], exclude: list[Problem] = ()) -> list[Problem]:
     """``problems`` without repeats and without any of ``exclude`` (same question, same text)."""
     out, seen = [], {_key(p) for p in exclude}
     for p in problems:
@@ -167,7 +167,7 @@ def make_math_expert_set(pre: MathPretraining, cfg: MathExpertConfig, rng: np.ra
     train: dict[str, Examples] = {}
     for name, ents in entities.items():
         if cfg.template == "same":
-            problems[name] = _facts_problems(world, ents, cfg.per_fact, g_facts)
+            problems[name] = facts_problems_of(world, ents, cfg.per_fact, g_facts)
             train[name] = problems_examples(world, problems[name], fmt)
         else:
             train[name] = encode([atomic_row(tok, int(e), a, int(world.values[e, a])) for e in ents
@@ -176,7 +176,7 @@ def make_math_expert_set(pre: MathPretraining, cfg: MathExpertConfig, rng: np.ra
                                           True, d, g_proc)
     composed_pool = draw_problems(world, combos(world, world.new_qtypes, entities["facts"]), 4 * cfg.n_composed,
                                   False, d, g_comp)
-    problems["composed"] = _distinct(composed_pool)[:cfg.n_composed]
+    problems["composed"] = distinct_problems(composed_pool)[:cfg.n_composed]
     if len(problems["composed"]) < cfg.n_composed:
         raise ValueError(f"experts.n_composed={cfg.n_composed}: only {len(problems['composed'])} distinct composed "
                          f"problems exist; lower it or add world.n_new_qtypes / n_fact_entities")
@@ -191,10 +191,10 @@ def make_math_expert_set(pre: MathPretraining, cfg: MathExpertConfig, rng: np.ra
         return draw_problems(world, combos(world, qtypes, ents), 2 * n, given, d, g_probe)
 
     probe_problems = {  # each skill alone, on questions no expert trained on
-        "facts_in_familiar": _distinct(draw(world.familiar_qtypes, entities["facts"], False),
+        "facts_in_familiar": distinct_problems(draw(world.familiar_qtypes, entities["facts"], False),
                                        problems.get("facts", [])),
-        "procedure_on_memory": _distinct(draw(world.new_qtypes, world.familiar, False)),
-        "procedure_in_context": _distinct(draw(world.new_qtypes, world.context, True), problems["procedure"])}
+        "procedure_on_memory": distinct_problems(draw(world.new_qtypes, world.familiar, False)),
+        "procedure_in_context": distinct_problems(draw(world.new_qtypes, world.context, True), problems["procedure"])}
     probe_problems = {k: v[:n] for k, v in probe_problems.items()}
     problems |= {f"probe/{k}": v for k, v in probe_problems.items()}
     probes = {"facts_atomic": encode([atomic_row(tok, int(e), a, int(world.values[e, a])) for e in entities["facts"]
