@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install install-pretrained pretrained pretrained-tasks reproduce test theory mutation clean
+.PHONY: install install-pretrained pretrained pretrained-peft pretrained-tasks reproduce test theory mutation clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ install-pretrained: $(STAMP)
 # figures/pretrained/. The theory checks are not rerun (make reproduce / make theory do).
 pretrained: install-pretrained
 	$(BIN)/lora-limits reproduce --profile quick --only pretrained_two_hop --figures figures/pretrained
+
+# PEFT as a cross-check (issue 13): every pretrained_two_hop seed with our LoRA and with PEFT's
+# get_peft_model; the `ours` runs that `make pretrained` cached are reused, so after it this
+# trains only the PEFT side. Report + figure in figures/pretrained_peft/.
+pretrained-peft: install-pretrained
+	$(BIN)/lora-limits reproduce --profile quick --only pretrained_peft --figures figures/pretrained_peft
 
 # The journal version's task families on the pretrained model, quick profile: history/geography
 # QA reuse, math word problems in English, and the code family's precondition (can the base write
