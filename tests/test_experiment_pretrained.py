@@ -17,6 +17,7 @@ import torch
 from analysis import registry
 from analysis.cli import main
 from analysis.errors import UsageError
+from analysis.registry import Result
 from toymodels.lora import LoRAConfig
 from toymodels.scoring import ReuseOptions
 from toymodels.tasks import natural
@@ -330,3 +331,33 @@ def test_reproduce_only_writes_its_report_and_figures_without_theory(tiny_folder
     assert main([*argv[:2], "pretrained_two_hopp", *argv[3:]]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--only pretrained_two_hopp: no such experiment" in err
+
+
+def _spec_result(seed: int, margins: dict[str, float]) -> Result:
+    """A hand-made pretrained_two_hop result: split H, each model's specificity logprob margin."""
+    c = exp.grid("quick")[0]
+    c = dataclasses.replace(c, seed=seed)
+    table = {m: {"H": {"composed": 0.0, "specificity": {"logprob_margin": v, "exact_margin": v / 10}}}
+             for m, v in margins.items()}
+    return Result(c.key(), c, {"table": table})
+
+
+def test_pre1_ceiling_is_the_joint_lora_over_the_base_and_flips_when_they_swap():
+    """PRE-1's ceiling reads joint/hops minus base on the claim's own measure: a joint LoRA above
+    the base clears the margin; the same numbers with joint and base swapped do not, and the
+    report then says "not testable" whatever the reuse measure reads."""
+    from analysis.experiments.pretrained_claims import joint_ceiling, joint_excess
+    from analysis.report import judge_measure
+    from analysis.verdict import NOT_SUPPORTED, NOT_TESTABLE
+
+    up = [_spec_result(s, {"base": 1.0, "joint/hops": 3.0 + s / 10, "average/hops": 2.5 + s / 5}) for s in range(3)]
+    down = [_spec_result(s, {"base": 3.0 + s / 10, "joint/hops": 1.0, "average/hops": 2.5 + s / 5}) for s in range(3)]
+    assert joint_excess("H", "logprob_margin")(up) == pytest.approx([2.0, 2.1, 2.2])
+    assert joint_excess("H", "logprob_margin")(down) == pytest.approx([-2.0, -2.1, -2.2])
+    assert joint_excess("H", "exact_margin")(up) == pytest.approx([0.2, 0.21, 0.22])
+    ceiling = joint_ceiling("H", "logprob_margin", 0.5)
+    assert ceiling.threshold == 0.5 and "joint/hops" in ceiling.name
+    measure = next(m for m in registry.get("pretrained_two_hop").claims if m.claim.id == "PRE-1-H-logprob")
+    assert measure.ceiling is not None and measure.ceiling.threshold == 0.5
+    assert judge_measure(measure, up)[0].outcome == NOT_SUPPORTED  # reuse +1.5 over the base, ceiling +2.0
+    assert judge_measure(measure, down)[0].outcome == NOT_TESTABLE  # the joint LoRA is below the base
