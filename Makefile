@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install install-pretrained pretrained pretrained-peft pretrained-tasks reproduce test theory mutation clean
+.PHONY: install install-pretrained pretrained pretrained-paper pretrained-peft pretrained-tasks reproduce test theory mutation clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ install-pretrained: $(STAMP)
 # figures/pretrained/. The theory checks are not rerun (make reproduce / make theory do).
 pretrained: install-pretrained
 	$(BIN)/lora-limits reproduce --profile quick --only pretrained_two_hop --figures figures/pretrained
+
+# The pretrained experiment's paper profile (3 seeds, 8 countries x 3 cities, every method):
+# 80 min wall on 2 CPU cores (measured), report + figures in figures/paper/pretrained/.
+pretrained-paper: install-pretrained
+	$(BIN)/lora-limits reproduce --profile paper --only pretrained_two_hop --figures figures/paper/pretrained
 
 # PEFT as a cross-check (issue 13): every pretrained_two_hop seed with our LoRA and with PEFT's
 # get_peft_model; the `ours` runs that `make pretrained` cached are reused, so after it this
