@@ -85,8 +85,8 @@ def _specificity_panel(ax, rows: list[dict], models: list[str], fams: list[str])
     if is_empty([v for f in panel.values() for v in f["logprob_margin"]]):
         note_empty(ax, "no margin to show: every margin is 0, or no split\nhas two composed answers of one relation to compare")
     ax.set_xticks(x, models, rotation=60, ha="right", fontsize=6)
-    ax.set_ylabel("log P(right) - log P(wrong), nats")
-    ax.set_title("specificity on the composed prompts")
+    ax.set_ylabel("margin, nats")  # short: a longer rotated label reached the suptitle
+    ax.set_title("specificity: log P(right) - log P(wrong)")
     return panel
 
 
