@@ -1,5 +1,7 @@
 """The training loop: memorisation, answer-only loss, frozen params, schedule, determinism,
 exact match (teacher forcing == greedy decoding), config validation."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -104,6 +106,23 @@ def test_warmup_then_cosine_or_linear_decay_to_the_floor():
     assert cfg.lr_factor(55) == pytest.approx(0.55)  # cosine midpoint: halfway to the floor
     linear = TrainConfig(steps=100, warmup_steps=0, schedule="linear", min_lr_frac=0.0)
     assert linear.lr_factor(25) == pytest.approx(0.75)
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_share_to_the_floor():
+    """Warmup-stable-decay: warmup, lr held at its peak, then a straight line down over the
+    last ``decay_frac`` of the post-warmup steps, reaching ``min_lr_frac`` on the last step;
+    ``decay_frac`` is an opt-in field, so configs without it keep their cache keys."""
+    cfg = TrainConfig(steps=110, warmup_steps=10, schedule="wsd", decay_frac=0.2, min_lr_frac=0.1)
+    assert cfg.lr_factor(0) == pytest.approx(0.1) and cfg.lr_factor(9) == pytest.approx(1.0)
+    assert [cfg.lr_factor(s) for s in (10, 50, 89)] == pytest.approx([1.0, 1.0, 1.0])  # stable
+    decay = [cfg.lr_factor(s) for s in range(90, 110)]  # 20 = 0.2 x 100 post-warmup steps
+    assert decay[0] < 1.0 and decay[-1] == pytest.approx(0.1)
+    assert np.diff(decay) == pytest.approx([-0.9 / 20] * 19)  # linear
+    longer = dataclasses.replace(cfg, decay_frac=0.5)
+    assert longer.lr_factor(59) == pytest.approx(1.0) and longer.lr_factor(60) < 1.0
+    assert "decay_frac" not in TrainConfig().to_dict() and "decay_frac" in longer.to_dict()
+    with pytest.raises(ValueError, match="decay_frac"):
+        TrainConfig(decay_frac=0.0)
 
 
 def test_progress_false_prints_nothing(capsys):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toymodels.config import Config, check_fields
+from toymodels.config import Config, check_fields, opt_in
 from toymodels.progress import Progress, open_bar
 from toymodels.tasks import Examples
 
@@ -35,12 +35,15 @@ class TrainConfig(Config):
     weight_decay: float = 1.0
     decay_embeddings: bool = False  # False keeps never-seen tokens at their init scale (split F)
     warmup_steps: int = 100
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
     min_lr_frac: float = 0.1  # the decay ends at lr * min_lr_frac
     grad_clip: float | None = 1.0
     eval_every: int = 100
     target_acc: float | None = None  # stop once the target eval set(s) reach it
     target_set: str | None = None  # None: every eval set must reach target_acc
+    # "wsd" (warmup-stable-decay): constant lr, then a linear decay over the last decay_frac of
+    # the steps (issue 11 item 3: sharpen a noisy constant-lr fit at the end of the budget)
+    decay_frac: float = opt_in(0.2)
 
     def __post_init__(self):
         checks = {
@@ -48,13 +51,14 @@ class TrainConfig(Config):
             "lr": (self.lr > 0, "> 0"), "weight_decay": (self.weight_decay >= 0, ">= 0"),
             "warmup_steps": (0 <= self.warmup_steps < self.steps, "in [0, steps)"),
             "min_lr_frac": (0 <= self.min_lr_frac <= 1, "in [0, 1]"),
+            "decay_frac": (0 < self.decay_frac <= 1, "in (0, 1]"),
             "grad_clip": (self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
             "eval_every": (self.eval_every >= 1, ">= 1"),
             "target_acc": (self.target_acc is None or 0 < self.target_acc <= 1, "in (0, 1] or None"),
         }
         check_fields("train", self, checks)
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"train.schedule={self.schedule!r}: must be one of cosine, linear, constant")
+        if self.schedule not in ("cosine", "linear", "constant", "wsd"):
+            raise ValueError(f"train.schedule={self.schedule!r}: must be one of cosine, linear, constant, wsd")
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at ``step``: linear warmup, then the decay ``schedule``."""
@@ -62,6 +66,11 @@ class TrainConfig(Config):
             return (step + 1) / self.warmup_steps
         if self.schedule == "constant":
             return 1.0
+        if self.schedule == "wsd":
+            decay_start = self.steps - max(1, round(self.decay_frac * (self.steps - self.warmup_steps)))
+            if step < decay_start:
+                return 1.0
+            return 1 - (1 - self.min_lr_frac) * (step - decay_start + 1) / (self.steps - decay_start)
         progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
         return self.min_lr_frac + (1 - self.min_lr_frac) * shape
