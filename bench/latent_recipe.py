@@ -34,6 +34,11 @@ VARIANTS = {
     "E60R16_d64_wsd20": {**SMALL, "train": {"schedule": "wsd", "decay_frac": 0.2}},
     "E60R16_d64_wsd40": {**SMALL, "train": {"schedule": "wsd", "decay_frac": 0.4}},
     "d64_wsd20": {"model": {"d_model": 64, "d_mlp": 256}, "train": {"schedule": "wsd", "decay_frac": 0.2}},
+    "today_wsd20": {"train": {"schedule": "wsd", "decay_frac": 0.2}},
+    # presets.large_base's graph (320 entities, 10% OOD, 224 new tokens), where today's latent
+    # recipe does not compose at 3,000 steps (issue 12's blocker)
+    "large_d64_wsd20": {"graph": {"n_entities": 320, "n_new": 224}, "task": {"ood_frac": 0.1},
+                        "model": {"d_model": 64, "d_mlp": 256}, "train": {"schedule": "wsd", "decay_frac": 0.2}},
 }
 
 
@@ -49,7 +54,7 @@ def variant(spec: dict, budget: float) -> tuple[BaseConfig, int]:
     """The changed preset, its step cap at ``budget`` of today's FLOPs, and today's FLOPs."""
     today = presets.quick_base("latent")
     graph = dataclasses.replace(today.task.graph, **spec.get("graph", {}))
-    task = dataclasses.replace(today.task, graph=graph)
+    task = dataclasses.replace(today.task, graph=graph, **spec.get("task", {}))
     model = dataclasses.replace(today.model, d_vocab=graph.d_vocab, **spec.get("model", {}))
     reference = flops(today.train.steps, today.train.batch_size, n_params(today))
     probe = BaseConfig(task=task, model=model, train=today.train)
