@@ -236,3 +236,29 @@ def test_answer_positions_rows_compare_the_fast_and_full_logit_paths():
     rows = answer_positions(tiny_llama(seeded(0)), "tiny", (2, 8), torch.device("cpu"), repeats=1)
     assert [r.name for r in rows] == ["hf_answer_logits_step_tiny", "hf_answer_logits_score_tiny"]
     assert all(r.value > 0 and r.reference > 0 and r.target == (">=", 1.0) for r in rows)
+
+
+def test_latent_recipe_caps_steps_at_the_flops_budget_and_appends_one_line(tmp_path, monkeypatch):
+    """bench/latent_recipe.py: a variant's step cap spends at most ``budget`` of today's FLOPs
+    (and one more step would exceed it), the spec reaches the config, and a run appends one
+    JSON line with its curves (run here on a tiny budget)."""
+    import json
+
+    from bench import latent_recipe as lr
+
+    today = lr.presets.quick_base("latent")
+    cfg, reference = lr.variant(lr.VARIANTS["E60R16_d64_wsd20"], 1 / 3)
+    assert reference == lr.flops(today.train.steps, today.train.batch_size, lr.n_params(today))
+    assert (cfg.task.graph.n_entities, cfg.task.graph.n_relations, cfg.model.d_model) == (60, 16, 64)
+    assert cfg.train.schedule == "wsd" and cfg.train.decay_frac == 0.2
+    per_step = lr.flops(1, cfg.train.batch_size, lr.n_params(cfg))
+    assert cfg.train.steps * per_step <= reference / 3 < (cfg.train.steps + 1) * per_step
+    tiny = {"graph": {"n_entities": 12, "n_relations": 3, "n_new": 4},
+            "model": {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_mlp": 32},
+            "train": {"schedule": "wsd", "warmup_steps": 0, "eval_every": 5}}
+    monkeypatch.setitem(lr.VARIANTS, "tiny", tiny)
+    log = tmp_path / "sweep.jsonl"
+    assert lr.main(["tiny", "--seed", "0", "--budget", "0.0001", "--log", str(log)]) == 0
+    (row,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert row["name"] == "tiny" and row["spec"] == tiny and row["steps"] == row["step_cap"] >= 5
+    assert row["flops_vs_today"] <= 0.0001 and set(row["curves"]) >= {"test_id", "val_id"}
