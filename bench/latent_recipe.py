@@ -22,7 +22,7 @@ import torch
 
 from analysis.provenance import machine
 from toymodels import presets
-from toymodels.model import GPT
+from toymodels.model import GPT, ModelConfig
 from toymodels.pipeline import BaseConfig, train_base
 
 LOG = Path(__file__).parent / "results" / "latent_recipe_sweep.jsonl"
@@ -46,20 +46,19 @@ def flops(steps: int, batch: int, params: int) -> int:
     return steps * batch * 6 * params * TOKENS_PER_ROW
 
 
-def n_params(cfg: BaseConfig) -> int:
-    return sum(p.numel() for p in GPT(cfg.model).parameters())
+def n_params(model: ModelConfig) -> int:
+    return sum(p.numel() for p in GPT(model).parameters())
 
 
 def variant(spec: dict, budget: float) -> tuple[BaseConfig, int]:
-    """The changed preset, its step cap at ``budget`` of today's FLOPs, and today's FLOPs."""
+    """The changed preset (its step cap at ``budget`` of today's FLOPs) and today's FLOPs."""
     today = presets.quick_base("latent")
     graph = dataclasses.replace(today.task.graph, **spec.get("graph", {}))
     task = dataclasses.replace(today.task, graph=graph, **spec.get("task", {}))
     model = dataclasses.replace(today.model, d_vocab=graph.d_vocab, **spec.get("model", {}))
-    reference = flops(today.train.steps, today.train.batch_size, n_params(today))
-    probe = BaseConfig(task=task, model=model, train=today.train)
+    reference = flops(today.train.steps, today.train.batch_size, n_params(today.model))
     batch = spec.get("train", {}).get("batch_size", today.train.batch_size)
-    cap = int(budget * reference // (batch * 6 * n_params(probe) * TOKENS_PER_ROW))
+    cap = int(budget * reference // flops(1, batch, n_params(model)))
     train = dataclasses.replace(today.train, **{"eval_every": 50, **spec.get("train", {}), "steps": cap})
     return BaseConfig(task=task, model=model, train=train), reference
 
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = VARIANTS[args.name]
     cfg, reference = variant(spec, args.budget)
-    params = n_params(cfg)
+    params = n_params(cfg.model)
     start = time.perf_counter()
     run = train_base(cfg, args.seed, device="cpu")
     wall = time.perf_counter() - start

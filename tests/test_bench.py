@@ -248,10 +248,10 @@ def test_latent_recipe_caps_steps_at_the_flops_budget_and_appends_one_line(tmp_p
 
     today = lr.presets.quick_base("latent")
     cfg, reference = lr.variant(lr.VARIANTS["E60R16_d64_wsd20"], 1 / 3)
-    assert reference == lr.flops(today.train.steps, today.train.batch_size, lr.n_params(today))
+    assert reference == lr.flops(today.train.steps, today.train.batch_size, lr.n_params(today.model))
     assert (cfg.task.graph.n_entities, cfg.task.graph.n_relations, cfg.model.d_model) == (60, 16, 64)
     assert cfg.train.schedule == "wsd" and cfg.train.decay_frac == 0.2
-    per_step = lr.flops(1, cfg.train.batch_size, lr.n_params(cfg))
+    per_step = lr.flops(1, cfg.train.batch_size, lr.n_params(cfg.model))
     assert cfg.train.steps * per_step <= reference / 3 < (cfg.train.steps + 1) * per_step
     tiny = {"graph": {"n_entities": 12, "n_relations": 3, "n_new": 4},
             "model": {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_mlp": 32},
