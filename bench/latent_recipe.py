@@ -39,6 +39,8 @@ VARIANTS = {
     # recipe does not compose at 3,000 steps (issue 12's blocker)
     "large_d64_wsd20": {"graph": {"n_entities": 320, "n_new": 224}, "task": {"ood_frac": 0.1},
                         "model": {"d_model": 64, "d_mlp": 256}, "train": {"schedule": "wsd", "decay_frac": 0.2}},
+    "large_wsd20": {"graph": {"n_entities": 320, "n_new": 224}, "task": {"ood_frac": 0.1},
+                    "train": {"schedule": "wsd", "decay_frac": 0.2}},
 }
 
 
