@@ -5,7 +5,9 @@
 A variant is a change to ``presets.quick_base("latent")`` (graph, model, train fields); the
 run is capped at ``--budget`` (default 1/3) of today's training FLOPs, counted as
 steps x batch x 6 x params x 5 tokens (params in full, embeddings included), and stops early
-once ``val_id`` reaches 95% (the preset's own stop). Run it one at a time, one thread::
+once ``val_id`` reaches 95% (the preset's own stop). The count is the one the first sweep
+and ``quick_base``'s docstring use (the issue's "steps x batch x model size"), kept so the runs
+stay comparable; ``bench.toy_step.train_flops`` counts the matmuls instead, for MFU. Run it one at a time, one thread::
 
     OMP_NUM_THREADS=1 python -m bench.latent_recipe E60R16_d64_wsd20 --seed 0
 """
@@ -79,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     run = train_base(cfg, args.seed, device="cpu")
     wall = time.perf_counter() - start
     r = run.result
+    spent = flops(r.steps, cfg.train.batch_size, params)
     row = {"name": args.name, "seed": args.seed, "spec": spec, "config": cfg.to_dict(), "params": params,
            "steps": r.steps, "step_cap": cfg.train.steps, "batch": cfg.train.batch_size, "wall_s": round(wall, 1),
            "threads": torch.get_num_threads(), "machine": machine("cpu"),
-           "flops": flops(r.steps, cfg.train.batch_size, params),
-           "flops_vs_today": round(flops(r.steps, cfg.train.batch_size, params) / reference, 4),
+           "flops": spent, "flops_vs_today": round(spent / reference, 4),
            "reached": r.reached_target, "final": r.final(), "eval_steps": r.eval_steps, "curves": r.curves,
            "losses": r.losses}
     with args.log.open("a") as f:  # one line per run, appended whole

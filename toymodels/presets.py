@@ -115,8 +115,9 @@ def quick_base(fmt: str = "latent") -> BaseConfig:
     CHEAPER LATENT RECIPE (issue 11 item 3): NEARLY MET, NOT ADOPTED (2026-12-02): with
     ``schedule="wsd", decay_frac=0.2`` the best small recipe below (4 x 64, graph 60 x 16)
     reaches test_id / val_id 0.977/0.969, 0.957/0.949, 0.943/0.955, 0.965/0.982, 0.963/0.955
-    for seeds 0-4 at 0.31-0.33 of today's FLOPs (constant lr: 0.75-0.82); adopting it changes every toy experiment's
-    data and base, so it waits for a full regeneration (bench/latent_recipe.md). Target: >= 95% test_id and val_id for
+    for seeds 0-4 at 0.31-0.33 of today's FLOPs (constant lr: 0.75-0.82); adopting it changes
+    every toy experiment's data and base, so it waits for a full regeneration
+    (bench/latent_recipe.md). Target: >= 95% test_id and val_id for
     seeds 0-2 at <= 1/3 of this recipe's FLOPs (steps x batch x 6 x params x 5 tokens;
     today 3,000 x 256 x 6 x 833,536 x 5 = 1.92e13). Runs one at a time, 1 thread, on a 2-core
     machine shared with ~6 other jobs (wall times inflated), capped at the 1/3 budget, stop at

@@ -165,7 +165,8 @@ def draw_data(cfg: PretrainedMathConfig, seed: int) -> MathData:
     entities = {"facts": new[:n_f]} | {f"D{j}": new[(j + 1) * n_f:(j + 2) * n_f]
                                        for j in range(cfg.n_distractor_experts)}
     entities["control"] = new[(1 + cfg.n_distractor_experts) * n_f:(2 + cfg.n_distractor_experts) * n_f]
-    facts_problems = {k: facts_problems_of(world, v, cfg.per_fact, g_facts) for k, v in entities.items() if k != "control"}
+    facts_problems = {k: facts_problems_of(world, v, cfg.per_fact, g_facts)
+                      for k, v in entities.items() if k != "control"}
     procedure = draw_problems(world, combos(world, world.new_qtypes, world.context), cfg.n_procedure, True, 0, g_proc)
     pool = draw_problems(world, combos(world, world.new_qtypes, entities["facts"]), 4 * cfg.n_composed, False, 0, g_comp)
     composed = distinct_problems(pool)[:cfg.n_composed]
@@ -174,8 +175,8 @@ def draw_data(cfg: PretrainedMathConfig, seed: int) -> MathData:
                          f"exist; lower it or raise world.n_new_qtypes / n_fact_entities")
     control, new_answers = _controls(world, composed, entities["facts"], entities["control"], g_ctrl)
     n_ctx = max(cfg.n_gate, cfg.n_probe)
-    in_context = distinct_problems(draw_problems(world, combos(world, world.new_qtypes, world.context), 3 * n_ctx, True, 0,
-                                         g_ctx), procedure)[:n_ctx]
+    in_context = distinct_problems(draw_problems(world, combos(world, world.new_qtypes, world.context), 3 * n_ctx,
+                                                 True, 0, g_ctx), procedure)[:n_ctx]
     shots = draw_problems(world, combos(world, world.familiar_qtypes, world.context), cfg.n_shots, True, 0, g_shots) \
         if cfg.n_shots else []
     problems = {"procedure": procedure, "composed": composed, "control": control, "in_context": in_context,

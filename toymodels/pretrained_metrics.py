@@ -109,8 +109,8 @@ def composed_metrics(exact: torch.Tensor, logprob: torch.Tensor, knows: torch.Te
                 "wrong_exact": wrong_hit[has].float().mean().item(),
                 "exact_margin": (exact[has].float() - wrong_hit[has].float()).mean().item(),
                 "questions": int(has.sum())}
-    return {"n_composed": n_q, "composed": mean_or_none(exact), "composed_logprob": mean_or_none(logprob), "specificity": spec,
-            "conditional": {"composed": mean_or_none(exact[knows]), "n": int(knows.sum())}}
+    return {"n_composed": n_q, "composed": mean_or_none(exact), "composed_logprob": mean_or_none(logprob),
+            "specificity": spec, "conditional": {"composed": mean_or_none(exact[knows]), "n": int(knows.sum())}}
 
 
 def split_metrics(per_set: dict[str, tuple[torch.Tensor, torch.Tensor]], probes: list[SplitProbe],
