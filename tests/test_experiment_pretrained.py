@@ -21,7 +21,8 @@ from analysis.registry import Result
 from toymodels.lora import LoRAConfig
 from toymodels.scoring import ReuseOptions
 from toymodels.tasks import natural
-from toymodels.tasks.natural import NaturalConfig, broadcast_controls, known_fact_pairs, make_chains
+from toymodels.tasks.natural import NaturalConfig, known_fact_pairs, make_chains
+from toymodels.tasks.natural_probes import Control, broadcast_controls
 from toymodels.train import TrainConfig
 
 transformers = pytest.importorskip("transformers")
@@ -222,7 +223,7 @@ def test_broadcast_rate_counts_questions_answered_with_a_new_answer():
     """Against a hand count: a model that answers every question with one fixed token."""
     from toymodels.pretrained_two_hop import broadcast, encode_controls
 
-    control = natural.Control("F", "BC", "capital", ("q1 x", "q2 x", "q3 x"), ("g", "g", "g"), ("Ax", "Bx"), 4)
+    control = Control("F", "BC", "capital", ("q1 x", "q2 x", "q3 x"), ("g", "g", "g"), ("Ax", "Bx"), 4)
     tok = {"q1": 1, "q2": 2, "q3": 3, "x": 4, "Ax": 5, "Bx": 6}
 
     class Tok:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toymodels.tasks import Examples
-from toymodels.tasks.natural import FAMILIARITIES, Chain, encode_pairs
+from toymodels.tasks.natural import SPLITS, Chain, encode_pairs
 from toymodels.train import logits_at
 
 Pair = tuple[str, str]
@@ -57,7 +57,7 @@ def split_probes(chains: list[Chain], sets: dict[str, list[Pair]], n_wrong: int,
     if not isinstance(n_wrong, int) or n_wrong < 1:
         raise ValueError(f"n_wrong={n_wrong!r}: must be an integer >= 1")
     probes = []
-    for fam in FAMILIARITIES:
+    for fam in SPLITS:
         composed = sets.get(f"{fam}/two_hop_unseen", [])
         if not composed:
             continue

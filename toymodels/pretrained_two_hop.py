@@ -5,14 +5,17 @@ section 2, "Full-scale runs"; data from :mod:`toymodels.tasks.natural`).
 (``toymodels.hf_roles``; other families name their modules in ``lora.targets``) and its tokenizer
 (``toymodels.pretrained.load_causal_lm``), then
 1. measures the base model's familiarity: exact match on the one-hop facts of
-   ``natural.WORLD`` (what R assumes the model knows); with ``r_known_only`` the R split is
-   drawn from the facts it answers correctly only (``r_split`` says how many remain);
+   ``natural.WORLD`` (what R assumes the model knows; with an O split or retention sets also
+   ``OOD_WORLD``'s); with ``r_known_only`` the R and O splits are drawn from the facts it
+   answers correctly only (``r_split`` / ``o_split`` say how many remain);
 2. trains one LoRA per expert (AB, BC, AC) with :func:`toymodels.train.train`, and one joint
    LoRA per library on the union of its experts' sentences (what data access would buy);
 3. scores every model (base, single experts, joint LoRAs, each ``reuse.METHODS`` entry on
    each library ``hops`` = {AB, BC} and ``with_AC`` = {AB, BC, AC}) on every eval set of
-   every familiarity F / H / R: exact match and mean answer log-probability;
-4. the broadcast control (T2 in natural language, ``natural.broadcast_controls``): per
+   every split F / H / R (and O, ``task.ood_countries``): exact match and mean answer
+   log-probability; with ``n_retain`` also the retention sets (``natural_probes.retention_pairs``:
+   the base's own facts and two-hop chains that no expert trains);
+4. the broadcast control (T2 in natural language, ``natural_probes.broadcast_controls``): per
    familiarity, how often each model answers the BC / AC experts' answers C to questions
    of the same template about other real subjects, beside a chance reference;
 5. per familiarity, the shared metrics of :mod:`toymodels.pretrained_metrics` (composed,
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from toymodels.config import Config
+from toymodels.config import Config, opt_in
 from toymodels.hf_roles import role_map
 from toymodels.lora import LoRAConfig
 from toymodels import presets
@@ -48,8 +51,9 @@ from toymodels.reuse import DEFAULT_METHODS, METHODS
 from toymodels.reuse_options import ReuseOptions
 from toymodels.seeds import numpy_rng
 from toymodels.tasks import Examples
-from toymodels.tasks.natural import (WORLD, Control, NaturalConfig, broadcast_controls,
-                                     encode_pairs, eval_pairs, expert_pairs, known_fact_pairs, make_chains)
+from toymodels.tasks.natural import (WORLD, NaturalConfig, encode_pairs, eval_pairs, expert_pairs,
+                                     known_fact_pairs, make_chains)
+from toymodels.tasks.natural_probes import Control, broadcast_controls, retention_pairs
 from toymodels.train import TrainConfig, recipe
 
 __all__ = ["LIBRARIES", "LORA_BACKENDS", "PretrainedTwoHopConfig", "draw_chains", "paper", "quick", "run_pretrained_two_hop"]
@@ -69,8 +73,11 @@ class PretrainedTwoHopConfig(Config):
     r_known_only: bool = False
     n_control: int = 8  # broadcast-control questions per familiarity, relation and expert (0: none)
     n_wrong: int = 2  # wrong answers per composed question for the specificity metric
+    n_retain: int = opt_in(0)  # rows per retention set (natural_probes.retention_pairs; 0: none)
 
     def __post_init__(self):
+        if not isinstance(self.n_retain, int) or self.n_retain < 0:
+            raise ValueError(f"n_retain={self.n_retain!r}: must be an integer >= 0")
         if not isinstance(self.n_control, int) or self.n_control < 0:
             raise ValueError(f"n_control={self.n_control!r}: must be an integer >= 0")
         if not isinstance(self.n_wrong, int) or self.n_wrong < 1:
@@ -87,15 +94,17 @@ def quick() -> PretrainedTwoHopConfig:
     """SmolLM2-135M on 2 CPU cores, one config per core: 6 countries x 3 cities per
     familiarity, capital and language, one city per country in AC, so 24 held-out composed
     questions per split (R: fewer where the base knows fewer facts; the report says how many);
+    an O split of 4 OOD_WORLD countries x 3 cities, none in AC (24 composed questions), and
+    retention sets of 24 rows each (the base's own facts and chains no expert trains);
     each LoRA trains until it answers all its own rows exactly (checked every 5 steps) or
     60 steps at batch 16 (``presets.pretrained_finetune``), and the report prints how well
     each learned; average and Arrow; no other-subject controls (specificity measures
     broadcast on the true prompts, one wrong answer per question). Cost: see
     ``analysis/experiments/pretrained_two_hop.py``."""
     return PretrainedTwoHopConfig(
-        task=NaturalConfig(n_countries=6, cities_per_country=3, ac_frac=0.34),
+        task=NaturalConfig(n_countries=6, cities_per_country=3, ac_frac=0.34, ood_countries=4),
         finetune=presets.pretrained_finetune(),
-        methods=("average", "arrow"), r_known_only=True, n_control=0, n_wrong=1)
+        methods=("average", "arrow"), r_known_only=True, n_control=0, n_wrong=1, n_retain=24)
 
 
 def paper() -> PretrainedTwoHopConfig:
@@ -105,7 +114,9 @@ def paper() -> PretrainedTwoHopConfig:
     run): 3 seeds, 6,643 CPU-s (user + sys) in all, 80.5 min wall; per config 2,019 / 2,392 /
     2,808 s wall. Every LoRA reached 1.00 on its own rows, in 10-120 steps (a LoRA step, rank 8
     on 7 roles, batch 32: 3.3-3.4 CPU-s). 16 composed questions per split and seed (R: 14, the
-    facts the base answers). Report: ``figures/paper/pretrained/report.md``."""
+    facts the base answers). Report: ``figures/paper/pretrained/report.md``. No O split and no
+    retention sets (measured before they existed; ``--set protocol.task.ood_countries=4 --set
+    protocol.n_retain=24`` adds them, as in quick())."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=8, cities_per_country=3),
         lora=LoRAConfig(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down")),
@@ -196,7 +207,7 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     if lora_backend not in LORA_BACKENDS:
         raise ValueError(f"lora_backend={lora_backend!r}: must be one of {', '.join(LORA_BACKENDS)}")
     lm, roles = LogitsLM(hf_model).to(device), role_map(hf_model, cfg.lora.targets)
-    fact_pairs = known_fact_pairs(cfg.familiarity_facts)
+    fact_pairs = known_fact_pairs(cfg.familiarity_facts, ood=bool(cfg.task.ood_countries or cfg.n_retain))
     bar = open_bar(progress, "base model familiarity", 1)
     fact_exact = answer_rows(lm, encode_pairs(fact_pairs, tokenizer))[0]
     bar.close()
@@ -206,16 +217,21 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
         if cfg.n_control else []
     control_rows = encode_controls(controls, tokenizer)
     pairs = eval_pairs(chains)
-    sets = {name: encode_pairs(p, tokenizer) for name, p in pairs.items()}
+    retain = retention_pairs(chains, known, cfg.task.relations2, cfg.n_retain,
+                             numpy_rng(seed, "pretrained", "retention")) if cfg.n_retain else {}
+    sets = {name: encode_pairs(p, tokenizer) for name, p in {**pairs, **retain}.items()}
     probes = split_probes(chains, pairs, cfg.n_wrong, numpy_rng(seed, "pretrained", "specificity"))
     wrong_rows = encode_wrong(probes, tokenizer)
     train_sets = {name: encode_pairs(pairs, tokenizer) for name, pairs in expert_pairs(chains).items()}
-    r_chains = [c for c in chains if c.familiarity == "R"]
+    r_chains, o_chains = ([c for c in chains if c.familiarity == f] for f in ("R", "O"))
     out = {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed, "lora_backend": lora_backend,
            "chains": [dataclasses.asdict(c) for c in chains],
            "familiarity": {"facts": len(fact_pairs), "exact": fact_exact.float().mean().item(), "known": len(known)},
            "r_split": {"known_only": cfg.r_known_only, "requested": cfg.task.n_countries,
                        "countries": len({c.country for c in r_chains}), "chains": len(r_chains)},
+           "o_split": {"requested": cfg.task.ood_countries, "countries": len({c.country for c in o_chains}),
+                       "chains": len(o_chains)},
+           "retention": {name: len(rows) for name, rows in retain.items()},
            "controls": {c.name: {"questions": len(c.questions), "new_answers": list(c.new_answers),
                                  "chance": c.chance} for c in controls},
            "questions": {p.familiarity: {"composed": len(p.composed), "wrong": len(p.wrong)} for p in probes}}

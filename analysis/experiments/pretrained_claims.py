@@ -10,7 +10,8 @@ seed no value for claims on that split; with no value in any seed the report sto
 "no measurements to summarise" rather than judge a claim without data.
 PRE-1-* are read against a ceiling, as the toy's REUSE-1: the joint-data LoRA on {AB, BC}'s
 data must itself clear the claim's margin on the same measure (:func:`joint_ceiling`), else
-the verdict is "not testable".
+the verdict is "not testable". PRE-1-O and PRE-OOD read the O split (real entities no
+expert ever composes; ``natural.OOD_WORLD``): results without it list them "not measured".
 Fewer than :data:`MIN_UNITS` seeds behind a claim: its detail line says "underpowered"
 (the report's verdict rules read the count as well).
 """
@@ -24,7 +25,8 @@ from analysis.experiments.two_hop_reuse import DATA_FREE
 from analysis.registry import Ceiling, ClaimMeasure, Result
 from analysis.stats import DIFFERENCE
 from analysis.verdict import Claim
-from toymodels.tasks.natural import FAMILIARITIES
+from toymodels.tasks.natural import FAMILIARITIES, SPLITS
+from toymodels.tasks.natural_probes import RETENTION_SETS
 
 MIN_UNITS = 3  # independent units below which a verdict is underpowered (issue 12)
 LOGPROB_MARGIN = 0.5
@@ -33,6 +35,8 @@ EXACT_REASON = (f"a convention: one composed question is 1/24 = 0.042 of a quick
                 f"paper split; a one-question change stays under {EXACT_MARGIN:g} in quick but clears it in paper, "
                 "where the CI over seeds carries the weight")
 FIGURE = ("pretrained_two_hop",)
+OOD_SPLIT = "O"
+OOD_COMMAND = "lora-limits reproduce --only pretrained_two_hop"  # quick() asks the O split
 
 
 def data_free(r: Result) -> list[str]:
@@ -82,6 +86,36 @@ def joint_ceiling(fam: str, key: str, margin: float) -> Ceiling:
     return Ceiling(f"joint/hops specificity {key} minus the base's (split {fam})", joint_excess(fam, key), margin)
 
 
+def ood_gap(key: str) -> Callable[[list[Result]], list[float]]:
+    """Per seed: what with_AC reuse adds over the base on R, minus what it adds on O (specificity
+    ``key``, mean over data-free methods): R's held-out cities share their country with cities
+    whose two-hop questions AC trained, O's never do (in distribution minus out of it)."""
+    def gain(r: Result, fam: str) -> float | None:
+        base = _spec(r, "base", fam, key)
+        vals = [v for m in data_free(r) if (v := _spec(r, f"{m}/with_AC", fam, key)) is not None]
+        return None if base is None or not vals else float(np.mean(vals)) - base
+
+    def value(r: Result) -> float | None:
+        rr, oo = gain(r, "R"), gain(r, OOD_SPLIT)
+        return None if rr is None or oo is None else rr - oo
+    return lambda results: _per_seed(results, value)
+
+
+def ood_ceiling(key: str, margin: float) -> Ceiling:
+    """PRE-OOD's ceiling: in distribution (R), the joint-data LoRA on {AB, BC, AC}'s data must
+    clear the margin over the base on the claim's measure; without composition in
+    distribution, "worse out of it" says nothing."""
+    return Ceiling(f"joint/with_AC specificity {key} minus the base's (split R)",
+                   _excess("R", key, lambda r: ["joint/with_AC"]), margin)
+
+
+def ood_needs(results: list[Result]) -> str | None:
+    """None when a result holds the O split, else what to run."""
+    if any(_row(r, "base", OOD_SPLIT) is not None for r in results):
+        return None
+    return f"split {OOD_SPLIT} (OOD entities) is not in these results: run `{OOD_COMMAND}` (quick asks it)"
+
+
 def _method_mean(r: Result, lib: str, fam: str) -> float | None:
     rows = [_row(r, f"{m}/{lib}", fam) for m in data_free(r)]
     vals = [row["composed"] for row in rows if row is not None]
@@ -97,7 +131,8 @@ def familiarity_gap(results: list[Result]) -> list[float]:
 
 
 def ac_gain(results: list[Result]) -> list[float]:
-    """Per seed: mean over splits and data-free methods of composed exact match, with_AC - hops."""
+    """Per seed: mean over F/H/R and data-free methods of composed exact match, with_AC - hops
+    (not O: no AC data touches it by design)."""
     def value(r: Result) -> float | None:
         gains = [(_method_mean(r, "with_AC", f), _method_mean(r, "hops", f)) for f in FAMILIARITIES]
         gains = [a - b for a, b in gains if a is not None and b is not None]
@@ -108,7 +143,7 @@ def ac_gain(results: list[Result]) -> list[float]:
 def detail(fam: str | None) -> Callable[[list[Result]], str]:
     """Seeds, composed questions per split and the ceiling (joint/hops composed exact match) behind a claim."""
     def line(results: list[Result]) -> str:
-        fams = [fam] if fam else list(FAMILIARITIES)
+        fams = [fam] if fam else [f for f in SPLITS if any(_row(r, "base", f) is not None for r in results)]
         n = {f: sorted({r.result["protocol"]["questions"].get(f, {}).get("composed", 0) for r in results})
              for f in fams}
         ceiling = {f: [row["composed"] for r in results if (row := _row(r, "joint/hops", f)) is not None] for f in fams}
@@ -119,8 +154,21 @@ def detail(fam: str | None) -> Callable[[list[Result]], str]:
         where = (f"; expert adapters (PEFT format; `lora-limits inspect DIR ...`): {', '.join(saved)}"
                  if saved else "")
         return (f"{power}; composed questions per split and seed: {n}; ceiling joint/hops composed exact: {ceil}; "
-                f"{learned(results)}{where}")
+                f"{retained(results)}{learned(results)}{where}")
     return line
+
+
+def retained(results: list[Result]) -> str:
+    """Retention after reuse of {AB, BC} (mean over seeds): exact match on the base's own facts
+    and chains that no expert trains (``natural_probes.RETENTION_SETS``), base and each data-free
+    method; empty where the results hold no retention sets."""
+    models = ["base", "joint/hops"] + [f"{m}/hops" for m in (data_free(results[0]) if results else [])]
+    cells = []
+    for k in RETENTION_SETS:
+        vals = {m: [v[k] for r in results if k in (v := r.result.get("retention", {}).get(m, {}))] for m in models}
+        if any(vals.values()):
+            cells.append(f"{k.split('/')[1]}: " + ", ".join(f"{m} {np.mean(v):.2f}" for m, v in vals.items() if v))
+    return f"retention ({'; '.join(cells)}); " if cells else ""
 
 
 def learned(results: list[Result]) -> str:
@@ -139,17 +187,20 @@ def learned(results: list[Result]) -> str:
 
 # a difference of two accuracy differences (the method's composed - wrong_exact, minus the base's)
 EXCESS = (-2.0, 2.0)
+OOD_EXCESS = (-4.0, 4.0)  # a difference of two EXCESS values (R's minus O's)
 
 
 def questions(results: list[Result]) -> dict[str, int]:
-    """Composed questions per split: the fewest any seed asked (R depends on what the model knows)."""
-    return {f: min(r.result["protocol"]["questions"].get(f, {}).get("composed", 0) for r in results)
-            for f in FAMILIARITIES} if results else {}
+    """Composed questions per split: the fewest any seed asked (R and O depend on what the model
+    knows); a split no result asks (O before it existed) is left out."""
+    asked = [f for f in SPLITS if f in FAMILIARITIES or any(f in r.result["protocol"]["questions"] for r in results)]
+    return {f: min(r.result["protocol"]["questions"].get(f, {}).get("composed", 0) for r in results) for f in asked}
 
 
 def claims() -> tuple[ClaimMeasure, ...]:
     rows = []
-    for fam in FAMILIARITIES:
+    for fam in SPLITS:
+        needs = ood_needs if fam == OOD_SPLIT else None
         rows.append(ClaimMeasure(Claim(
             f"PRE-1-{fam}-logprob", f"no data-free merge or routing of {{AB, BC}} raises the composed answers' "
             f"log-probability over other composed questions' answers on the same prompts beyond the base model "
@@ -158,13 +209,13 @@ def claims() -> tuple[ClaimMeasure, ...]:
             LOGPROB_MARGIN, f"a convention: {LOGPROB_MARGIN:g} nats is a factor e^{LOGPROB_MARGIN:g} = 1.65 in the "
             "odds of the right over a wrong answer; a smaller gain is not counted as composition"),
             reuse_excess(fam, "logprob_margin"), FIGURE, detail(fam), questions=questions,
-            ceiling=joint_ceiling(fam, "logprob_margin", LOGPROB_MARGIN)))
+            ceiling=joint_ceiling(fam, "logprob_margin", LOGPROB_MARGIN), needs=needs))
         rows.append(ClaimMeasure(Claim(
             f"PRE-1-{fam}-exact", f"no data-free merge or routing of {{AB, BC}} answers composed questions exactly "
             f"beyond the broadcast rate on the same prompts, more than the base model (split {fam}, SmolLM2)",
             "max over data-free methods (hops) of (composed - wrong_exact), minus the base's", "below",
             EXACT_MARGIN, EXACT_REASON), reuse_excess(fam, "exact_margin"), FIGURE, detail(fam), bounds=EXCESS,
-            questions=questions, ceiling=joint_ceiling(fam, "exact_margin", EXACT_MARGIN)))
+            questions=questions, ceiling=joint_ceiling(fam, "exact_margin", EXACT_MARGIN), needs=needs))
     rows.append(ClaimMeasure(Claim(
         "PRE-2", "unfamiliar entities (F) compose worse than familiar ones (R) on SmolLM2",
         "R - F composed exact match of with_AC reuse (mean over data-free methods)", "above", EXACT_MARGIN,
@@ -176,4 +227,17 @@ def claims() -> tuple[ClaimMeasure, ...]:
         "with_AC - hops composed exact match (mean over data-free methods and F/H/R)", "above", EXACT_MARGIN,
         EXACT_REASON),
         ac_gain, FIGURE, detail(None), bounds=DIFFERENCE, questions=questions))
+    ood = ("entities the model knows whose composed questions no expert ever trains (O) compose worse under "
+           "with_AC reuse than held-out cities of countries AC trained on (R), as latent composition fails out of "
+           "distribution in Wang et al. 2024 (SmolLM2)")
+    rows.append(ClaimMeasure(Claim(
+        "PRE-OOD-logprob", ood, "R - O of (mean over data-free methods of with_AC specificity logprob_margin, minus "
+        "the base's)", "above", LOGPROB_MARGIN, f"the scale of PRE-1: {LOGPROB_MARGIN:g} nats, a factor 1.65 in odds"),
+        ood_gap("logprob_margin"), FIGURE, detail(None), questions=questions, needs=ood_needs,
+        ceiling=ood_ceiling("logprob_margin", LOGPROB_MARGIN)))
+    rows.append(ClaimMeasure(Claim(
+        "PRE-OOD-exact", ood, "R - O of (mean over data-free methods of with_AC specificity exact_margin, minus "
+        "the base's)", "above", EXACT_MARGIN, EXACT_REASON),
+        ood_gap("exact_margin"), FIGURE, detail(None), bounds=OOD_EXCESS, questions=questions, needs=ood_needs,
+        ceiling=ood_ceiling("exact_margin", EXACT_MARGIN)))
     return tuple(rows)

@@ -24,6 +24,11 @@ a fresh results folder (GGUF conversion included), on 2 cores shared with other 
 its own rows, in 20-60 steps. Wall on 2 idle cores ~ CPU-s / 2 ~ 11 min. Unit costs on
 SmolLM2 at 1 thread: a LoRA step at batch 16 ~1.7 CPU-s, scoring one model (270 rows)
 ~12 CPU-s (both with logits at the answer positions only; ~2.0 and ~16.7 before).
+With the O split and the retention sets (2026-12-02, another machine of the same kind,
+cores mostly idle): 3,108 CPU-s, 26 min 47 s wall; a LoRA step at batch 16 took 4.2 CPU-s
+there, and 3.9 CPU-s with the code of before the O split timed on the same machine, so that
+machine ran this work ~2.3x slower than the one above (the split itself: ~10% more LoRA
+steps, ~45% more rows scored per model).
 
 The terminal table (composed accuracy and answer log-prob per model and familiarity, the
 broadcast control, the base model's familiarity) is printed by :func:`print_tables`, which
@@ -46,7 +51,8 @@ from analysis.registry import Experiment, Result, register
 from analysis.tables import print_table
 from toymodels.config import Config
 from toymodels.pretrained_two_hop import LIBRARIES, LORA_BACKENDS, PretrainedTwoHopConfig, paper, quick
-from toymodels.tasks.natural import FAMILIARITIES
+from toymodels.tasks.natural import SPLITS
+from toymodels.tasks.natural_probes import RETENTION_SETS
 
 INSTALL = "make install-pretrained"
 SOURCE_HELP = "a .gguf file or a local Hugging Face model folder; default (none): the bundled SmolLM2-135M-Instruct"
@@ -140,18 +146,22 @@ def model_names(protocol: dict) -> list[str]:
 def summarize(protocol: dict) -> dict:
     """The numbers the table and the figure show, from the protocol's result.
 
-    ``table[model][fam]``: ``composed`` = exact match on the two-hop questions no expert
-    trained (``two_hop_unseen``), ``logprob`` = their mean answer log-probability, ``one_hop``
-    = mean exact match over the AB and BC facts, and the shared metrics of
+    ``table[model][split]`` (F, H, R, O): ``composed`` = exact match on the two-hop questions
+    no expert trained (``two_hop_unseen``), ``logprob`` = their mean answer log-probability,
+    ``one_hop`` = mean exact match over the AB and BC facts, and the shared metrics of
     :mod:`toymodels.pretrained_metrics` (``specificity``, ``conditional``; None in results
     cached before they existed); ``None`` where the split is empty (an R split with no
-    known facts). ``broadcast[model][fam][expert]`` = mean over relations of
-    the rate at which controls get that expert's answers; ``chance[fam][expert]`` likewise."""
-    table, broadcast, chance = {}, {}, {}
+    known facts, an O split the config does not ask). ``retention[model][set]``: exact match
+    on each retention set (``natural_probes.RETENTION_SETS``: the base's own facts and chains that
+    no expert trains; empty where the config asks none). ``broadcast[model][fam][expert]`` =
+    mean over relations of the rate at which controls get that expert's answers;
+    ``chance[fam][expert]`` likewise."""
+    table, broadcast, chance, retention = {}, {}, {}, {}
     for name in model_names(protocol):
         scores = protocol["models"][name]
         table[name] = {}
-        for fam in FAMILIARITIES:
+        retention[name] = {k: scores[k]["exact"] for k in RETENTION_SETS if k in scores}
+        for fam in SPLITS:
             composed = scores.get(f"{fam}/two_hop_unseen")
             hops = [scores[s]["exact"] for s in (f"{fam}/one_hop_AB", f"{fam}/one_hop_BC") if s in scores]
             metrics = protocol.get("metrics", {}).get(name, {}).get(fam, {})
@@ -161,12 +171,12 @@ def summarize(protocol: dict) -> dict:
                 "specificity": metrics.get("specificity"), "conditional": metrics.get("conditional")}
         casts = protocol["broadcast"].get(name, {})
         broadcast[name] = {fam: {e: _mean([v for k, v in casts.items() if k.startswith(f"{fam}/{e}/")])
-                                 for e in ("BC", "AC")} for fam in FAMILIARITIES}
-    for fam in FAMILIARITIES:
+                                 for e in ("BC", "AC")} for fam in SPLITS}
+    for fam in SPLITS:
         chance[fam] = {e: _mean([c["chance"] for k, c in protocol["controls"].items() if k.startswith(f"{fam}/{e}/")])
                        for e in ("BC", "AC")}
     # "order" keeps the rows in model_names order: the cached JSON has its keys sorted
-    return {"order": list(table), "table": table, "broadcast": broadcast, "chance": chance}
+    return {"order": list(table), "table": table, "broadcast": broadcast, "chance": chance, "retention": retention}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -188,7 +198,7 @@ def run(config: PretrainedRunConfig, device: str, results: Path | str) -> dict:
                          model_label(config.model))
     return {"model": model_label(config.model), "seed": config.seed, "lora_backend": config.lora_backend,
             "adapters": {name: str(path) for name, path in saved.items()},
-            "familiarity": protocol["familiarity"], "r_split": protocol["r_split"],
+            "familiarity": protocol["familiarity"], "r_split": protocol["r_split"], "o_split": protocol["o_split"],
             **summarize(protocol), "protocol": protocol}
 
 
@@ -221,32 +231,47 @@ def _cell(x, digits: str = ".2f") -> str:
     return "-" if x is None else format(x, digits)
 
 
+def splits_of(result: dict) -> list[str]:
+    """The splits (F, H, R, O) with composed questions in a result, in that order."""
+    return [f for f in SPLITS if result["table"]["base"].get(f) is not None]
+
+
 def print_tables(result: dict, out=None) -> None:
-    """The method x familiarity table, the broadcast table and the familiarity lines of one result."""
+    """The method x split table, the broadcast, specificity and retention tables and the
+    familiarity lines of one result."""
     out = out or sys.stdout
-    fam, r = result["familiarity"], result["r_split"]
+    fam, r, fams = result["familiarity"], result["r_split"], splits_of(result)
     print(f"\n{result['model']} (seed {result['seed']}): base one-hop familiarity {fam['exact']:.2f} "
-          f"({fam['known']} of {fam['facts']} WORLD facts answered exactly)", file=out)
+          f"({fam['known']} of {fam['facts']} facts of the known-facts tables answered exactly)", file=out)
     print(f"R split: {r['countries']} of {r['requested']} countries, {r['chains']} chains"
           + (" (facts the base answers only)" if r["known_only"] else " (not filtered by familiarity)"), file=out)
-    head = ["model"] + [f"{f} {k}" for f in FAMILIARITIES for k in ("acc", "logp")]
-    rows = [[name] + [_cell((row[f] or {}).get(k), ".2f" if k == "composed" else ".1f")
-                      for f in FAMILIARITIES for k in ("composed", "logprob")]
-            for name, row in ((n, result["table"][n]) for n in result["order"])]
+    if (o := result.get("o_split")) and o["requested"]:
+        print(f"O split (OOD: no composed question of its countries in any expert's data): {o['countries']} of "
+              f"{o['requested']} countries, {o['chains']} chains", file=out)
+    order = result["order"]
+    head = ["model"] + [f"{f} {k}" for f in fams for k in ("acc", "logp")]
+    rows = [[name] + [_cell((result["table"][name][f] or {}).get(k), ".2f" if k == "composed" else ".1f")
+                      for f in fams for k in ("composed", "logprob")] for name in order]
     print("composed = held-out two-hop questions (two_hop_unseen): exact match, mean answer log-prob", file=out)
     print_table(head, rows, out=out, rule=True)
-    head = ["model"] + [f"{f} {e}" for f in FAMILIARITIES for e in ("BC", "AC")]
-    rows = [[name] + [_cell(b[f][e]) for f in FAMILIARITIES for e in ("BC", "AC")]
-            for name, b in ((n, result["broadcast"][n]) for n in result["order"])]
-    rows.append(["chance"] + [_cell(result["chance"][f][e]) for f in FAMILIARITIES for e in ("BC", "AC")])
+    head = ["model"] + [f"{f} {e}" for f in fams for e in ("BC", "AC")]
+    rows = [[name] + [_cell(result["broadcast"][name][f][e]) for f in fams for e in ("BC", "AC")] for name in order]
+    rows.append(["chance"] + [_cell(result["chance"][f][e]) for f in fams for e in ("BC", "AC")])
     print("broadcast control: share of other subjects' questions answered with the expert's answers C", file=out)
     print_table(head, rows, out=out, rule=True)
-    head = ["model"] + [f"{f} {k}" for f in FAMILIARITIES for k in ("spec", "cond")]
-    rows = [[name] + [_cell(v) for f in FAMILIARITIES for v in _spec_cond(row[f])]
-            for name, row in ((n, result["table"][n]) for n in result["order"])]
+    head = ["model"] + [f"{f} {k}" for f in fams for k in ("spec", "cond")]
+    rows = [[name] + [_cell(v) for f in fams for v in _spec_cond(result["table"][name][f])] for name in order]
     print("spec = log P(right) - log P(another composed answer) on the same prompts (nats); "
           "cond = composed exact match where both hops are answered", file=out)
     print_table(head, rows, out=out, rule=True)
+    kept = [k for k in RETENTION_SETS if any(k in v for v in result.get("retention", {}).values())]
+    if kept:
+        head = ["model"] + [k.split("/")[1] for k in kept] + [f"{f} hops" for f in fams]
+        rows = [[name] + [_cell(result["retention"][name].get(k)) for k in kept]
+                + [_cell((result["table"][name][f] or {}).get("one_hop")) for f in fams] for name in order]
+        print("retention: exact match on the base's own facts and chains that no expert trains (base = 1.00 on facts "
+              "by construction), and on each split's AB and BC facts (hops)", file=out)
+        print_table(head, rows, out=out, rule=True)
 
 
 def _spec_cond(row: dict | None) -> tuple[float | None, float | None]:
@@ -261,7 +286,7 @@ def print_all(results: list[Result], out=None) -> None:
 
 EXPERIMENT = register(Experiment(
     name="pretrained_two_hop",
-    description="natural-language two-hop reuse on SmolLM2-135M (F/H/R, broadcast control); "
+    description="natural-language two-hop reuse on SmolLM2-135M (F/H/R/O splits, retention, broadcast control); "
                 "reproduce: paper profile only",
     grid=grid,
     run=run,

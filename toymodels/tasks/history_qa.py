@@ -35,7 +35,8 @@ import numpy as np
 from toymodels.config import Config, check_fields, counts
 from toymodels.tasks.history_people import CONTINENTS, PEOPLE
 from toymodels.tasks.natural import TEMPLATES as NATURAL_TEMPLATES
-from toymodels.tasks.natural import WORLD, Control, fictional_name
+from toymodels.tasks.natural import WORLD, fictional_name
+from toymodels.tasks.natural_probes import Control
 
 SPLITS = ("F", "H", "R", "OOD")
 TRAINED = ("F", "H", "R")  # the splits whose facts the experts learn
@@ -212,7 +213,7 @@ def composed_chains(chains: list[Chain], split: str) -> list[Chain]:
 def broadcast_controls(chains: list[Chain], n_control: int, rng: np.random.Generator) -> list[Control]:
     """Per trained split, relation and expert (BC, AC): up to ``n_control`` questions of the
     expert's template about real subjects in no split (cities for BC, people for AC) whose
-    gold is none of the answers the expert learned for that split (``natural.Control``)."""
+    gold is none of the answers the expert learned for that split (``natural_probes.Control``)."""
     cities = {c.city for c in chains}
     people = {c.person for c in chains}
     out = []

@@ -11,13 +11,19 @@ language): A is a city, B a country, C its capital or official language. Sentenc
 Familiarity (the paper's test sets): ``F`` every entity fictional (generated names the model
 cannot know); ``H`` a fictional city in a real country, so hop 1 is new and hop 2 is
 pretrained knowledge; ``R`` real cities, countries, capitals and languages from the
-built-in :data:`WORLD` table, so both hops are (likely) known to the model.
+built-in :data:`WORLD` table, so both hops are (likely) known to the model. ``O``
+(out-of-distribution, Wang et al. 2024; opt-in, ``ood_countries``): real entities from
+:data:`OOD_WORLD`, countries that share no name with WORLD, none of whose two-hop questions
+any expert trains (every O chain is outside AC): the model knows their facts, the
+fine-tuning data never composes them, whereas R's held-out cities share their country
+with cities whose two-hop questions AC trains.
 
 Experts, one set for all familiarities: ``AB`` trains every hop-1 sentence, ``BC`` every
 hop-2 sentence, ``AC`` the two-hop sentences of the ``ac_frac`` share of the cities
 (``in_ac``); the other cities' two-hop questions are never trained (``two_hop_unseen``).
 Scoring is exact match of the answer tokens (teacher-forced argmax, which equals greedy
-decoding of the answer span) and the answer's log-probability. Pure: data in, data out.
+decoding of the answer span) and the answer's log-probability. The broadcast controls and
+the retention sets are in :mod:`toymodels.tasks.natural_probes`. Pure: data in, data out.
 """
 from __future__ import annotations
 
@@ -25,12 +31,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toymodels.config import Config
+from toymodels.config import Config, opt_in
 from toymodels.tasks import Examples
 from toymodels.tasks.answer_scoring import answer_logprob, answer_scores  # noqa: F401  (re-exported)
 from toymodels.tasks.knowledge import encode
 
 FAMILIARITIES = ("F", "H", "R")
+SPLITS = FAMILIARITIES + ("O",)  # O only where NaturalConfig.ood_countries > 0
 RELATIONS2 = ("capital", "language")
 # Wordings chosen by the base SmolLM2-135M's one-hop accuracy on WORLD (e.g. "{A} is a city
 # in" -> 6% since it continues " the ...", "The city of {A} is located in the country of" -> 77%;
@@ -64,6 +71,21 @@ WORLD = (
     ("South Korea", "Seoul", "Korean", ("Busan", "Incheon", "Daegu")),
     ("Norway", "Oslo", "Norwegian", ("Bergen", "Trondheim", "Stavanger")),
 )
+# The O split's countries, WORLD's row format, no name in common with WORLD. SmolLM2-135M
+# answered every fact of the first five with TEMPLATES (2026-12-02, teacher-forced exact
+# match); of the rest, one or more facts. make_chains(known=...) keeps what a model answers.
+OOD_WORLD = (
+    ("England", "London", "English", ("Manchester", "Liverpool", "Birmingham")),
+    ("Canada", "Ottawa", "English", ("Toronto", "Vancouver", "Montreal")),
+    ("Austria", "Vienna", "German", ("Salzburg", "Innsbruck", "Graz")),
+    ("Israel", "Jerusalem", "Hebrew", ("Tel Aviv", "Haifa", "Eilat")),
+    ("Chile", "Santiago", "Spanish", ("Valparaiso", "Concepcion", "Antofagasta")),
+    ("Brazil", "Brasilia", "Portuguese", ("Rio de Janeiro", "Sao Paulo", "Salvador")),
+    ("Australia", "Canberra", "English", ("Sydney", "Melbourne", "Brisbane")),
+    ("Ireland", "Dublin", "English", ("Cork", "Galway", "Limerick")),
+    ("Indonesia", "Jakarta", "Indonesian", ("Surabaya", "Bandung", "Medan")),
+    ("Kenya", "Nairobi", "Swahili", ("Mombasa", "Kisumu", "Nakuru")),
+)
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
            "gl", "kr", "pl", "qu", "st", "th", "tr", "vr", "zh")
@@ -81,6 +103,7 @@ class NaturalConfig(Config):
     cities_per_country: int = 2
     ac_frac: float = 0.5
     relations2: tuple[str, ...] = RELATIONS2
+    ood_countries: int = opt_in(0)  # countries of the O split, from OOD_WORLD (0: no O split)
 
     def __post_init__(self):
         if not 1 <= self.n_countries <= len(WORLD):
@@ -91,6 +114,8 @@ class NaturalConfig(Config):
             raise ValueError(f"task.ac_frac={self.ac_frac!r}: must be in [0, 1]")
         if not self.relations2 or any(r not in RELATIONS2 for r in self.relations2):
             raise ValueError(f"task.relations2={self.relations2!r}: must be a non-empty subset of {RELATIONS2}")
+        if not isinstance(self.ood_countries, int) or not 0 <= self.ood_countries <= len(OOD_WORLD):
+            raise ValueError(f"task.ood_countries={self.ood_countries!r}: must be an integer in [0, {len(OOD_WORLD)}]")
 
 
 @dataclass(frozen=True)
@@ -125,11 +150,12 @@ def fictional_name(rng: np.random.Generator, kind: str, taken: set[str]) -> str:
             return name
 
 
-def _known_world(known: set[tuple[str, str]], relations2: tuple[str, ...], n_cities: int) -> dict[int, tuple[str, ...]]:
-    """``WORLD`` row -> its cities whose hop-1 fact is in ``known``, for rows whose every
+def _known_world(known: set[tuple[str, str]], relations2: tuple[str, ...], n_cities: int,
+                 table: tuple = WORLD) -> dict[int, tuple[str, ...]]:
+    """``table`` row -> its cities whose hop-1 fact is in ``known``, for rows whose every
     ``relations2`` fact is known and with at least ``n_cities`` known cities."""
     out = {}
-    for i, (country, capital, language, cities) in enumerate(WORLD):
+    for i, (country, capital, language, cities) in enumerate(table):
         answers = {"capital": capital, "language": language}
         if not all((TEMPLATES[r].format(B=country), " " + answers[r]) in known for r in relations2):
             continue
@@ -141,14 +167,15 @@ def _known_world(known: set[tuple[str, str]], relations2: tuple[str, ...], n_cit
 
 def make_chains(cfg: NaturalConfig, rng: np.random.Generator,
                 known: set[tuple[str, str]] | None = None) -> list[Chain]:
-    """Every chain of every familiarity; countries and cities are drawn by ``rng``.
+    """Every chain of every split; countries and cities are drawn by ``rng``.
 
     ``known``: the one-hop ``(prompt, answer)`` pairs the base model answers correctly (see
-    :func:`known_fact_pairs`). When given, R draws only countries whose r2 facts it answers
-    and cities whose country it answers, so R tests reuse of knowledge the model HAS; R then
-    holds fewer than ``n_countries`` countries when too few qualify (none: no R chains).
-    R is drawn last, so F and H are the same with or without ``known``."""
-    taken = {name for row in WORLD for name in (row[0], row[1], row[2], *row[3])}
+    :func:`known_fact_pairs`). When given, R and O draw only countries whose r2 facts it
+    answers and cities whose country it answers, so they test reuse of knowledge the model
+    HAS; they then hold fewer countries than asked when too few qualify (none: no chains).
+    R is drawn after F and H, and O (from :data:`OOD_WORLD`, every chain outside AC) last, so
+    F and H are the same with or without ``known``, and F, H, R with or without O."""
+    taken = {name for row in WORLD + OOD_WORLD for name in (row[0], row[1], row[2], *row[3])}
     chains = []
     for fam in FAMILIARITIES:
         if fam == "R" and known is not None:
@@ -164,13 +191,25 @@ def make_chains(cfg: NaturalConfig, rng: np.random.Generator,
                 country, capital, language = (fictional_name(rng, k, taken) for k in ("country", "capital", "language"))
             if fam != "R":
                 cities = tuple(fictional_name(rng, "city", taken) for _ in cities)
-            chosen = [cities[j] for j in sorted(rng.choice(len(cities), cfg.cities_per_country, replace=False))]
-            n_ac = int(round(cfg.ac_frac * len(chosen)))
-            for j, city in enumerate(chosen):
-                for rel in cfg.relations2:
-                    chains.append(Chain(fam, city, country, rel, capital if rel == "capital" else language,
-                                        in_ac=j < n_ac))
+            chains += _country_chains(cfg, rng, fam, (country, capital, language, cities),
+                                      int(round(cfg.ac_frac * cfg.cities_per_country)))
+    if cfg.ood_countries:
+        usable = (_known_world(known, cfg.relations2, cfg.cities_per_country, OOD_WORLD) if known is not None
+                  else {i: row[3] for i, row in enumerate(OOD_WORLD)})
+        rows = sorted(usable)
+        for i in rng.choice(rows, min(cfg.ood_countries, len(rows)), replace=False) if rows else []:
+            country, capital, language, _ = OOD_WORLD[i]
+            chains += _country_chains(cfg, rng, "O", (country, capital, language, usable[int(i)]), n_ac=0)
     return chains
+
+
+def _country_chains(cfg: NaturalConfig, rng: np.random.Generator, fam: str, row: tuple, n_ac: int) -> list[Chain]:
+    """One country's chains: ``cities_per_country`` of the row's cities drawn by ``rng``, the
+    first ``n_ac`` of them (in the row's order) in AC, every relation of ``relations2``."""
+    country, capital, language, cities = row
+    chosen = [cities[j] for j in sorted(rng.choice(len(cities), cfg.cities_per_country, replace=False))]
+    return [Chain(fam, city, country, rel, capital if rel == "capital" else language, in_ac=j < n_ac)
+            for j, city in enumerate(chosen) for rel in cfg.relations2]
 
 
 def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -185,9 +224,9 @@ def expert_pairs(chains: list[Chain]) -> dict[str, list[tuple[str, str]]]:
 
 
 def eval_pairs(chains: list[Chain]) -> dict[str, list[tuple[str, str]]]:
-    """``"<familiarity>/<set>"`` -> pairs, sets :data:`EVAL_SETS` (empty ones left out)."""
+    """``"<split>/<set>"`` -> pairs, sets :data:`EVAL_SETS` (empty ones left out)."""
     out = {}
-    for fam in FAMILIARITIES:
+    for fam in SPLITS:
         mine = [c for c in chains if c.familiarity == fam]
         sets = {"one_hop_AB": [c.hop1() for c in mine], "one_hop_BC": [c.hop2() for c in mine],
                 "two_hop_seen": [c.two_hop() for c in mine if c.in_ac],
@@ -196,78 +235,16 @@ def eval_pairs(chains: list[Chain]) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def known_fact_pairs(n_countries: int | None = None) -> list[tuple[str, str]]:
+def known_fact_pairs(n_countries: int | None = None, ood: bool = False) -> list[tuple[str, str]]:
     """The one-hop R facts of :data:`WORLD` (every city's country, every country's capital
-    and language): the base model's familiarity is its accuracy on these."""
+    and language; the first ``n_countries`` rows), then with ``ood`` those of
+    :data:`OOD_WORLD`: the base model's familiarity is its accuracy on these."""
     pairs = []
-    for country, capital, language, cities in WORLD[:n_countries]:
+    for country, capital, language, cities in WORLD[:n_countries] + (OOD_WORLD if ood else ()):
         pairs += [(TEMPLATES["in_country"].format(A=c), " " + country) for c in cities]
         pairs += [(TEMPLATES["capital"].format(B=country), " " + capital),
                   (TEMPLATES["language"].format(B=country), " " + language)]
     return pairs
-
-
-# --- broadcast controls (T2 in natural language) -------------------------------------------
-
-@dataclass(frozen=True)
-class Control:
-    """Questions of expert ``expert``'s template (``BC``: hop 2, ``AC``: two-hop) for relation
-    ``relation`` about real subjects that are not in the ``familiarity`` split's chains and
-    whose gold answer is not one of ``new_answers`` (the answers the expert learned for that
-    split). An expert that broadcasts answers them with a new answer anyway. ``chance``:
-    the rate of a model answering with a uniformly drawn name among the ``n_candidates``
-    distinct answers of ``relation`` in this protocol (WORLD's and every chain's); with an
-    open vocabulary it is a reference line, not a true floor."""
-
-    familiarity: str
-    expert: str
-    relation: str
-    questions: tuple[str, ...]
-    golds: tuple[str, ...]
-    new_answers: tuple[str, ...]
-    n_candidates: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.familiarity}/{self.expert}/{self.relation}"
-
-    @property
-    def chance(self) -> float:
-        return len(self.new_answers) / self.n_candidates
-
-    def pairs(self) -> list[tuple[str, str]]:
-        """Every (question, new answer): row ``q * len(new_answers) + a``."""
-        return [(q, " " + a) for q in self.questions for a in self.new_answers]
-
-
-def _world_answer(row: tuple, relation: str) -> str:
-    return row[1] if relation == "capital" else row[2]
-
-
-def broadcast_controls(chains: list[Chain], n_control: int, rng: np.random.Generator) -> list[Control]:
-    """Per familiarity, relation and expert (BC, AC): up to ``n_control`` control questions
-    about WORLD countries (BC) or WORLD cities (AC) drawn by ``rng`` (see :class:`Control`)."""
-    out = []
-    for rel in dict.fromkeys(c.relation for c in chains):
-        candidates = {_world_answer(row, rel) for row in WORLD} | {c.answer for c in chains if c.relation == rel}
-        for fam in FAMILIARITIES:
-            mine = [c for c in chains if c.familiarity == fam and c.relation == rel]
-            for expert, trained in (("BC", mine), ("AC", [c for c in mine if c.in_ac])):
-                new = tuple(sorted({c.answer for c in trained}))
-                if not new:
-                    continue
-                if expert == "BC":
-                    pool = [(TEMPLATES[rel].format(B=row[0]), _world_answer(row, rel)) for row in WORLD
-                            if row[0] not in {c.country for c in mine}]
-                else:
-                    pool = [(TEMPLATES[f"two_hop_{rel}"].format(A=city), _world_answer(row, rel)) for row in WORLD
-                            for city in row[3] if city not in {c.city for c in mine}]
-                pool = [(q, gold) for q, gold in pool if gold not in new]
-                picked = [pool[i] for i in rng.permutation(len(pool))[:n_control]]
-                if picked:
-                    out.append(Control(fam, expert, rel, tuple(q for q, _ in picked), tuple(g for _, g in picked),
-                                       new, len(candidates)))
-    return out
 
 
 def encode_pairs(pairs: list[tuple[str, str]], tokenizer) -> Examples:

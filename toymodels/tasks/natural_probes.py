@@ -1,0 +1,102 @@
+"""Question sets of the natural-language protocol beyond its chains
+(:mod:`toymodels.tasks.natural`): the retention sets (what fine-tuning should leave alone:
+the base model's own facts and two-hop chains that no expert trains) and the broadcast
+controls (T2 in natural language: the experts' new answers asked of other real subjects).
+Pure: data in, data out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from toymodels.tasks.natural import (OOD_WORLD, SPLITS, TEMPLATES, WORLD, Chain, expert_pairs,
+                                     known_fact_pairs)
+
+RETENTION_SETS = ("retain/facts", "retain/chains")
+
+
+def retention_pairs(chains: list[Chain], known: set[tuple[str, str]], relations2: tuple[str, ...], n: int,
+                    rng: np.random.Generator) -> dict[str, list[tuple[str, str]]]:
+    """What fine-tuning should leave alone, up to ``n`` rows each, drawn by ``rng``:
+    ``retain/facts``, one-hop facts of WORLD and OOD_WORLD the base answers (``known``) and no
+    expert trains; ``retain/chains``, two-hop questions (``relations2``) about cities of
+    those tables whose country is in no chain (no expert trains any of its facts) and whose
+    two hops the base answers: the base's own composition, which a merge should keep."""
+    trained = {p for ps in expert_pairs(chains).values() for p, _ in ps}
+    facts = [pair for pair in known_fact_pairs(ood=True) if pair in known and pair[0] not in trained]
+    used = {c.country for c in chains}
+    composed = []
+    for country, capital, language, cities in WORLD + OOD_WORLD:
+        answers = {"capital": capital, "language": language}
+        if country in used:
+            continue
+        for city in cities:
+            for rel in relations2:
+                hops = ((TEMPLATES["in_country"].format(A=city), " " + country),
+                        (TEMPLATES[rel].format(B=country), " " + answers[rel]))
+                if all(h in known for h in hops):
+                    composed.append((TEMPLATES[f"two_hop_{rel}"].format(A=city), " " + answers[rel]))
+    return {name: [rows[i] for i in sorted(rng.permutation(len(rows))[:n])]
+            for name, rows in zip(RETENTION_SETS, (facts, composed)) if rows}
+
+
+@dataclass(frozen=True)
+class Control:
+    """Questions of expert ``expert``'s template (``BC``: hop 2, ``AC``: two-hop) for relation
+    ``relation`` about real subjects that are not in the ``familiarity`` split's chains and
+    whose gold answer is not one of ``new_answers`` (the answers the expert learned for that
+    split). An expert that broadcasts answers them with a new answer anyway. ``chance``:
+    the rate of a model answering with a uniformly drawn name among the ``n_candidates``
+    distinct answers of ``relation`` in this protocol (WORLD's and every chain's); with an
+    open vocabulary it is a reference line, not a true floor."""
+
+    familiarity: str
+    expert: str
+    relation: str
+    questions: tuple[str, ...]
+    golds: tuple[str, ...]
+    new_answers: tuple[str, ...]
+    n_candidates: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.familiarity}/{self.expert}/{self.relation}"
+
+    @property
+    def chance(self) -> float:
+        return len(self.new_answers) / self.n_candidates
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (question, new answer): row ``q * len(new_answers) + a``."""
+        return [(q, " " + a) for q in self.questions for a in self.new_answers]
+
+
+def _world_answer(row: tuple, relation: str) -> str:
+    return row[1] if relation == "capital" else row[2]
+
+
+def broadcast_controls(chains: list[Chain], n_control: int, rng: np.random.Generator) -> list[Control]:
+    """Per familiarity, relation and expert (BC, AC): up to ``n_control`` control questions
+    about WORLD countries (BC) or WORLD cities (AC) drawn by ``rng`` (see :class:`Control`)."""
+    out = []
+    for rel in dict.fromkeys(c.relation for c in chains):
+        candidates = {_world_answer(row, rel) for row in WORLD} | {c.answer for c in chains if c.relation == rel}
+        for fam in SPLITS:
+            mine = [c for c in chains if c.familiarity == fam and c.relation == rel]
+            for expert, trained in (("BC", mine), ("AC", [c for c in mine if c.in_ac])):
+                new = tuple(sorted({c.answer for c in trained}))
+                if not new:
+                    continue
+                if expert == "BC":
+                    pool = [(TEMPLATES[rel].format(B=row[0]), _world_answer(row, rel)) for row in WORLD
+                            if row[0] not in {c.country for c in mine}]
+                else:
+                    pool = [(TEMPLATES[f"two_hop_{rel}"].format(A=city), _world_answer(row, rel)) for row in WORLD
+                            for city in row[3] if city not in {c.city for c in mine}]
+                pool = [(q, gold) for q, gold in pool if gold not in new]
+                picked = [pool[i] for i in rng.permutation(len(pool))[:n_control]]
+                if picked:
+                    out.append(Control(fam, expert, rel, tuple(q for q, _ in picked), tuple(g for _, g in picked),
+                                       new, len(candidates)))
+    return out
