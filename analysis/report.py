@@ -74,12 +74,15 @@ def claim_verdicts(experiment: Experiment, results: list[Result]) -> list[tuple[
 
 
 def recipe_verdicts(measure: ClaimMeasure, results: list[Result]) -> dict[str, Verdict]:
-    """The claim's verdict within each fine-tune recipe of the grid (``{}``: no recipe axis)."""
+    """The claim's verdict within each fine-tune recipe of the grid (``{}``: no recipe axis, the
+    claim has none or the results hold one recipe only, whose verdict is the claim's own)."""
     if measure.recipe is None:
         return {}
     groups: dict[str, list[Result]] = {}
     for r in results:
         groups.setdefault(measure.recipe(r), []).append(r)
+    if len(groups) < 2:
+        return {}
     return {name: judge_measure(measure, rs, "recipe", name)[0] for name, rs in sorted(groups.items())}
 
 

@@ -113,12 +113,13 @@ def test_a_ceiling_under_its_threshold_makes_the_claim_not_testable(measure):
 REUSE = {m.claim.id: m for m in registry.get("two_hop_reuse").claims}
 
 
-def _two_hop(seed: int, scores: dict[str, float], condition: str = "main", fmt: str = "latent") -> Result:
+def _two_hop(seed: int, scores: dict[str, float], condition: str = "main", fmt: str = "latent",
+             recipe: str = "memorised") -> Result:
     """One two_hop_reuse result: each model's composed accuracy, the same on F, H and R."""
-    config = SimpleNamespace(seed=seed, fmt=fmt, condition=condition,
+    config = SimpleNamespace(seed=seed, fmt=fmt, condition=condition, recipe=recipe,
                              pipeline=SimpleNamespace(methods=("average", "ties", "joint")))
     models = {name: {"composed": acc, "broadcast": {"composed": 0.0}} for name, acc in scores.items()}
-    return Result(f"{seed}-{condition}-{fmt}", config, {"splits": {f: {"models": models} for f in "FHR"}})
+    return Result(f"{seed}-{condition}-{fmt}-{recipe}", config, {"splits": {f: {"models": models} for f in "FHR"}})
 
 
 def _libraries(with_ac: float, hops: float) -> dict[str, float]:
@@ -167,6 +168,33 @@ def test_reuse_4_measure_is_shared_minus_main_and_its_sign_flip_flips_the_verdic
 
     assert judge_measure(measure, results(0.5, 0.2) + fifth(0.525, 0.2))[0].outcome == SUPPORTED
     assert judge_measure(measure, results(0.2, 0.5) + fifth(0.2, 0.525))[0].outcome == NOT_SUPPORTED
+
+
+def test_reuse_4_pairs_shared_with_main_of_the_same_recipe():
+    """The grid runs "shared" in one recipe: main results of other recipes must not enter the gain."""
+    rs = [_two_hop(s, {"average/hops": 0.5 + 0.01 * s, "ties/hops": 0.5}, "shared") for s in range(3)]
+    rs += [_two_hop(s, {"average/hops": 0.2, "ties/hops": 0.2}) for s in range(3)]
+    other = [_two_hop(s, {"average/hops": 0.9, "ties/hops": 0.9}, recipe="fixed300_r8") for s in range(3)]
+    np.testing.assert_allclose(template_gain(rs + other), [0.3, 0.305, 0.31], atol=1e-12)
+
+
+def test_recipe_axis_gives_a_verdict_per_recipe_and_robust_only_if_all_hold():
+    """REUSE-2 on hand-made results in two recipes: supported in both reads robust; reuse that
+    gains in one recipe and not the other reads "not robust"; one recipe alone is no axis."""
+    from analysis.report import _recipes, recipe_verdicts
+
+    measure = REUSE["REUSE-2"]
+    assert measure.recipe is not None and REUSE["REUSE-0"].recipe is None and REUSE["REUSE-4"].recipe is None
+
+    def results(recipe: str, gain: float):
+        return [_two_hop(s, _libraries(0.2 + gain + 0.01 * s, 0.2), recipe=recipe) for s in range(4)]
+
+    both = recipe_verdicts(measure, results("memorised", 0.3) + results("fixed300_r8", 0.3))
+    assert set(both) == {"memorised", "fixed300_r8"} and _recipes(both) == "robust"
+    split = recipe_verdicts(measure, results("memorised", 0.3) + results("fixed300_r8", -0.3))
+    assert split["memorised"].outcome == SUPPORTED and split["fixed300_r8"].outcome == NOT_SUPPORTED
+    assert _recipes(split) == "not robust (1 of 2 recipes supported)"
+    assert recipe_verdicts(measure, results("memorised", 0.3)) == {}
 
 
 def _capacity(seed: int, depth: int, rank: int, recalled: int) -> Result:

@@ -12,6 +12,8 @@ no expert was trained on the composed questions. A claim whose data is not in th
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Callable
 
 from analysis.experiments.two_hop_read import (FORMATS, by_seed, conditional, data_free, method_mean,
@@ -29,6 +31,7 @@ CEILING = 0.5
 # 1/8 of the questions right without composing; 0.25 is twice that (a convention).
 CONDITIONAL_MARGIN = 0.25
 UNSEEN_TEMPLATE_COMMAND = "lora-limits run two_hop_reuse --set pipeline.base.task.two_hop_ratio=0"
+NO_RECIPE_AXIS = ("REUSE-0", "REUSE-4")  # claims judged over all recipes at once (see claims())
 OOD_SPLIT, ID_SPLIT = "O", "R"  # O is built like R, with subjects that never start a pretraining chain
 OOD_COMMAND = ("lora-limits run two_hop_reuse --set pipeline.base.task.ood_frac=0.2 "
                "--set pipeline.familiarities=R,O")  # in this order: split O needs ood_frac > 0 first
@@ -178,10 +181,19 @@ def ood_needs(fmt: str) -> Callable[[list[Result]], str | None]:
     return needs
 
 
+def recipe_of(r: Result) -> str:
+    """The fine-tune recipe a result was trained with (``TwoHopReuseConfig.recipe``): the
+    report's recipe axis (a verdict per recipe, and whether the claim holds in all)."""
+    return r.config.recipe
+
+
 def template_gain(results: list[Result]) -> list[float]:
-    """Per seed: mean data-free composed accuracy of hops, shared templates minus main."""
-    on = by_seed(select(results, condition="shared"), lambda r: method_mean(r, "hops"))
-    off = by_seed(select(results), lambda r: method_mean(r, "hops"))
+    """Per seed: mean data-free composed accuracy of hops, shared templates minus main, main
+    read in the recipes the shared condition ran (the grid runs shared in one recipe only)."""
+    shared = select(results, condition="shared")
+    recipes = {recipe_of(r) for r in shared}
+    on = by_seed(shared, lambda r: method_mean(r, "hops"))
+    off = by_seed([r for r in select(results) if recipe_of(r) in recipes], lambda r: method_mean(r, "hops"))
     return paired_differences(on, off)
 
 
@@ -278,4 +290,6 @@ def claims() -> tuple[ClaimMeasure, ...]:
         "formats)", "above", 0.05, "a convention: 0.05 is about one more composed question of the 24 a format "
         "asks per seed (8 per split x F/H/R; 1/24 = 0.042), averaged over methods"),
         template_gain, tmpl, template_confound, DIFFERENCE))
-    return tuple(rows)
+    # the recipe axis for every claim on fine-tuned models; REUSE-0 reads the base alone, and
+    # REUSE-4's shared condition runs in one recipe (template_gain pairs it within that recipe)
+    return tuple(m if m.claim.id in NO_RECIPE_AXIS else dataclasses.replace(m, recipe=recipe_of) for m in rows)
