@@ -58,13 +58,17 @@ def _per_seed(results: list[Result], value: Callable[[Result], float | None]) ->
     return [float(v) for v in out if v is not None]
 
 
+def _gain(r: Result, fam: str, key: str, models: list[str], pool: Callable = max) -> float | None:
+    """``pool`` (max, or mean) over ``models`` of the specificity ``key`` minus the base
+    model's, in one result (None where either is missing)."""
+    base = _spec(r, "base", fam, key)
+    scores = [v for m in models if (v := _spec(r, m, fam, key)) is not None]
+    return None if base is None or not scores else float(pool(scores)) - base
+
+
 def _excess(fam: str, key: str, models: Callable[[Result], list[str]]) -> Callable[[list[Result]], list[float]]:
     """Per seed: max over ``models(r)`` of the specificity ``key`` minus the base model's."""
-    def value(r: Result) -> float | None:
-        base = _spec(r, "base", fam, key)
-        scores = [v for m in models(r) if (v := _spec(r, m, fam, key)) is not None]
-        return None if base is None or not scores else max(scores) - base
-    return lambda results: _per_seed(results, value)
+    return lambda results: _per_seed(results, lambda r: _gain(r, fam, key, models(r)))
 
 
 def reuse_excess(fam: str, key: str) -> Callable[[list[Result]], list[float]]:
@@ -90,13 +94,9 @@ def ood_gap(key: str) -> Callable[[list[Result]], list[float]]:
     """Per seed: what with_AC reuse adds over the base on R, minus what it adds on O (specificity
     ``key``, mean over data-free methods): R's held-out cities share their country with cities
     whose two-hop questions AC trained, O's never do (in distribution minus out of it)."""
-    def gain(r: Result, fam: str) -> float | None:
-        base = _spec(r, "base", fam, key)
-        vals = [v for m in data_free(r) if (v := _spec(r, f"{m}/with_AC", fam, key)) is not None]
-        return None if base is None or not vals else float(np.mean(vals)) - base
-
     def value(r: Result) -> float | None:
-        rr, oo = gain(r, "R"), gain(r, OOD_SPLIT)
+        reused = [f"{m}/with_AC" for m in data_free(r)]
+        rr, oo = (_gain(r, fam, key, reused, np.mean) for fam in ("R", OOD_SPLIT))
         return None if rr is None or oo is None else rr - oo
     return lambda results: _per_seed(results, value)
 
