@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from toymodels import train as train_module
 from toymodels.model import GPT, ModelConfig
 from toymodels.tasks import Examples
 from toymodels.tasks.knowledge import GraphConfig
@@ -24,10 +25,11 @@ def gpt(seed=0):
     return GPT(MODEL, generator=torch.Generator().manual_seed(seed))
 
 
-def fit(model, data, steps=150, seed=0, **kw):
+def fit(model, data, steps=150, seed=0, probe_misses=0, **kw):
     cfg = TrainConfig(**{**dict(steps=steps, batch_size=16, lr=3e-3, weight_decay=0.0, warmup_steps=min(5, steps - 1),
                                 eval_every=50), **kw})
-    return train(model, data, cfg, torch.Generator().manual_seed(seed), {"facts": data}, device="cpu")
+    return train(model, data, cfg, torch.Generator().manual_seed(seed), {"facts": data}, device="cpu",
+                 probe_misses=probe_misses)
 
 
 def test_tiny_model_memorises_a_tiny_set_and_loss_decreases():
@@ -149,3 +151,45 @@ def test_unknown_target_set_and_bad_device_raise():
         fit(gpt(), ATOMIC, steps=2, target_set="nope")
     with pytest.raises(ValueError, match="device='tpu'"):
         train(gpt(), ATOMIC, TrainConfig(steps=2, warmup_steps=0), torch.Generator(), device="tpu")
+
+
+def test_probing_missed_rows_changes_no_step_loss_weight_or_final_score():
+    """train(probe_misses=k) skips full evals while a missed row still misses: the stopping
+    step, losses, weights and final score are those of scoring every row at every eval."""
+    kw = dict(steps=1000, eval_every=5, target_acc=1.0)
+    full, probed = fit(gpt(), ATOMIC, **kw), fit(gpt(), ATOMIC, probe_misses=4, **kw)
+    assert probed.reached_target and full.reached_target and probed.steps == full.steps
+    assert probed.losses == full.losses and probed.final() == full.final() == {"facts": 1.0}
+    assert all(torch.equal(p, q) for p, q in zip(probed.model.parameters(), full.model.parameters()))
+    skipped = [np.isnan(v) for v in probed.curves["facts"]]
+    assert 0 < sum(skipped) < len(skipped)  # the probe did skip evals, and not all of them
+    assert [v for v, s in zip(probed.curves["facts"], skipped) if not s] == \
+           [v for v, s in zip(full.curves["facts"], skipped) if not s]
+
+
+def test_probing_scores_every_row_at_the_last_step_when_the_target_is_not_reached():
+    kw = dict(steps=20, eval_every=5, target_acc=1.0, warmup_steps=2)
+    full, probed = fit(gpt(), ATOMIC, **kw), fit(gpt(), ATOMIC, probe_misses=2, **kw)
+    assert not probed.reached_target and probed.steps == 20
+    assert probed.curves["facts"][-1] == full.curves["facts"][-1] < 1.0
+    with pytest.raises(ValueError, match="probe_misses=-1: must be an integer >= 0"):
+        fit(gpt(), ATOMIC, probe_misses=-1, **kw)
+
+
+@pytest.mark.parametrize("target, k, passing, out_of_reach", [
+    (1.0, 16, {3}, True),          # row 7 still misses: 0.9 < 1.0
+    (0.9, 16, {3}, False),         # one miss is allowed at 0.9: left to the full eval
+    (0.9, 16, set(), True),        # both still miss: 0.8 < 0.9
+    (1.0, 1, {3}, False),          # only row 3 is probed, and it passes now
+    (1.0, 16, {3, 7}, False),      # both pass now
+])
+def test_miss_probe_is_out_of_reach_only_when_its_misses_alone_keep_the_set_below_target(
+        monkeypatch, target, k, passing, out_of_reach):
+    rows = Examples(torch.arange(10)[:, None].repeat(1, 3), torch.zeros(10, 3, dtype=torch.bool))
+    verdicts = {i: i not in (3, 7) for i in range(10)}  # the full eval misses rows 3 and 7
+    monkeypatch.setattr(train_module, "_eval_rows",
+                        lambda model, ex: torch.tensor([verdicts[int(i)] for i in ex.tokens[:, 0]]))
+    probe = train_module._MissProbe(rows, k, target)
+    assert probe.full(None) == pytest.approx(0.8) and probe.missed.tolist() == [3, 7]
+    verdicts.update({i: True for i in passing})
+    assert probe.out_of_reach(None) is out_of_reach

@@ -79,7 +79,7 @@ def train_lora_peft(backend, data: Examples, lora: LoRAConfig, finetune: TrainCo
             layers[path].lora_A["default"].weight.copy_(draw.A)
             layers[path].lora_B["default"].weight.zero_()
     wrapped = PeftLM(model)
-    result = train(wrapped, data, finetune, gen, {"facts": data}, backend.device, progress)
+    result = train(wrapped, data, finetune, gen, {"facts": data}, backend.device, progress, backend.probe_misses)
     factors = {}
     for path, layer in layers.items():
         scale = float(layer.scaling["default"])

@@ -54,7 +54,7 @@ from toymodels.tasks.math_corpus import combos, draw_problems
 from toymodels.tasks.math_experts import TEMPLATES, distinct_problems, facts_problems_of
 from toymodels.tasks.math_problems import FORMATS, MathWorld, MathWorldConfig, Problem, make_problem, make_world, solve
 from toymodels.tasks.natural import encode_pairs
-from toymodels.train import TrainConfig
+from toymodels.train import MISS_PROBE_ROWS, TrainConfig
 
 Pair = tuple[str, str]
 
@@ -272,7 +272,8 @@ def run_pretrained_math(cfg: PretrainedMathConfig, hf_model: nn.Module, tokenize
                             shots=train_sets["procedure"][:cfg.reuse.lorahub_shots],
                             score=lambda model, members, method: score_model(model, data, sheet, tokenizer, max_new),
                             oracle=oracle)
-        done = run_protocol(family, Backend(lm, roles, device), cfg, seed, ("math_pre",), joint=cfg.joint,
+        backend = Backend(lm, roles, device, probe_misses=MISS_PROBE_ROWS)
+        done = run_protocol(family, backend, cfg, seed, ("math_pre",), joint=cfg.joint,
                             summary=functools.partial(train_summary, curves=False, digits=2),
                             title=f"math LoRAs and scores ({template} template)", progress=progress)
         out["templates"][template] = {"n_composed": len(pr["composed"]), "n_control": len(pr["control"]), **done}

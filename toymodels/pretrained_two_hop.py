@@ -54,7 +54,7 @@ from toymodels.tasks import Examples
 from toymodels.tasks.natural import (WORLD, NaturalConfig, encode_pairs, eval_pairs, expert_pairs,
                                      known_fact_pairs, make_chains)
 from toymodels.tasks.natural_probes import Control, broadcast_controls, retention_pairs
-from toymodels.train import TrainConfig, recipe
+from toymodels.train import MISS_PROBE_ROWS, TrainConfig, recipe
 
 __all__ = ["LIBRARIES", "LORA_BACKENDS", "PretrainedTwoHopConfig", "draw_chains", "paper", "quick", "run_pretrained_two_hop"]
 
@@ -246,7 +246,8 @@ def run_pretrained_two_hop(cfg: PretrainedTwoHopConfig, hf_model: nn.Module, tok
     trainer = train_lora_peft if lora_backend == "peft" else train_lora
     if adapters is not None:
         trainer = functools.partial(_keep_experts, trainer, train_sets, adapters)
-    done = run_protocol(family, Backend(lm, roles, device, trainer), cfg, seed, ("pretrained",), joint=cfg.joint,
+    backend = Backend(lm, roles, device, trainer, probe_misses=MISS_PROBE_ROWS)
+    done = run_protocol(family, backend, cfg, seed, ("pretrained",), joint=cfg.joint,
                         summary=functools.partial(train_summary, curves=False, digits=2), progress=progress)
     models = done["models"]
     return {**out, "experts": done["experts"], "models": {name: s[0] for name, s in models.items()},

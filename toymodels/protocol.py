@@ -71,6 +71,9 @@ class Backend:
     # how one LoRA is trained, with train_lora's signature: None is train_lora (our
     # LoRALinear); toymodels.peft_backend.train_lora_peft trains it with PEFT instead
     trainer: Callable[..., tuple[Adapter, TrainResult]] | None = None
+    # toymodels.train.train's probe_misses for every LoRA (0: score every row at every eval);
+    # only for callers whose training summaries keep no curves (their points may be NaN)
+    probe_misses: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def train_lora(backend: Backend, data: Examples, lora: LoRAConfig, finetune: Tra
                progress: Progress | None = None) -> tuple[Adapter, TrainResult]:
     """Fine-tune a fresh LoRA on ``data``; its eval set ``facts`` is ``data`` itself."""
     model = inject_lora(backend.model, lora, backend.roles, gen)
-    result = train(model, data, finetune, gen, {"facts": data}, backend.device, progress)
+    result = train(model, data, finetune, gen, {"facts": data}, backend.device, progress, backend.probe_misses)
     return extract_adapter(model, lora), result
 
 

@@ -53,7 +53,7 @@ from toymodels.tasks.history_qa import (SPLITS, TRAINED, Chain, QAConfig, broadc
                                         expert_pairs, known_fact_pairs, make_chains)
 from toymodels.tasks.natural import TEMPLATES as NATURAL_TEMPLATES
 from toymodels.tasks.natural import WORLD, encode_pairs
-from toymodels.train import TrainConfig
+from toymodels.train import MISS_PROBE_ROWS, TrainConfig
 
 Pair = tuple[str, str]
 
@@ -220,7 +220,8 @@ def run_qa_reuse(cfg: QAReuseConfig, hf_model: nn.Module, tokenizer, seed: int =
         score=lambda model, members, method: score_model(model, sheet, chains, cfg.n_wrong, members,
                                                          controls, control_rows),
         oracle=oracle)
-    done = run_protocol(family, Backend(lm, roles, device), cfg, seed, ("qa",), joint=cfg.joint,
+    backend = Backend(lm, roles, device, probe_misses=MISS_PROBE_ROWS)
+    done = run_protocol(family, backend, cfg, seed, ("qa",), joint=cfg.joint,
                         summary=functools.partial(train_summary, curves=False, digits=2), progress=progress)
     return {"config": cfg.to_dict(), "key": cfg.key(), "seed": seed, "chains": [dataclasses.asdict(c) for c in chains],
             "familiarity": {"facts": len(fact_pairs), "exact": fact_exact.float().mean().item(), "known": len(known)},

@@ -143,11 +143,7 @@ def exact_match_rows(model: nn.Module, examples: Examples, batch_size: int = 204
 
 
 def exact_match(model: nn.Module, examples: Examples) -> float:
-    was_training = model.training
-    model.eval()
-    acc = exact_match_rows(model, examples).float().mean().item() if len(examples) else float("nan")
-    model.train(was_training)
-    return acc
+    return _eval_rows(model, examples).float().mean().item() if len(examples) else float("nan")
 
 
 @torch.no_grad()
@@ -198,14 +194,64 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
+# train(probe_misses=...) for the protocols that keep no training curves (pretrained models,
+# where a full evaluation of a LoRA's own rows costs several training steps)
+MISS_PROBE_ROWS = 16
+
+
+class _MissProbe:
+    """``train(probe_misses=k)``'s shortcut for one eval set: the rows its last full evaluation
+    missed; :meth:`out_of_reach` re-scores up to ``k`` of them alone."""
+
+    def __init__(self, examples: Examples, k: int, target_acc: float):
+        self.examples, self.k, self.target_acc = examples, k, target_acc
+        self.missed = torch.zeros(0, dtype=torch.long)
+
+    def out_of_reach(self, model: nn.Module) -> bool:
+        """True if the probed rows that still miss alone keep the set below ``target_acc``
+        (by a margin, so that a borderline case is left to the full evaluation)."""
+        if not len(self.missed):
+            return False
+        misses = int((~_eval_rows(model, self.examples[self.missed[:self.k]])).sum())
+        n = len(self.examples)
+        return (n - misses) / n < self.target_acc - 1e-6
+
+    def full(self, model: nn.Module) -> float:
+        ok = _eval_rows(model, self.examples)
+        self.missed = (~ok).nonzero().flatten()
+        return ok.float().mean().item() if len(ok) else float("nan")
+
+
+def _eval_rows(model: nn.Module, examples: Examples) -> Tensor:
+    """:func:`exact_match_rows` in eval mode (the model's mode restored after)."""
+    was_training = model.training
+    model.eval()
+    ok = exact_match_rows(model, examples)
+    model.train(was_training)
+    return ok
+
+
 def train(model: nn.Module, data: Examples, cfg: TrainConfig, generator: torch.Generator,
           eval_sets: dict[str, Examples] | None = None, device: str = "auto",
-          progress: Progress | None = None) -> TrainResult:
+          progress: Progress | None = None, probe_misses: int = 0) -> TrainResult:
     """Train ``model`` in place on ``data``; batches are drawn by ``generator`` (CPU).
-    ``progress`` (toymodels/progress.py) gets a "train" bar over the steps."""
+    ``progress`` (toymodels/progress.py) gets a "train" bar over the steps.
+
+    ``probe_misses = k > 0`` (with a ``target_acc``) saves evaluation when the caller keeps no
+    curves: an eval first re-scores alone up to ``k`` rows of a target set that its last full
+    evaluation missed; if those that still miss keep the set below ``target_acc``, the target
+    is not reached and the target sets' curve point is NaN (not measured), not their accuracy.
+    Otherwise, and always at the last step,
+    every row is scored as without it, so the stopping step, the losses and the final scores
+    are the same (up to a row at an argmax tie scoring differently in a smaller batch)."""
     eval_sets = eval_sets or {}
     if cfg.target_set is not None and cfg.target_set not in eval_sets:
         raise ValueError(f"train.target_set={cfg.target_set!r}: must be one of {sorted(eval_sets)}")
+    if not isinstance(probe_misses, int) or probe_misses < 0:
+        raise ValueError(f"probe_misses={probe_misses!r}: must be an integer >= 0 (0: score every row at every eval)")
+    targets = [cfg.target_set] if cfg.target_set else list(eval_sets)
+    probes = {name: _MissProbe(eval_sets[name], probe_misses, cfg.target_acc)
+              for name in targets} if probe_misses and cfg.target_acc is not None else {}
     dev = resolve_device(device)
     model.to(dev)
     data = data.to(dev)
@@ -236,11 +282,15 @@ def train(model: nn.Module, data: Examples, cfg: TrainConfig, generator: torch.G
             result.eval_steps.append(step)
             result.losses.append(sum(running) / len(running))
             running = []
+            unreached = step < cfg.steps and any(p.out_of_reach(model) for p in probes.values())
             for name, ex in eval_sets.items():
-                result.curves[name].append(exact_match(model, ex))
+                probe = probes.get(name)
+                if probe is None:
+                    result.curves[name].append(exact_match(model, ex))
+                else:
+                    result.curves[name].append(float("nan") if unreached else probe.full(model))
             bar.set_postfix_str(", ".join([f"loss {result.losses[-1]:.3f}"] +
                                           [f"{k} {v:.2f}" for k, v in result.final().items()]))
-            targets = [cfg.target_set] if cfg.target_set else list(eval_sets)
             if cfg.target_acc is not None and targets and all(
                     result.curves[t][-1] >= cfg.target_acc for t in targets):
                 result.reached_target = True
