@@ -36,7 +36,7 @@ from toymodels.config import Config, check_fields, counts
 from toymodels.tasks.history_people import CONTINENTS, PEOPLE
 from toymodels.tasks.natural import TEMPLATES as NATURAL_TEMPLATES
 from toymodels.tasks.natural import WORLD, fictional_name
-from toymodels.tasks.natural_probes import Control
+from toymodels.tasks.natural_probes import Control, draw_controls
 
 SPLITS = ("F", "H", "R", "OOD")
 TRAINED = ("F", "H", "R")  # the splits whose facts the experts learn
@@ -216,25 +216,14 @@ def broadcast_controls(chains: list[Chain], n_control: int, rng: np.random.Gener
     gold is none of the answers the expert learned for that split (``natural_probes.Control``)."""
     cities = {c.city for c in chains}
     people = {c.person for c in chains}
-    out = []
-    for rel in dict.fromkeys(c.relation for c in chains):
-        candidates = {real_answer(city, rel) for city in CITY_COUNTRY}
-        candidates |= {c.answer for c in chains if c.relation == rel}
-        for split in TRAINED:
-            mine = [c for c in chains if c.split == split and c.relation == rel]
-            for expert, trained in (("BC", mine), ("AC", [c for c in mine if c.in_ac])):
-                new = tuple(sorted({c.answer for c in trained}))
-                if not new:
-                    continue
-                if expert == "BC":
-                    pool = [(TEMPLATES[rel].format(A=a), real_answer(a, rel)) for a in CITY_COUNTRY
-                            if a not in cities]
-                else:
-                    pool = [(TEMPLATES[f"two_hop_{rel}"].format(P=p), real_answer(a, rel)) for p, a, _ in PEOPLE
-                            if p not in people]
-                pool = [(q, gold) for q, gold in pool if gold not in new]
-                picked = [pool[i] for i in rng.permutation(len(pool))[:n_control]]
-                if picked:
-                    out.append(Control(split, expert, rel, tuple(q for q, _ in picked), tuple(g for _, g in picked),
-                                       new, len(candidates)))
-    return out
+
+    def candidates(rel: str) -> set[str]:
+        return {real_answer(city, rel) for city in CITY_COUNTRY} | {c.answer for c in chains if c.relation == rel}
+
+    def pool(expert: str, rel: str, mine: list[Chain]) -> list[tuple[str, str]]:
+        if expert == "BC":
+            return [(TEMPLATES[rel].format(A=a), real_answer(a, rel)) for a in CITY_COUNTRY if a not in cities]
+        return [(TEMPLATES[f"two_hop_{rel}"].format(P=p), real_answer(a, rel)) for p, a, _ in PEOPLE
+                if p not in people]
+
+    return draw_controls(chains, TRAINED, lambda c: c.split, candidates, pool, n_control, rng)

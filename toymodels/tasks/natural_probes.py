@@ -7,6 +7,7 @@ Pure: data in, data out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -76,27 +77,43 @@ def _world_answer(row: tuple, relation: str) -> str:
     return row[1] if relation == "capital" else row[2]
 
 
-def broadcast_controls(chains: list[Chain], n_control: int, rng: np.random.Generator) -> list[Control]:
-    """Per familiarity, relation and expert (BC, AC): up to ``n_control`` control questions
-    about WORLD countries (BC) or WORLD cities (AC) drawn by ``rng`` (see :class:`Control`)."""
+def draw_controls(chains: Sequence, splits: Sequence[str], split_of: Callable[[Any], str],
+                  candidates: Callable[[str], set[str]],
+                  pool: Callable[[str, str, list], list[tuple[str, str]]],
+                  n_control: int, rng: np.random.Generator) -> list[Control]:
+    """The broadcast controls of a two-hop protocol: per relation, split and expert (BC: every
+    chain of the split, AC: those in AC) that learned new answers, up to ``n_control``
+    (question, gold) of ``pool(expert, relation, the split's chains of that relation)`` whose
+    gold is none of them, drawn by ``rng``. ``candidates(relation)``: the relation's distinct
+    answers (the chance reference). Chains have ``relation``, ``answer`` and ``in_ac``."""
     out = []
     for rel in dict.fromkeys(c.relation for c in chains):
-        candidates = {_world_answer(row, rel) for row in WORLD} | {c.answer for c in chains if c.relation == rel}
-        for fam in SPLITS:
-            mine = [c for c in chains if c.familiarity == fam and c.relation == rel]
+        n_candidates = len(candidates(rel))
+        for split in splits:
+            mine = [c for c in chains if split_of(c) == split and c.relation == rel]
             for expert, trained in (("BC", mine), ("AC", [c for c in mine if c.in_ac])):
                 new = tuple(sorted({c.answer for c in trained}))
                 if not new:
                     continue
-                if expert == "BC":
-                    pool = [(TEMPLATES[rel].format(B=row[0]), _world_answer(row, rel)) for row in WORLD
-                            if row[0] not in {c.country for c in mine}]
-                else:
-                    pool = [(TEMPLATES[f"two_hop_{rel}"].format(A=city), _world_answer(row, rel)) for row in WORLD
-                            for city in row[3] if city not in {c.city for c in mine}]
-                pool = [(q, gold) for q, gold in pool if gold not in new]
-                picked = [pool[i] for i in rng.permutation(len(pool))[:n_control]]
+                options = [(q, gold) for q, gold in pool(expert, rel, mine) if gold not in new]
+                picked = [options[i] for i in rng.permutation(len(options))[:n_control]]
                 if picked:
-                    out.append(Control(fam, expert, rel, tuple(q for q, _ in picked), tuple(g for _, g in picked),
-                                       new, len(candidates)))
+                    out.append(Control(split, expert, rel, tuple(q for q, _ in picked), tuple(g for _, g in picked),
+                                       new, n_candidates))
     return out
+
+
+def broadcast_controls(chains: list[Chain], n_control: int, rng: np.random.Generator) -> list[Control]:
+    """Per familiarity, relation and expert (BC, AC): up to ``n_control`` control questions
+    about WORLD countries (BC) or WORLD cities (AC) drawn by ``rng`` (see :class:`Control`)."""
+    def candidates(rel: str) -> set[str]:
+        return {_world_answer(row, rel) for row in WORLD} | {c.answer for c in chains if c.relation == rel}
+
+    def pool(expert: str, rel: str, mine: list[Chain]) -> list[tuple[str, str]]:
+        if expert == "BC":
+            return [(TEMPLATES[rel].format(B=row[0]), _world_answer(row, rel)) for row in WORLD
+                    if row[0] not in {c.country for c in mine}]
+        return [(TEMPLATES[f"two_hop_{rel}"].format(A=city), _world_answer(row, rel)) for row in WORLD
+                for city in row[3] if city not in {c.city for c in mine}]
+
+    return draw_controls(chains, SPLITS, lambda c: c.familiarity, candidates, pool, n_control, rng)
