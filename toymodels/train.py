@@ -289,8 +289,8 @@ def train(model: nn.Module, data: Examples, cfg: TrainConfig, generator: torch.G
                     result.curves[name].append(exact_match(model, ex))
                 else:
                     result.curves[name].append(float("nan") if unreached else probe.full(model))
-            bar.set_postfix_str(", ".join([f"loss {result.losses[-1]:.3f}"] +
-                                          [f"{k} {v:.2f}" for k, v in result.final().items()]))
+            bar.set_postfix_str(", ".join([f"loss {result.losses[-1]:.3f}"] + [  # NaN: a probe saw misses
+                f"{k} {v:.2f}" if v == v else f"{k} < {cfg.target_acc:.2f}" for k, v in result.final().items()]))
             if cfg.target_acc is not None and targets and all(
                     result.curves[t][-1] >= cfg.target_acc for t in targets):
                 result.reached_target = True
