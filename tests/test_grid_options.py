@@ -98,3 +98,18 @@ def test_rows_trainer_trains_the_rows_of_the_new_tokens_in_the_data_only():
             assert adapter.rows.tokens.tolist() == want and adapter.rows.embed.abs().sum() > 0
         else:
             assert adapter.rows is None
+
+
+def test_large_latent_base_is_the_recipe_the_bench_measured():
+    """presets.large_base("latent") is the config bench.latent_recipe ran as ``large_wsd20
+    --budget 4`` (its docstring quotes those runs): every logged run of it, seeds 0-2."""
+    import json
+    from pathlib import Path
+
+    from bench.latent_recipe import LOG, VARIANTS, variant
+    runs = [json.loads(line) for line in Path(LOG).read_text().splitlines()]
+    measured = [r for r in runs if r["name"] == "large_wsd20" and r["flops_vs_today"] > 3]
+    assert sorted(r["seed"] for r in measured) == [0, 1, 2]
+    assert all(r["config"] == large_base("latent").to_dict() for r in measured)
+    assert variant(VARIANTS["large_wsd20"], 4.0)[0] == large_base("latent")
+    assert large_base("cot").train.schedule != "wsd"  # CoT composes with quick_base's schedule
