@@ -283,10 +283,9 @@ def test_stacked_step_loops_read_the_host_only_per_evaluation_window(monkeypatch
     assert many == few, f"per-step host reads: {dict(many - few)}"
 
 
-@pytest.mark.xfail(strict=True, reason="toymodels.train.train reads the host twice per step: loss.item() "
-                   "(running loss) and answer_loss's logits[mask] (a bool-mask index: a nonzero + size copy on "
-                   "CUDA). Outside the stacked engine's files, and fixing it changes float rounding of cached "
-                   "runs; when fixed, drop this marker")
+@pytest.mark.xfail(strict=True, reason="toymodels.train.train still reads the host per step in answer_loss: "
+                   "logits[mask] and tokens[mask] (bool-mask indexes: a nonzero + size copy on CUDA each); its "
+                   "running loss is read once per eval window since 2026-12-02. When fixed, drop this marker")
 def test_toy_train_step_loop_reads_the_host_only_per_evaluation_window(monkeypatch):
     few, many = _reads(monkeypatch, _fit_one, 3), _reads(monkeypatch, _fit_one, 12)
     assert sum(few.values()) > 0

@@ -276,11 +276,12 @@ def train(model: nn.Module, data: Examples, cfg: TrainConfig, generator: torch.G
             nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
         opt.step()
         sched.step()
-        running.append(loss.item())
+        running.append(loss.detach())  # read once per eval window, not per step (no host sync)
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             result.eval_steps.append(step)
-            result.losses.append(sum(running) / len(running))
+            window = torch.stack(running).tolist()  # the same floats .item() gave, summed the same way
+            result.losses.append(sum(window) / len(window))
             running = []
             unreached = step < cfg.steps and any(p.out_of_reach(model) for p in probes.values())
             for name, ex in eval_sets.items():
