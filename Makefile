@@ -42,8 +42,8 @@ pretrained: install-pretrained
 	$(BIN)/lora-limits reproduce --profile quick --only pretrained_two_hop --figures figures/pretrained
 
 # The pretrained experiment's paper profile (3 seeds, 8 countries x 3 cities, every method):
-# 80 min wall on 2 CPU cores before the O split (measured; with it not yet run), report + figures in
-# figures/paper/pretrained/.
+# 51-64 min per seed on one core, 115.5 min wall on 2 CPU cores (measured 2026-12-02, slower
+# machine class), report + figures in figures/paper/pretrained/.
 pretrained-paper: install-pretrained
 	$(BIN)/lora-limits reproduce --profile paper --only pretrained_two_hop --figures figures/paper/pretrained
 

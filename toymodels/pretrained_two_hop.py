@@ -108,16 +108,15 @@ def quick() -> PretrainedTwoHopConfig:
 
 
 def paper() -> PretrainedTwoHopConfig:
-    """8 countries x 3 cities, capital and language, every method, at most 300 steps (early
-    stopping at 1.00 on a LoRA's own rows, checked every 10). Measured on SmolLM2 on 2 CPU cores
-    (2026-12-02, one worker per core, 1 torch thread each, cores partly shared with another
-    run): 3 seeds, 6,643 CPU-s (user + sys) in all, 80.5 min wall; per config 2,019 / 2,392 /
-    2,808 s wall. Every LoRA reached 1.00 on its own rows, in 10-120 steps (a LoRA step, rank 8
-    on 7 roles, batch 32: 3.3-3.4 CPU-s). 16 composed questions per split and seed (R: 14, the
-    facts the base answers). Report: ``figures/paper/pretrained/report.md``, measured BEFORE
-    this profile asked the O split (4 OOD_WORLD countries x 3 cities) and the retention sets
-    (24 rows each), as quick() does: that report's records have the earlier config keys, and
-    the profile as defined now has not run (``bench/device/check.sh`` runs it on a GPU)."""
+    """8 countries x 3 cities, capital and language, plus the O split (4 OOD_WORLD countries x 3
+    cities) and retention sets of 24 rows, every method, at most 300 steps (early stopping at
+    1.00 on a LoRA's own rows, checked every 10). Measured on SmolLM2 on 2 CPU cores of the
+    slower machine class (2026-12-02, one worker per seed, 1 torch thread each, two seeds side
+    by side then the third alone): per config 3,832 / 3,857 / 3,068 s wall, 179 min in all,
+    115.5 min wall. Every LoRA reached 1.00 on its own rows, in 20-80 steps. 16 composed
+    questions per split and seed (R: 14, the facts the base answers; O: 24). Report:
+    ``figures/paper/pretrained/report.md``. Before the O split and the miss probe the profile
+    took 2,019 / 2,392 / 2,808 s per config (6,643 CPU-s, 80.5 min wall)."""
     return PretrainedTwoHopConfig(
         task=NaturalConfig(n_countries=8, cities_per_country=3, ood_countries=4),
         lora=LoRAConfig(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down")),
