@@ -17,8 +17,12 @@ claims and how they read the results: :mod:`analysis.experiments.two_hop_claims`
 
 Profiles. ``quick`` (2 CPU cores): ``presets.quick_two_hop`` (8 facts per expert, rank 4)
 with 32 control questions per expert, methods average, sum, TIES and Arrow, conditions main
-and shared, 3 seeds: 12 configs. ``paper`` (GPU): 64 control questions, 9 methods (every
+and shared, 3 seeds: 12 configs. ``paper``: 64 control questions, 9 methods (every
 family of ``reuse.METHODS``, LoraHub and the oracle included), 4 conditions, 5 seeds: 40.
+Measured on CPU (2026-12-03, 2 cores of the slower machine class, ``--jobs 2``, one torch
+thread a worker): 47.2 min wall, 5,506 CPU-s, 0.9 GB peak RSS; a base model takes 392-407 s
+(latent, 3,000 steps, none reaching the 95% early stop) or 29-44 s (CoT) on one core, a
+config's reuse part ~2 min. Report: ``figures/paper/report.md``.
 
 Seeds. Every seed is an independent replication: its own base model per format (``base_seed
 = seed``; the conditions of one seed and format share it), expert data, LoRA inits and
