@@ -22,7 +22,7 @@ import pytest
 
 from analysis import registry
 from analysis.experiments.mechanism_claims import bridge_inside, old_bridge_seen, probe_bridge_inside
-from analysis.experiments.rank_depth import capacity_growth
+from analysis.experiments.rank_depth import best_hops_reuse, capacity_growth, reuse_rank_gain
 from analysis.experiments.two_hop_claims import (OOD_COMMAND, UNSEEN_TEMPLATE_COMMAND, ac_gain, template_confound,
                                                  template_gain)
 from analysis.registry import Ceiling, ClaimMeasure, Result
@@ -254,6 +254,31 @@ def test_mech_2_positive_control_is_the_base_finding_its_own_bridge():
     assert judge_measure(measure, results(blind))[0].outcome == NOT_TESTABLE
     assert judge_measure(measure, results(sees))[0].outcome == SUPPORTED
     assert "in the base 0.40 (the lens's positive control)" in measure.detail(results(sees))
+
+
+def _reuse_point(seed: int, depth: int, rank: int, reuse: float, joint: float) -> Result:
+    """One rank_depth point: every method's and the joint LoRA's composed accuracy, both libraries."""
+    models = {f"{m}/{lib}": {"composed": value} for lib in ("hops", "with_AC")
+              for m, value in (("average", reuse), ("arrow", reuse / 2), ("joint", joint))}
+    return Result(f"{seed}{depth}{rank}", None, {"seed": seed, "depth": depth, "rank": rank,
+                                                 "reuse": {f: {"models": models, "n_composed": 8} for f in "FR"}})
+
+
+@pytest.mark.parametrize("claim_id", ["RD-4", "RD-5"])
+def test_rd_4_and_rd_5_are_read_against_the_joint_lora(claim_id):
+    """Reuse failing at every rank says nothing when the joint-data LoRA fails there too: under
+    the 0.5 ceiling the verdict is not testable; with the ceiling reached the same reuse numbers
+    give the claim's verdict, and raising reuse flips it."""
+    measure = next(m for m in registry.get("rank_depth").claims if m.claim.id == claim_id)
+    def results(reuse_at_64, joint):
+        return [_reuse_point(s, d, r, (0.05 + 0.01 * s) if r == 1 else reuse_at_64 + 0.01 * s, joint)
+                for s in range(4) for d in (1, 2) for r in (1, 64)]
+    np.testing.assert_allclose(best_hops_reuse(results(0.1, 0.9)), [0.1, 0.11, 0.12, 0.13])
+    np.testing.assert_allclose(reuse_rank_gain(results(0.1, 0.9)), [0.05] * 4)  # best method, both libraries
+    np.testing.assert_allclose(measure.ceiling.per_seed(results(0.1, 0.03)), [0.03] * 4)
+    assert judge_measure(measure, results(0.1, 0.03))[0].outcome == NOT_TESTABLE
+    assert judge_measure(measure, results(0.1, 0.9))[0].outcome == SUPPORTED
+    assert judge_measure(measure, results(0.9, 0.9))[0].outcome == NOT_SUPPORTED
 
 
 def test_rank_depth_claims_state_their_questions():
