@@ -32,6 +32,10 @@ steps, ~45% more rows scored per model). With ``train(probe_misses=16)`` (the ea
 check re-scores missed rows only while one still misses), on that machine: ``make
 pretrained`` from a fresh clone 2,479 CPU-s, 22 min 35 s wall (19.8 min for the two configs,
 1,189 / 1,164 s each, against 1,588 / 1,574 before), every step count, loss and score equal.
+On another machine of that kind (2026-12-03): ``make pretrained`` from a fresh clone 2,020
+CPU-s, 18 min 04 s wall; per config 961 / 956 s, of which LoRA training ~670 s (190 steps:
+the experts 35 / 20 / 25, the joint LoRAs 50 / 60, ~3.5 s a step with the early-stop checks)
+and the rest ~280 s (scoring 10 models, the base familiarity; bench.phases.PhaseClock).
 
 The terminal table (composed accuracy and answer log-prob per model and familiarity, the
 broadcast control, the base model's familiarity) is printed by :func:`print_tables`, which
