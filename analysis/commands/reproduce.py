@@ -23,14 +23,13 @@ import os
 import sys
 from pathlib import Path
 
+from analysis.commands import add_profile_and_device
+
 HELP = "run the theory checks, every experiment, every figure and the report (the main job)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="quick", metavar="P",
-                        help="quick (CPU, minutes; default) or paper (bigger, for a GPU)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where to train (default auto: CUDA when present)")
+    add_profile_and_device(parser)
     cores = os.cpu_count() or 1
     parser.add_argument("--jobs", default=str(min(cores, 4)), metavar="N",
                         help=f"configs run at once, one BLAS thread each when N >= cores (default {min(cores, 4)}: "

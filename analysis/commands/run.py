@@ -22,6 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis.commands import add_profile_and_device
 from analysis.errors import UsageError
 
 HELP = "run an experiment's grid (cached, resumable, parallel) and draw its figures"
@@ -29,10 +30,7 @@ HELP = "run an experiment's grid (cached, resumable, parallel) and draw its figu
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", metavar="EXPERIMENT", help="experiment name (see `lora-limits list`)")
-    parser.add_argument("--profile", default="quick", metavar="P",
-                        help="quick (CPU, minutes; default) or paper (bigger, for a GPU)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where to train (default auto: CUDA when present)")
+    add_profile_and_device(parser)
     parser.add_argument("--jobs", default="1", metavar="N", help="configs run at once (default 1)")
     parser.add_argument("--engine", choices=["serial", "process", "dask"],
                         help="serial, process (local worker processes) or dask "
