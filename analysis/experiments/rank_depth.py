@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.experiments import base_model
+from analysis.experiments.two_hop_claims import CEILING
 from analysis.figures.rank_depth import accuracy_figure, capacity_figure
 from analysis.progress import current
 from analysis.registry import Ceiling, ClaimMeasure, Experiment, Result, register
@@ -218,16 +219,11 @@ def _joint_acc(row: dict, library: str) -> float:
     return float(np.mean([s["models"][f"joint/{library}"]["composed"] for s in row["reuse"].values()]))
 
 
-# RD-4 and RD-5 are read against the joint-data LoRA on the same experts' data (issue 12's rule,
-# as REUSE-1): where it answers fewer than half the composed questions at every rank and depth,
-# nothing that fine-tunes on this data composes either, and "reuse fails at every rank" is a
-# floor effect, "not testable". 0.5 is RD-4's own convention for "reaches composition".
-CEILING = 0.5
-
-
 def joint_ceiling(libraries: tuple[str, ...]) -> Ceiling:
-    """Per seed, the best joint-data LoRA over ranks and depths (composed accuracy, mean over
-    familiarities and ``libraries``)."""
+    """RD-4's and RD-5's ceiling, REUSE-1's rule (``two_hop_claims.CEILING``): per seed, the best
+    joint-data LoRA over ranks and depths (composed accuracy, mean over familiarities and
+    ``libraries``); under the threshold at every rank and depth, "reuse fails at every rank" is
+    a floor effect, "not testable"."""
     def per_seed(results: list[Result]) -> list[float]:
         return [max(float(np.mean([_joint_acc(row, lib) for lib in libraries])) for row in rows)
                 for rows in by_seed(results).values()]
