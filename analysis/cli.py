@@ -21,7 +21,7 @@ import threading
 
 from analysis.errors import UsageError, one_line
 
-VERBS = ["theory", "reproduce", "run", "list", "inspect", "bench"]
+VERBS = ["theory", "reproduce", "run", "list", "inspect", "diagnose", "bench"]
 
 
 class _Parser(argparse.ArgumentParser):

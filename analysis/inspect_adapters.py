@@ -93,7 +93,7 @@ def effective_rank(sigma: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum())) if p.numel() else 0.0
 
 
-def _basis(M: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+def column_basis(M: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
     """Orthonormal basis of the column space of ``M`` (numerical rank)."""
     U, S, _ = torch.linalg.svd(M.double(), full_matrices=False)
     return U[:, : int((S > rtol * S[0]).sum())] if S.numel() and S[0] > 0 else U[:, :0]
@@ -101,7 +101,7 @@ def _basis(M: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
 
 def principal_cosines(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """Cosines of the principal angles between the column spaces of X and Y, descending."""
-    return torch.linalg.svdvals(_basis(X).T @ _basis(Y)).clamp(max=1.0).float()
+    return torch.linalg.svdvals(column_basis(X).T @ column_basis(Y)).clamp(max=1.0).float()
 
 
 def delta_cosine(f: Factors, g: Factors) -> float:

@@ -221,7 +221,8 @@ def test_example(where, words, in_tmp, monkeypatch):
     verb = args.verb
     assert verb is not None, f"{where}: no verb"
     blocked = {"run": _validate_run, "reproduce": _validate_reproduce, "theory": _validate_theory,
-               "list": lambda a: None, "inspect": lambda a: None, "bench": _validate_bench}[verb](args)
+               "list": lambda a: None, "inspect": lambda a: None, "bench": _validate_bench,
+               "diagnose": lambda a: "validated, not executed: needs a base model and its tokenizer"}[verb](args)
     if verb == "inspect":
         if args.base:
             blocked = "validated, not executed: needs a base model file"

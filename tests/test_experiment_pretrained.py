@@ -9,6 +9,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -321,12 +322,21 @@ def test_reproduce_only_writes_its_report_and_figures_without_theory(tiny_folder
         assert f"{claim}:" in out and claim in report
     assert "underpowered: 2 seed(s), fewer than 3 independent units" in report
     assert "LoRAs' exact match on their own training rows: AB " in report and "(2/2 steps)" in report
-    saved = sorted((tmp_path / "res" / "pretrained" / "adapters").glob("*/*"))  # 2 seeds x AB, BC, AC
+    saved = sorted((tmp_path / "res" / "pretrained" / "adapters").glob("*/[A-Z][A-Z]"))  # 2 seeds x AB, BC, AC
     assert [p.name for p in saved] == ["AB", "AC", "BC"] * 2 and all(str(p) in report for p in saved)
     assert main(["inspect", *map(str, saved[:3]), "--base", str(tiny_folder), "--json", "--no-figures"]) == 0
     inspected = json.loads(capsys.readouterr().out)
     summary = inspected["summary"]["adapters"]
     assert len(summary) == 3 and all(a["modules"] == 4 and a["rank"] == [2] for a in summary.values())  # q, down x 2
+    folder = saved[0].parent  # the report links each seed's folder for diagnose, which reads its prompt pairs
+    linked = re.search(r"`lora-limits diagnose FOLDER`\): ([^;\n|]*)", report).group(1).strip().split(", ")
+    assert set(linked) == {str(folder), str(saved[3].parent)} and (folder / "prompt_pairs.json").is_file()
+    assert main(["diagnose", str(folder), "--base", str(tiny_folder), "--json", "--no-figures"]) == 0
+    ready = json.loads(capsys.readouterr().out)
+    chains = 2 * 2  # per split: 2 countries x 2 cities, capital only
+    assert ready["adapter"] == str(folder / "BC") and ready["modules"] == 4
+    assert {g: (s["pairs"], s["bridges"]) for g, s in ready["groups"].items()} == {
+        f"{f}/capital": (chains, 2) for f in ("F", "H", "R")}
     assert (fig / "pretrained_two_hop.png").stat().st_size > 0 and (fig / "pretrained_two_hop.json").is_file()
     assert not (tmp_path / "res" / "rank_depth").exists()
     assert main([*argv[:2], "pretrained_two_hopp", *argv[3:]]) == 2

@@ -67,7 +67,7 @@ def peft_fan_in_fan_out(model: nn.Module, adapter: Adapter) -> bool:
     return any(is_fan_in_fan_out(base_linear(model, path)) for path in adapter.paths)
 
 
-def _layer_of(path: str) -> tuple[str, int] | None:
+def layer_of(path: str) -> tuple[str, int] | None:
     """``("blocks", 3)`` for ``blocks.3.attn.W_Q``: the first all-digit segment and the module
     list before it, which is the index PEFT's ``layers_pattern`` rule reads; None if none."""
     parts = path.split(".")
@@ -86,7 +86,7 @@ def _peft_targets(adapter: Adapter) -> dict:
     config) the layers and the list's name; otherwise (e.g. ``cat`` of q in layer 0 with v in
     layer 1) the full paths, which PEFT matches exactly. ``config.layers=None`` means the
     paths cover every layer of the model, as :func:`~toymodels.lora.inject_lora` makes them."""
-    cells = {path: (_layer_of(path), path.rsplit(".", 1)[-1]) for path in adapter.factors}
+    cells = {path: (layer_of(path), path.rsplit(".", 1)[-1]) for path in adapter.factors}
     lists = {layer[0] for layer, _ in cells.values() if layer is not None}
     layers = {layer[1] for layer, _ in cells.values() if layer is not None}
     names = {name for _, name in cells.values()}

@@ -17,6 +17,7 @@ Fewer than :data:`MIN_UNITS` seeds behind a claim: its detail line says "underpo
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -151,7 +152,9 @@ def detail(fam: str | None) -> Callable[[list[Result]], str]:
         power = (f"underpowered: {len(results)} seed(s), fewer than {MIN_UNITS} independent units"
                  if len(results) < MIN_UNITS else f"{len(results)} seeds")
         saved = [p for r in results for p in (r.result.get("adapters") or {}).values()]
-        where = (f"; expert adapters (PEFT format; `lora-limits inspect DIR ...`): {', '.join(saved)}"
+        folders = list(dict.fromkeys(str(Path(p).parent) for p in saved))
+        where = (f"; expert adapters (PEFT format; `lora-limits inspect DIR ...`): {', '.join(saved)}; "
+                 f"BC's readiness for the composed questions (`lora-limits diagnose FOLDER`): {', '.join(folders)}"
                  if saved else "")
         return (f"{power}; composed questions per split and seed: {n}; ceiling joint/hops composed exact: {ceil}; "
                 f"{retained(results)}{learned(results)}{where}")

@@ -58,8 +58,8 @@ from analysis.registry import Experiment, Result, register
 from analysis.tables import print_table
 from toymodels.config import Config
 from toymodels.pretrained_two_hop import LIBRARIES, LORA_BACKENDS, PretrainedTwoHopConfig, paper, quick
-from toymodels.tasks.natural import SPLITS
-from toymodels.tasks.natural_probes import RETENTION_SETS
+from toymodels.tasks.natural import SPLITS, Chain
+from toymodels.tasks.natural_probes import RETENTION_SETS, readiness_pairs
 
 INSTALL = "make install-pretrained"
 SOURCE_HELP = "a .gguf file or a local Hugging Face model folder; default (none): the bundled SmolLM2-135M-Instruct"
@@ -201,21 +201,25 @@ def run(config: PretrainedRunConfig, device: str, results: Path | str) -> dict:
     adapters: dict = {}
     protocol = run_pretrained_two_hop(config.protocol, model, tokenizer, seed=config.seed, device=device,
                                       progress=current(), lora_backend=config.lora_backend, adapters=adapters)
+    pairs = readiness_pairs([Chain(**c) for c in protocol["chains"]])
     saved = save_experts(adapters, model, Path(results) / "pretrained" / "adapters" / config.key(),
-                         model_label(config.model))
+                         model_label(config.model), {"adapter": "BC", "pairs": pairs})
     return {"model": model_label(config.model), "seed": config.seed, "lora_backend": config.lora_backend,
             "adapters": {name: str(path) for name, path in saved.items()},
             "familiarity": protocol["familiarity"], "r_split": protocol["r_split"], "o_split": protocol["o_split"],
             **summarize(protocol), "protocol": protocol}
 
 
-def save_experts(adapters: dict, model, folder: Path, label: str) -> dict[str, Path]:
+def save_experts(adapters: dict, model, folder: Path, label: str, readiness: dict | None = None) -> dict[str, Path]:
     """Each expert's adapter as a PEFT folder ``folder/<name>`` (``lora-limits inspect`` and
-    ``peft.PeftModel.from_pretrained`` read it), written to a temporary folder renamed into
-    place, so a killed run leaves no half-written adapter."""
+    ``peft.PeftModel.from_pretrained`` read it), and ``readiness`` (the prompt pairs of
+    ``lora-limits diagnose``) as ``folder/prompt_pairs.json``, written to a temporary folder
+    renamed into place, so a killed run leaves no half-written adapter."""
+    import json
     import shutil
     import tempfile
 
+    from analysis.diagnose_adapters import PAIRS_FILE
     from toymodels.peft_checkpoint import peft_fan_in_fan_out, peft_task_type, save_adapter
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +228,8 @@ def save_experts(adapters: dict, model, folder: Path, label: str) -> dict[str, P
         for name, adapter in adapters.items():
             save_adapter(adapter, tmp / name, base_model_name_or_path=label, task_type=peft_task_type(model),
                          fan_in_fan_out=peft_fan_in_fan_out(model, adapter))
+        if readiness is not None:
+            (tmp / PAIRS_FILE).write_text(json.dumps(readiness, indent=1) + "\n")
         shutil.rmtree(folder, ignore_errors=True)  # a rerun (--force) replaces the old adapters
         tmp.rename(folder)
     except BaseException:
