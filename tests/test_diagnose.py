@@ -17,7 +17,7 @@ from analysis.errors import UsageError
 from analysis.inspect_adapters import PeftAdapter
 from theory.merge import Factors
 from toymodels.tasks.natural import NaturalConfig, make_chains
-from toymodels.tasks.natural_probes import readiness_pairs
+from toymodels.tasks.natural_probes import readiness_prompts
 
 D_IN, D_OUT = 12, 9
 
@@ -88,6 +88,9 @@ def test_readiness_is_positive_when_each_question_reaches_its_own_bridge():
     assert g["pairs"] == 12 and g["bridges"] == 4 and report["modules"] == 2
     assert g["paired"] == pytest.approx(1.0, abs=0.2) and abs(g["unpaired"]) < 0.2
     assert g["gap"]["low"] > 0.5
+    # the positive control: composed keys equal to their bridge's expert key (up to noise) get its gap
+    assert g["expert_gap"] == pytest.approx(g["gap"]["mean"], rel=0.2) and g["relative"] == pytest.approx(1.0, abs=0.2)
+    assert g["control_passes"] and g["expert_gap_ci"]["low"] > 0 and g["expert_gap_ci"]["n"] == N_BRIDGES
     assert g["share_expert"] == pytest.approx(1.0) and g["share_chance"] == pytest.approx(N_BRIDGES / D_IN)
     assert [row["layer"] for row in report["layers"]["F/capital"]] == [0, 1]
 
@@ -95,21 +98,26 @@ def test_readiness_is_positive_when_each_question_reaches_its_own_bridge():
 def test_readiness_is_zero_for_a_broadcast_and_negative_for_the_wrong_bridge():
     g = readiness(*planted("broadcast"))["groups"]["F/capital"]
     assert g["paired"] == pytest.approx(g["unpaired"], abs=0.1) and g["gap"]["low"] < 0 < g["gap"]["high"]
+    assert abs(g["relative"]) < 0.1 and g["expert_gap"] > 0.5  # the expert keys themselves are told apart
     g = readiness(*planted("other"))["groups"]["F/capital"]
     assert g["gap"]["high"] < -0.1  # reaches a bridge that is not its own: mean over the 3 others ~1/3
+    assert g["relative"] == pytest.approx(g["gap"]["mean"] / g["expert_gap"]) and abs(g["expert_gap"] - 1) > 0.05
 
 
 def test_a_group_with_one_bridge_has_no_control():
     adapter, keys, experts, pairs = planted("own")
     pairs = [dict(p, group=f"g{p['expert_prompt']}") for p in pairs]  # each bridge alone in its group
     report = readiness(adapter, keys, experts, pairs)
-    assert all(g["gap"] is None and np.isnan(g["unpaired"]) for g in report["groups"].values())
+    assert all(g["gap"] is None and np.isnan(g["unpaired"]) and np.isnan(g["expert_gap"]) and np.isnan(g["relative"])
+               and not g["control_passes"] for g in report["groups"].values())
 
 
 def test_protocol_pairs_pair_each_two_hop_question_with_its_bridge():
     chains = make_chains(NaturalConfig(n_countries=2, cities_per_country=2), np.random.default_rng(0))
-    pairs = readiness_pairs(chains)
-    assert len(pairs) == len(chains)
+    file = readiness_prompts(chains)
+    pairs = file["pairs"]
+    assert file["adapter"] == "BC" and len(pairs) == len(chains)
+    assert file["controls"] == list(dict.fromkeys(c.hop1()[0] for c in chains))  # hop 1: BC should not act
     for c, p in zip(chains, pairs):
         assert p["group"] == f"{c.familiarity}/{c.relation}" and c.city in p["prompt"] and c.country in p["expert_prompt"]
         assert p["prompt"] == c.two_hop()[0] and p["expert_prompt"] == c.hop2()[0]
@@ -179,7 +187,7 @@ def experts_folder(root: Path) -> Path:
     pairs = [{"group": "F/capital", "prompt": "a b a", "expert_prompt": "b"},
              {"group": "F/capital", "prompt": "b b a", "expert_prompt": "a"},
              {"group": "F/capital", "prompt": "a a b", "expert_prompt": "a b"}]
-    (root / PAIRS_FILE).write_text(json.dumps({"adapter": "BC", "pairs": pairs}))
+    (root / PAIRS_FILE).write_text(json.dumps({"adapter": "BC", "pairs": pairs, "controls": ["b b", "a"]}))
     return root
 
 
@@ -193,6 +201,7 @@ def test_cli_on_a_protocol_folder_prints_table_baselines_and_figure(tmp_path, mo
     sidecar = json.loads((out / "diagnose_readiness.json").read_text())
     report = sidecar["data"]["report"]
     assert report["groups"]["F/capital"]["pairs"] == 3 and report["groups"]["F/capital"]["bridges"] == 3
+    assert report["controls"] == 2 and 0 <= report["share_control"] <= 1 and "control prompts (2" in text
     assert set(report["baselines"]) == {"BC|AB", "BC|AC"}  # the same seeded factors: cosine 1
     assert all(b["cosine"] == pytest.approx(1.0, abs=1e-5) for b in report["baselines"].values())
     # the expert's own folder finds the pairs in its parent; --json prints the same numbers
@@ -231,7 +240,46 @@ def test_errors_are_one_line(tmp_path, model_folder, capsys, case, why):
 def test_read_pairs_accepts_a_bare_list(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps([{"group": "g", "prompt": "a", "expert_prompt": "b"}]))
-    assert read_pairs(path) == (None, [{"group": "g", "prompt": "a", "expert_prompt": "b"}])
+    read = read_pairs(path)
+    assert (read.adapter, read.pairs, read.controls) == (None, [{"group": "g", "prompt": "a", "expert_prompt": "b"}], [])
+    path.write_text(json.dumps({"pairs": read.pairs, "controls": ["a", ""]}))
+    with pytest.raises(UsageError, match="controls"):
+        read_pairs(path)
     path.write_text(json.dumps({"pairs": []}))
     with pytest.raises(UsageError, match="no pairs"):
         read_pairs(path)
+
+
+def test_share_of_the_control_prompts_against_a_hand_projection(tmp_path):
+    """``share_control``: the control prompts' key energy in span(A rows), averaged over the
+    adapter's modules and the prompts, recomputed here with our own hooks and a QR basis."""
+    from analysis.diagnose_adapters import PromptPairs, diagnose
+    from analysis.inspect_adapters import read_adapter
+
+    model = tiny_llama(torch.Generator().manual_seed(0))
+    tok = WordTokenizer([f"w{i}" for i in range(20)])
+    adapter = read_adapter(write_adapter(tmp_path / "BC"))
+    controls = ["w3 w4", "w5 w6 w7", "w9"]
+    pairs = [{"group": "g", "prompt": "w1 w2", "expert_prompt": "w2"}, {"group": "g", "prompt": "w8", "expert_prompt": "w3"}]
+    report = diagnose(model, tok, adapter, PromptPairs("BC", pairs, controls))
+    shares = []
+    for path, f in adapter.factors.items():
+        Q = torch.linalg.qr(f.A.double().T)[0]  # (d_in, r): A has full row rank here
+        for text in controls:
+            seen = []
+            hook = model.get_submodule(path).register_forward_hook(lambda m, a, o: seen.append(a[0]))
+            with torch.no_grad():
+                model(input_ids=torch.tensor([tok.encode(text)]))
+            hook.remove()
+            k = seen[0][0, -1].double()
+            shares.append(float((Q.T @ k).square().sum() / k.square().sum()))
+    assert report["controls"] == 3 and report["share_control"] == pytest.approx(np.mean(shares), rel=1e-6)
+
+
+def test_the_gap_is_not_read_where_the_expert_prompts_are_not_told_apart():
+    """Positive control failing: every bridge's edit writes the same output (B has one column
+    repeated), so coef(e_i, e_j) = 1 for all i, j: expert gap 0, relative NaN, control fails."""
+    adapter, keys, experts, pairs = planted("own")
+    same = {p: Factors(A=f.A, B=f.B[:, :1].repeat(1, N_BRIDGES), scale=f.scale) for p, f in adapter.factors.items()}
+    g = readiness(PeftAdapter("BC", Path("BC"), {}, same), keys, experts, pairs)["groups"]["F/capital"]
+    assert g["expert_gap"] == pytest.approx(0.0, abs=1e-9) and not g["control_passes"] and np.isnan(g["relative"])

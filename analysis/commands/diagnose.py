@@ -6,8 +6,10 @@ bridge), at every adapted module, the T2 coefficient <delta k, delta e>/||delta 
 expert prompt e on the composed prompt's key k (P1's <v2, v'>/||v2||^2 at any rank): "paired"
 with its own bridge, "unpaired" with the group's other bridges (the control: a question that
 reaches every bridge's edit alike is broadcast, not composition). gap = paired - unpaired, with
-a bootstrap interval over pairs; and the share of the keys' energy inside the adapter's input
-subspace against r/d_in (a random direction's). Per group a table row; per layer a figure.
+a bootstrap interval over pairs, against the expert gap (the positive control: the same gap
+for the expert's own prompts, what a composed key equal to its bridge's would get); and the
+share of the keys' energy inside the adapter's input subspace against r/d_in (a random
+direction's). Per group a table row; per layer a figure.
 
 A candidate score, not a validated predictor: it counts only once it predicts measured reuse
 outcomes on held-out seeds and tasks better than the mechanism-free baselines (delta cosine,
@@ -17,13 +19,15 @@ ADAPTER_DIR is either one PEFT adapter folder (then --pairs is needed, unless th
 parent holds prompt_pairs.json), or a folder of experts saved by `lora-limits run
 pretrained_two_hop` (results/pretrained/adapters/KEY/, KEY the config's key, which the report
 names): it holds prompt_pairs.json,
-which names the expert to diagnose (BC, the hop-2 expert) and the pairs (two-hop question,
-its bridge's hop-2 sentence) per split and relation.
+which names the expert to diagnose (BC, the hop-2 expert), the pairs (two-hop question,
+its bridge's hop-2 sentence) per split and relation, and control prompts (the hop-1
+sentences, which BC should not act on).
 
 A prompt-pairs file is JSON:
   {"adapter": "BC", "pairs": [{"group": "F/capital",
      "prompt": "The capital of the country where the city of Zorar is located is",
-     "expert_prompt": "The capital of Drovia is"}, ...]}
+     "expert_prompt": "The capital of Drovia is"}, ...],
+   "controls": ["The city of Zorar is located in the country of", ...]}    (optional)
 
 examples:
   lora-limits diagnose results/pretrained/adapters/KEY
@@ -76,7 +80,7 @@ def locate(folder: Path, pairs: str | None) -> tuple[Path, Path, list[Path]]:
         raise UsageError(f"{folder}: neither it nor its parent holds {PAIRS_FILE}: give the prompt pairs "
                          "with --pairs FILE (see --help)")
     if expert_folder is None:
-        name, _ = read_pairs(pairs_file)
+        name = read_pairs(pairs_file).adapter
         if not name:
             raise UsageError(f"{pairs_file}: names no \"adapter\": pass the expert's own folder instead")
         expert_folder = folder / name
@@ -115,7 +119,7 @@ def run(args) -> int:
     from toymodels.train import resolve_device
 
     expert_folder, pairs_file, siblings = locate(Path(args.adapter), args.pairs)
-    _, pairs = read_pairs(pairs_file)
+    prompts = read_pairs(pairs_file)
     adapter = read_adapter(expert_folder)
     keys_with = [read_adapter(p) for p in args.keys_with]
     model, tokenizer = _base_model(args.base, args.cache)
@@ -124,7 +128,7 @@ def run(args) -> int:
         model = with_adapters(model, keys_with)
     model.to(resolve_device(args.device))
     with torch.no_grad():
-        report = diagnose(model, tokenizer, adapter, pairs)
+        report = diagnose(model, tokenizer, adapter, prompts)
     report.update(adapter=str(expert_folder), pairs_file=str(pairs_file), base=args.base,
                   keys_with=[str(p) for p in args.keys_with],
                   baselines=_baselines(adapter, [read_adapter(p) for p in siblings]))
@@ -152,10 +156,17 @@ def _gap(g: dict | None) -> str:
 def _print(report: dict) -> None:
     keys = f" (keys read with {', '.join(report['keys_with'])} added)" if report["keys_with"] else ""
     print(f"readiness of {report['adapter']} ({report['modules']} modules) on {report['pairs_file']}{keys}")
-    print_table(["group", "pairs", "bridges", "paired", "unpaired", "gap [95% CI]", "share prompt", "share expert",
-                 "share chance"],
-                [[g, s["pairs"], s["bridges"], s["paired"], s["unpaired"], _gap(s["gap"]), s["share_prompt"],
-                  s["share_expert"], s["share_chance"]] for g, s in report["groups"].items()])
+    print_table(["group", "pairs", "bridges", "paired", "unpaired", "gap [95% CI]", "expert gap", "gap/expert",
+                 "share prompt", "share expert", "share chance"],
+                [[g, s["pairs"], s["bridges"], s["paired"], s["unpaired"], _gap(s["gap"]), _gap(s["expert_gap_ci"]),
+                  s["relative"] if s["control_passes"] else "not testable", s["share_prompt"], s["share_expert"],
+                  s["share_chance"]] for g, s in report["groups"].items()])
+    if report["controls"]:
+        print(f"control prompts ({report['controls']}, the expert should not act on them): share "
+              f"{cell(report['share_control'])} of their key energy in the adapter's input subspace")
+    print("gap = paired - unpaired (0: the question reaches every bridge's edit alike); expert gap: the same for the "
+          "expert's own prompts, what a composed key equal to its bridge's would get; 'not testable' where its "
+          "interval reaches 0 (the instrument does not tell the expert's own prompts apart)")
     if report["baselines"]:
         print("\nmechanism-free baselines (lora-limits inspect):")
         print_table(["pair", "cosine", "col_overlap", "row_overlap", "arrow_|cos|"],

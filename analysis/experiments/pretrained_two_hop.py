@@ -59,7 +59,7 @@ from analysis.tables import print_table
 from toymodels.config import Config
 from toymodels.pretrained_two_hop import LIBRARIES, LORA_BACKENDS, PretrainedTwoHopConfig, paper, quick
 from toymodels.tasks.natural import SPLITS, Chain
-from toymodels.tasks.natural_probes import RETENTION_SETS, readiness_pairs
+from toymodels.tasks.natural_probes import RETENTION_SETS, readiness_prompts
 
 INSTALL = "make install-pretrained"
 SOURCE_HELP = "a .gguf file or a local Hugging Face model folder; default (none): the bundled SmolLM2-135M-Instruct"
@@ -201,9 +201,8 @@ def run(config: PretrainedRunConfig, device: str, results: Path | str) -> dict:
     adapters: dict = {}
     protocol = run_pretrained_two_hop(config.protocol, model, tokenizer, seed=config.seed, device=device,
                                       progress=current(), lora_backend=config.lora_backend, adapters=adapters)
-    pairs = readiness_pairs([Chain(**c) for c in protocol["chains"]])
     saved = save_experts(adapters, model, Path(results) / "pretrained" / "adapters" / config.key(),
-                         model_label(config.model), {"adapter": "BC", "pairs": pairs})
+                         model_label(config.model), readiness_prompts([Chain(**c) for c in protocol["chains"]]))
     return {"model": model_label(config.model), "seed": config.seed, "lora_backend": config.lora_backend,
             "adapters": {name: str(path) for name, path in saved.items()},
             "familiarity": protocol["familiarity"], "r_split": protocol["r_split"], "o_split": protocol["o_split"],
@@ -212,7 +211,7 @@ def run(config: PretrainedRunConfig, device: str, results: Path | str) -> dict:
 
 def save_experts(adapters: dict, model, folder: Path, label: str, readiness: dict | None = None) -> dict[str, Path]:
     """Each expert's adapter as a PEFT folder ``folder/<name>`` (``lora-limits inspect`` and
-    ``peft.PeftModel.from_pretrained`` read it), and ``readiness`` (the prompt pairs of
+    ``peft.PeftModel.from_pretrained`` read it), and ``readiness`` (the prompts of
     ``lora-limits diagnose``) as ``folder/prompt_pairs.json``, written to a temporary folder
     renamed into place, so a killed run leaves no half-written adapter."""
     import json

@@ -9,26 +9,28 @@ from analysis.plotstyle import COLORS, cycle_style, legend_right, new_figure, no
 
 
 def readiness_by_layer(report: dict):
-    """Per group, the T2 coefficient with the prompt's own bridge (solid) and with the group's
-    other bridges (dashed, the control) against the layer, averaged over the layer's modules;
-    1 marks what the expert's own prompt gets."""
-    fig, ax = new_figure(width=5.2)
+    """Per group against the layer (mean over the layer's modules): left, the readiness gap of
+    the composed prompts (T2 coefficient with their own bridge's expert prompt minus with the
+    group's other bridges'); right, the same gap for the expert prompts themselves, the
+    positive control (what a composed key equal to its bridge's would get). 0: broadcast."""
+    fig, axes = new_figure(ncols=2, width=3.9, height=3.3)
     data = {}
     for k, (group, layers) in enumerate(report["layers"].items()):
         xs = [row["layer"] for row in layers]
-        paired, unpaired = [row["paired"] for row in layers], [row["unpaired"] for row in layers]
+        gap, expert = [row["gap"] for row in layers], [row["expert_gap"] for row in layers]
         style = cycle_style(k)
-        ax.plot(xs, paired, lw=1.6, ms=3.5, label=f"{group}: own bridge", **style)
-        ax.plot(xs, unpaired, lw=1.0, ms=3.0, color=style["color"], marker=style["marker"], linestyle=":",
-                alpha=0.8, label=f"{group}: other bridges")
-        data[group] = {"layers": xs, "paired": paired, "unpaired": unpaired}
-    ax.axhline(1.0, color=COLORS["control"], lw=0.8, linestyle="--")
-    ax.axhline(0.0, color=COLORS["control"], lw=0.6)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layer")
-    ax.set_ylabel(r"T2 coefficient $\langle \Delta k, \Delta e\rangle / \|\Delta e\|^2$")
-    ax.set_title("readiness: composed prompt vs its bridge's expert prompt")
-    if not data or all(not np.isfinite(v["paired"]).any() for v in data.values()):
-        note_empty(ax, "no finite coefficient: every expert prompt's delta output is zero")
+        axes[0].plot(xs, gap, lw=1.3, ms=3.0, label=group, **style)
+        axes[1].plot(xs, expert, lw=1.3, ms=3.0, **style)
+        data[group] = {"layers": xs, "gap": gap, "expert_gap": expert}
+    titles = ("composed prompts", "expert prompts (positive control)")
+    for ax, title in zip(axes, titles):
+        ax.axhline(0.0, color=COLORS["control"], lw=0.8, linestyle="--")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.set_title(title)
+    axes[0].set_ylabel("T2 coefficient: own bridge - other bridges")
+    if not data or all(not np.isfinite(v["gap"]).any() for v in data.values()):
+        note_empty(axes[0], "no gap: no group has two bridges, or no expert prompt gets an edit")
+    fig.suptitle("readiness of the expert per layer (0: reaches every bridge's edit alike)", fontsize=9)
     legend_right(fig, title="group")
     return fig, data

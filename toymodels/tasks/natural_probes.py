@@ -119,12 +119,14 @@ def broadcast_controls(chains: list[Chain], n_control: int, rng: np.random.Gener
     return draw_controls(chains, SPLITS, lambda c: c.familiarity, candidates, pool, n_control, rng)
 
 
-def readiness_pairs(chains: list[Chain]) -> list[dict]:
-    """The prompts ``lora-limits diagnose`` reads the hop-2 expert (BC) with (PAPER.md, "A
-    mechanism that predicts reuse"): per chain its two-hop question ``prompt`` ("... the
-    country where the city of A is located is"), paired with the BC sentence of its own bridge
-    ``expert_prompt`` ("The capital of B is"), in ``group`` "<split>/<relation>": BC's edit
-    reaches the composed question only as far as the question's keys overlap those of its own
-    bridge's sentence more than those of the group's other bridges."""
-    return [{"group": f"{c.familiarity}/{c.relation}", "prompt": c.two_hop()[0], "expert_prompt": c.hop2()[0],
-             "in_ac": c.in_ac} for c in chains]
+def readiness_prompts(chains: list[Chain]) -> dict:
+    """What ``lora-limits diagnose`` reads the hop-2 expert (BC) with (PAPER.md, "A mechanism
+    that predicts reuse"): ``{"adapter": "BC", "pairs", "controls"}``. Per chain a pair: its
+    two-hop question ``prompt`` ("... the country where the city of A is located is") and the
+    BC sentence of its own bridge ``expert_prompt`` ("The capital of B is"), in ``group``
+    "<split>/<relation>": BC's edit reaches the composed question only as far as the question's
+    keys overlap those of its own bridge's sentence more than those of the group's other
+    bridges. ``controls``: the hop-1 sentences, which BC should not act on."""
+    pairs = [{"group": f"{c.familiarity}/{c.relation}", "prompt": c.two_hop()[0], "expert_prompt": c.hop2()[0],
+              "in_ac": c.in_ac} for c in chains]
+    return {"adapter": "BC", "pairs": pairs, "controls": list(dict.fromkeys(c.hop1()[0] for c in chains))}
