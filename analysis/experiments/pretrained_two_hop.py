@@ -36,6 +36,8 @@ On another machine of that kind (2026-12-03): ``make pretrained`` from a fresh c
 CPU-s, 18 min 04 s wall; per config 961 / 956 s, of which LoRA training ~670 s (190 steps:
 the experts 35 / 20 / 25, the joint LoRAs 50 / 60, ~3.5 s a step with the early-stop checks)
 and the rest ~280 s (scoring 10 models, the base familiarity; bench.phases.PhaseClock).
+On a third machine of that kind (2026-12-03 afternoon, 1-thread 1024^2 fp32 matmul 34 GFLOP/s
+against 64-80 on the others): 4,346 CPU-s, 38 min 30 s wall, the report's numbers unchanged.
 
 The terminal table (composed accuracy and answer log-prob per model and familiarity, the
 broadcast control, the base model's familiarity) is printed by :func:`print_tables`, which
