@@ -23,7 +23,7 @@ import torch
 
 from analysis.errors import UsageError
 from theory.merge import Factors, cross_terms, trim_top_k, weighted_delta_sum
-from theory.routing import arrow_prototype
+from theory.routing import arrow_prototype_lowrank
 from toymodels.peft_checkpoint import read_peft_checkpoint
 from toymodels.lora import linear_weight
 from toymodels.validate import NonFiniteError
@@ -131,7 +131,9 @@ def pair_stats(f: Factors, g: Factors) -> dict:
         return dict.fromkeys(("cosine", "col_overlap", "row_overlap", "min_angle_deg", "arrow_abs_cos"), math.nan)
     col = principal_cosines(f.B, g.B)  # output spaces (delta's columns lie in span B)
     row = principal_cosines(f.A.T, g.A.T)  # input spaces
-    proto = float((arrow_prototype(f.delta) @ arrow_prototype(g.delta)).abs())
+    # from the factors (an r x r SVD; the dense d_out x d_in one was ~99% of inspecting SmolLM2's experts)
+    proto = float((arrow_prototype_lowrank(f.scale * f.B.double(), f.A.double())
+                   @ arrow_prototype_lowrank(g.scale * g.B.double(), g.A.double())).abs())
     return {"cosine": delta_cosine(f, g), "col_overlap": float(col.square().mean()) if col.numel() else 0.0,
             "row_overlap": float(row.square().mean()) if row.numel() else 0.0,
             "min_angle_deg": math.degrees(math.acos(float(col.max()))) if col.numel() else 90.0,

@@ -35,6 +35,9 @@ def test_factor_measures_match_dense_oracle():
     torch.testing.assert_close(spectrum(f), torch.linalg.svdvals(f.delta)[:3], rtol=1e-4, atol=1e-5)
     dense = (f.delta * g.delta).sum() / (f.delta.norm() * g.delta.norm())
     assert delta_cosine(f, g) == pytest.approx(float(dense), abs=1e-5)
+    from theory.routing import arrow_prototype  # the dense oracle of the factored prototypes
+    dense_proto = float((arrow_prototype(f.delta) @ arrow_prototype(g.delta)).abs())
+    assert pair_stats(f, g)["arrow_abs_cos"] == pytest.approx(dense_proto, abs=1e-5) and 0.05 < dense_proto < 0.95
     same = pair_stats(f, Factors(f.A, 2.0 * f.B, f.scale))  # same delta direction
     assert same["cosine"] == pytest.approx(1.0, abs=1e-5) and same["arrow_abs_cos"] == pytest.approx(1.0, abs=1e-5)
     assert same["col_overlap"] == pytest.approx(1.0, abs=1e-5) and same["row_overlap"] == pytest.approx(1.0, abs=1e-5)
