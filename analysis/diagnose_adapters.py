@@ -47,6 +47,7 @@ from theory.merge import Factors
 from toymodels.lora import linear_weight
 from toymodels.peft_checkpoint import layer_of
 from toymodels.probes.capture import map_inputs
+from toymodels.progress import Bar, Progress, open_bar
 
 PAIRS_FILE = "prompt_pairs.json"  # written next to the saved experts by pretrained_two_hop
 BATCH = 16  # prompts per forward pass
@@ -87,10 +88,11 @@ def read_pairs(path: str | Path) -> PromptPairs:
     return PromptPairs(data.get("adapter"), pairs, controls)
 
 
-def prompt_keys(model: nn.Module, tokenizer, prompts: list[str], paths: list[str]) -> dict[str, Tensor]:
+def prompt_keys(model: nn.Module, tokenizer, prompts: list[str], paths: list[str], bar: Bar | None = None
+                ) -> dict[str, Tensor]:
     """``path -> (len(prompts), d_in)`` float64: the input of each module at each prompt's last
     token (prompts tokenised without special tokens, as the protocol's; right-padded, which a
-    causal model's earlier positions do not see)."""
+    causal model's earlier positions do not see). ``bar`` advances once per prompt."""
     rows = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     if empty := [p for p, r in zip(prompts, rows) if not r]:
         raise UsageError(f"prompt {empty[0]!r} has no tokens: every prompt needs text")
@@ -104,6 +106,8 @@ def prompt_keys(model: nn.Module, tokenizer, prompts: list[str], paths: list[str
         last = torch.tensor([len(r) - 1 for r in chunk])
         for path, keys in map_inputs(model, idx.to(device), last.to(device), paths).items():
             out[path].append(keys.double().cpu())
+        if bar is not None:
+            bar.update(len(chunk))
     return {path: torch.cat(keys) for path, keys in out.items()}
 
 
@@ -226,19 +230,23 @@ def _finite_mean(x: Tensor) -> float:
     return float(kept.mean()) if kept.numel() else math.nan
 
 
-def diagnose(model: nn.Module, tokenizer, adapter: PeftAdapter, prompts: PromptPairs, seed: int = 0) -> dict:
+def diagnose(model: nn.Module, tokenizer, adapter: PeftAdapter, prompts: PromptPairs, seed: int = 0,
+             progress: Progress | None = None) -> dict:
     """Read the keys from ``model`` (the base, or :func:`with_adapters` of it) and measure;
     with control prompts also ``share_control``, their keys' mean share in the adapter's input
-    subspace (PAPER.md: composed prompts should overlap it more than control prompts do)."""
+    subspace (PAPER.md: composed prompts should overlap it more than control prompts do).
+    ``progress`` (toymodels/progress.py) gets one bar over every prompt read."""
     paths = sorted(adapter.factors)
     pairs = prompts.pairs
     experts = list(dict.fromkeys(p["expert_prompt"] for p in pairs))
-    keys = prompt_keys(model, tokenizer, [p["prompt"] for p in pairs], paths)
-    expert_keys = prompt_keys(model, tokenizer, experts, paths)
+    bar = open_bar(progress, "reading keys", len(pairs) + len(experts) + len(prompts.controls))
+    keys = prompt_keys(model, tokenizer, [p["prompt"] for p in pairs], paths, bar)
+    expert_keys = prompt_keys(model, tokenizer, experts, paths, bar)
+    control_keys = prompt_keys(model, tokenizer, prompts.controls, paths, bar) if prompts.controls else {}
+    bar.close()
     report = readiness(adapter, keys, expert_keys, pairs, seed)
     report["share_control"] = math.nan
     if prompts.controls:
-        control_keys = prompt_keys(model, tokenizer, prompts.controls, paths)
         report["share_control"] = float(torch.stack([subspace_share(adapter.factors[p], control_keys[p])
                                                      for p in paths]).mean())
     report["controls"] = len(prompts.controls)

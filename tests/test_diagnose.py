@@ -261,7 +261,24 @@ def test_share_of_the_control_prompts_against_a_hand_projection(tmp_path):
     adapter = read_adapter(write_adapter(tmp_path / "BC"))
     controls = ["w3 w4", "w5 w6 w7", "w9"]
     pairs = [{"group": "g", "prompt": "w1 w2", "expert_prompt": "w2"}, {"group": "g", "prompt": "w8", "expert_prompt": "w3"}]
-    report = diagnose(model, tok, adapter, PromptPairs("BC", pairs, controls))
+    bars = []
+
+    class Recorder:  # the progress interface (toymodels/progress.py): one bar over every prompt read
+        def __init__(self, desc, total):
+            self.desc, self.total, self.done, self.closed = desc, total, 0, False
+            bars.append(self)
+
+        def update(self, n=1):
+            self.done += n
+
+        def set_postfix_str(self, s="", refresh=True):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    report = diagnose(model, tok, adapter, PromptPairs("BC", pairs, controls), progress=Recorder)
+    assert [(b.total, b.done, b.closed) for b in bars] == [(2 + 2 + 3, 7, True)]
     shares = []
     for path, f in adapter.factors.items():
         Q = torch.linalg.qr(f.A.double().T)[0]  # (d_in, r): A has full row rank here

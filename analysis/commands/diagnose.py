@@ -111,6 +111,15 @@ def _base_model(source: str, cache: str):
         raise UsageError(str(exc)) from None
 
 
+def _progress():
+    """A tqdm bar on stderr when it is a terminal (none in pipes and logs)."""
+    import functools
+
+    from tqdm import tqdm
+
+    return functools.partial(tqdm, leave=False, file=sys.stderr, dynamic_ncols=True) if sys.stderr.isatty() else None
+
+
 def run(args) -> int:
     import torch
 
@@ -128,7 +137,7 @@ def run(args) -> int:
         model = with_adapters(model, keys_with)
     model.to(resolve_device(args.device))
     with torch.no_grad():
-        report = diagnose(model, tokenizer, adapter, prompts)
+        report = diagnose(model, tokenizer, adapter, prompts, progress=_progress())
     report.update(adapter=str(expert_folder), pairs_file=str(pairs_file), base=args.base,
                   keys_with=[str(p) for p in args.keys_with],
                   baselines=_baselines(adapter, [read_adapter(p) for p in siblings]))
