@@ -164,8 +164,7 @@ def inspect(adapters: list[PeftAdapter], density: float = 0.2) -> dict:
     pairs, groups = {}, {}
     for i, a in enumerate(adapters):
         for b in adapters[i + 1:]:
-            common = [p for p in a.factors if p in b.factors]
-            pairs[f"{a.name}|{b.name}"] = {p: pair_stats(a.factors[p], b.factors[p]) for p in common}
+            pairs[f"{a.name}|{b.name}"] = pair_modules(a, b)
     if len(adapters) > 1:
         shared = [p for p in adapters[0].factors if all(p in a.factors for a in adapters)]
         groups = {p: group_stats([a.factors[p] for a in adapters], density) for p in shared}
@@ -175,12 +174,23 @@ def inspect(adapters: list[PeftAdapter], density: float = 0.2) -> dict:
                               "rank": sorted({m["rank"] for m in modules[a.name].values()}),
                               **{k: mean(modules[a.name], k) for k in ("effective_rank", "fro", "spectral")}}
                      for a in adapters},
-        "pairs": {k: {"modules": len(v), **{s: mean(v, s) for s in ("cosine", "col_overlap", "row_overlap",
-                                                                     "arrow_abs_cos")}} if v else {"modules": 0}
-                  for k, v in pairs.items()},
+        "pairs": {k: pair_summary(v) for k, v in pairs.items()},
         "groups": {s: mean(groups, s) for s in ("ties_conflict", "cross_rel")} if groups else {},
     }
     return {"summary": summary, "modules": modules, "pairs": pairs, "groups": groups, "ties_density": density}
+
+
+def pair_modules(a: PeftAdapter, b: PeftAdapter) -> dict[str, dict]:
+    """:func:`pair_stats` of two adapters on each module they share (``a``'s order)."""
+    return {p: pair_stats(a.factors[p], b.factors[p]) for p in a.factors if p in b.factors}
+
+
+def pair_summary(per_module: dict[str, dict]) -> dict:
+    """The mean of each pair measure over the modules of :func:`pair_modules`."""
+    if not per_module:
+        return {"modules": 0}
+    return {"modules": len(per_module), **{s: _nanmean([r[s] for r in per_module.values()])
+                                           for s in ("cosine", "col_overlap", "row_overlap", "arrow_abs_cos")}}
 
 
 def _nanmean(values: list[float]) -> float:

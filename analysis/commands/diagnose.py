@@ -93,12 +93,10 @@ def locate(folder: Path, pairs: str | None) -> tuple[Path, Path, list[Path]]:
 
 def _baselines(adapter, siblings: list) -> dict:
     """``lora-limits inspect``'s pair measures of the adapter with each sibling expert."""
-    from analysis.inspect_adapters import inspect
+    from analysis.inspect_adapters import check_compatible, pair_modules, pair_summary
 
-    if not siblings:
-        return {}
-    pairs = inspect([adapter, *siblings])["summary"]["pairs"]
-    return {k: v for k, v in pairs.items() if adapter.name in k.split("|")}
+    check_compatible([adapter, *siblings])
+    return {f"{adapter.name}|{s.name}": pair_summary(pair_modules(adapter, s)) for s in siblings}
 
 
 def _base_model(source: str, cache: str):
