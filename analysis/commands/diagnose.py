@@ -42,6 +42,7 @@ import math
 import sys
 from pathlib import Path
 
+from analysis.commands import BUNDLED_BASE, load_base
 from analysis.errors import UsageError
 from analysis.tables import cell, print_table
 
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a PEFT adapter folder, or a folder of experts holding prompt_pairs.json")
     parser.add_argument("--pairs", metavar="FILE", help="prompt pairs (JSON, see above; default: the "
                         "prompt_pairs.json of ADAPTER_DIR or of its parent)")
-    parser.add_argument("--base", default="smollm2", metavar="SOURCE",
+    parser.add_argument("--base", default=BUNDLED_BASE, metavar="SOURCE",
                         help="the base model: a .gguf file, a local HF folder, or 'smollm2' (the bundled one, default)")
     parser.add_argument("--keys-with", action="append", default=[], metavar="ADAPTER_DIR",
                         help="read the keys from the base plus this adapter's delta (e.g. the hop-1 expert); "
@@ -99,16 +100,6 @@ def _baselines(adapter, siblings: list) -> dict:
     return {f"{adapter.name}|{s.name}": pair_summary(pair_modules(adapter, s)) for s in siblings}
 
 
-def _base_model(source: str, cache: str):
-    """``(model, tokenizer)`` of ``--base``; a missing pretrained extra is a usage error."""
-    from toymodels.pretrained import load_causal_lm
-
-    try:
-        return load_causal_lm(None if source == "smollm2" else source, Path(cache))
-    except ImportError as exc:  # the pretrained extra is missing: say how to install it
-        raise UsageError(str(exc)) from None
-
-
 def _progress():
     """A tqdm bar on stderr when it is a terminal (none in pipes and logs)."""
     import functools
@@ -129,7 +120,7 @@ def run(args) -> int:
     prompts = read_pairs(pairs_file)
     adapter = read_adapter(expert_folder)
     keys_with = [read_adapter(p) for p in args.keys_with]
-    model, tokenizer = _base_model(args.base, args.cache)
+    model, tokenizer = load_base(args.base, args.cache)
     check_base([adapter, *keys_with], model)
     if keys_with:
         model = with_adapters(model, keys_with)

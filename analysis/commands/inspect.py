@@ -23,8 +23,8 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
+from analysis.commands import load_base
 from analysis.errors import UsageError
 from analysis.tables import cell, print_table
 
@@ -58,22 +58,6 @@ def _density(text: str) -> float:
     return value
 
 
-def _base_model(source: str, cache: str):
-    """The base model's module tree, for shapes only: no tokenizer, and for an HF folder no
-    weights either (its meta-device skeleton, after the folder's checks)."""
-    from toymodels.pretrained import check_source, load_causal_lm
-
-    source = None if source == "smollm2" else source
-    try:
-        _, skeleton = check_source(source, tokenizer=False)
-        if skeleton is not None:
-            return skeleton
-        model, _ = load_causal_lm(source, Path(cache), tokenizer=False, check_finite=False)
-    except ImportError as exc:  # the pretrained extra is missing: say how to install it
-        raise UsageError(str(exc)) from None
-    return model
-
-
 def run(args) -> int:
     from analysis.inspect_adapters import check_base, inspect, read_adapter
 
@@ -83,7 +67,7 @@ def run(args) -> int:
     if len(set(names)) != len(names):  # two folders with one name: tell them apart by path
         adapters = [type(a)(str(a.path), a.path, a.meta, a.factors) for a in adapters]
     if args.base:
-        check_base(adapters, _base_model(args.base, args.cache))
+        check_base(adapters, load_base(args.base, args.cache, shapes_only=True)[0])
     report = inspect(adapters, density)
     if args.json:
         json.dump(report, sys.stdout, indent=1)
